@@ -1,0 +1,61 @@
+"""hfprune: structured and weight-level pruning for Hugging Face Transformers v5.
+
+Score units (heads, FFN neurons, layers), turn scores into a `PruningPlan`, mask them (reversible) or `prune` them
+(physical removal, real speedup), recover by fine-tuning, and save a model that `load_pruned` loads back.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .arch import get_adapter, supported_model_types
+from .export import load_pruned, save_pruned
+from .masking import Gates, attach_gates, mask, masked
+from .plan import PruningPlan
+from .structure import model_structure
+from .surgery import prune
+
+__version__ = "0.1.0"
+
+# Heavier parts load on first use, so `import hfprune` stays fast and the core has no plotting/training deps.
+_LAZY = {
+    "head_importance": "hfprune.importance",
+    "neuron_importance": "hfprune.importance",
+    "layer_importance": "hfprune.importance",
+    "ImportanceResult": "hfprune.importance",
+    "select_heads": "hfprune.selection",
+    "select_neurons": "hfprune.selection",
+    "select_layers": "hfprune.selection",
+    "iterative_head_pruning": "hfprune.selection",
+    "HeadImportanceCallback": "hfprune.callbacks",
+    "NeuronImportanceCallback": "hfprune.callbacks",
+    "LayerImportanceCallback": "hfprune.callbacks",
+    "LayerDropCallback": "hfprune.callbacks",
+    "PruningCallback": "hfprune.callbacks",
+    "sparsify": "hfprune.sparsity",
+    "SparsityHandle": "hfprune.sparsity",
+    "GradualPruningCallback": "hfprune.sparsity",
+    "save_compressed": "hfprune.sparsity",
+    "quantize_dynamic_int8": "hfprune.sparsity",
+}
+
+__all__ = [
+    "Gates",
+    "PruningPlan",
+    "attach_gates",
+    "get_adapter",
+    "load_pruned",
+    "mask",
+    "masked",
+    "model_structure",
+    "prune",
+    "save_pruned",
+    "supported_model_types",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hfprune' has no attribute {name!r}")

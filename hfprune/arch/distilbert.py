@@ -1,0 +1,21 @@
+"""DistilBERT: `q_lin`/`k_lin`/`v_lin`/`out_lin` attention and a `lin1`/`lin2` FFN."""
+
+from __future__ import annotations
+
+from . import register
+from .base import ArchAdapter
+
+
+@register
+class DistilBertAdapter(ArchAdapter):
+    model_types = ("distilbert",)
+    layers_paths = ("transformer.layer", "distilbert.transformer.layer")
+    attention_path = "attention"
+    q_path = "attention.q_lin"
+    k_path = "attention.k_lin"
+    v_path = "attention.v_lin"
+    o_path = "attention.out_lin"
+    ffn_in_paths = ("ffn.lin1",)
+    ffn_out_path = "ffn.lin2"
+    # head size is dim / n_heads, as in BERT; hidden_dim is the FFN width.
+    config_ffn_key = "hidden_dim"

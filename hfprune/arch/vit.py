@@ -1,0 +1,21 @@
+"""ViT (transformers v5 layout: `q_proj`/`k_proj`/`v_proj`/`o_proj` attention and an `fc1`/`fc2` MLP)."""
+
+from __future__ import annotations
+
+from . import register
+from .base import ArchAdapter
+
+
+@register
+class ViTAdapter(ArchAdapter):
+    model_types = ("vit",)
+    layers_paths = ("layers", "vit.layers", "encoder.layer", "vit.encoder.layer")
+    attention_path = "attention"
+    q_path = "attention.q_proj"
+    k_path = "attention.k_proj"
+    v_path = "attention.v_proj"
+    o_path = "attention.o_proj"
+    ffn_in_paths = ("mlp.fc1",)
+    ffn_out_path = "mlp.fc2"
+    config_heads_key = "num_attention_heads"
+    config_ffn_key = "intermediate_size"
