@@ -186,13 +186,14 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
         )
     from .surgery.core import apply_structure
 
+    state = read_safetensors(folder)  # fails early (and never on pickle) before any model is built
     cls = model_class_for(config)
     with no_init_weights():
         model = cls(config)  # weights are overwritten below, so skip their random init
     apply_structure(model, record)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # before loading, so a tied tensor saved once is recognised as present
-    load_state_strict(model, to_model_keys(model, read_safetensors(folder)), str(path_or_id))
+    load_state_strict(model, to_model_keys(model, state), str(path_or_id))
     if dtype is not None:
         model = model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     if device:

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from conftest import logits_of, make_inputs, make_model
+from safetensors.torch import load_file, save_file
+
+import hfprune
+from hfprune import PruningPlan
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+def test_uniform_pruning_reloads_with_plain_from_pretrained(family, tmp_path):
+    model = make_model(family)
+    inputs = make_inputs(model)
+    # The same heads (whole KV groups), FFN size and depth in every remaining layer: the stock config can say it.
+    plan = PruningPlan(heads={i: [2, 3] for i in range(3)}, neurons={i: list(range(0, 48, 3)) for i in range(3)},
+                       layers=[1])
+    hfprune.prune(model, plan)
+    pruned = logits_of(model, inputs)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (2, 1, 8)
+    assert config["intermediate_size"] == 32 and config["num_hidden_layers"] == 2
+    plain = getattr(transformers, type(model).__name__).from_pretrained(tmp_path).eval()
+    assert (logits_of(plain, inputs) - pruned).abs().max() <= 1e-5
+    auto = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (logits_of(auto, inputs) - pruned).abs().max() <= 1e-5
+
+
+def test_layer_types_follow_removed_layers():
+    model = make_model("qwen2")
+    model.config.layer_types = ["full_attention", "sliding_attention", "full_attention"]
+    hfprune.prune(model, PruningPlan(layers=[0]))
+    assert model.config.layer_types == ["sliding_attention", "full_attention"]
+    idx = [getattr(hfprune.get_adapter(model).attention(b), "layer_idx") for b in model.model.layers]
+    assert idx == [0, 1]
+
+
+def test_generation_with_cache_after_removing_all_heads_of_layer_0():
+    model = make_model("llama")
+    ids = make_inputs(model)["input_ids"][:1]
+    plan = PruningPlan(heads={0: [0, 1, 2, 3]}, layers=[2])
+    with hfprune.masked(model, plan):
+        expected = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    hfprune.prune(model, plan)
+    got = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, expected)
+
+
+def test_shape_mismatched_checkpoint_names_the_tensor(tmp_path):
+    model = make_model("bert")
+    hfprune.prune(model, PruningPlan(heads={1: [0, 2]}))
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in state if ".1.attention" in k and k.endswith("query.weight"))
+    state[name] = torch.zeros(32, 32)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{name}.*shape \(32, 32\)"):
+        hfprune.load_pruned(tmp_path)
+
+
+def test_missing_tensor_is_an_error_not_a_reinit(tmp_path):
+    model = make_model("bert")
+    hfprune.prune(model, PruningPlan(neurons={0: [1]}))
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in state if k.endswith("intermediate.dense.weight"))
+    del state[name]
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"{name}.*missing"):
+        hfprune.load_pruned(tmp_path)
+
+
+def test_missing_record(tmp_path):
+    make_model("bert").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no 'hfprune' record"):
+        hfprune.load_pruned(tmp_path)
+
+
+def test_pickle_checkpoints_are_never_loaded(tmp_path):
+    model = make_model("bert")
+    hfprune.prune(model, PruningPlan(heads={0: [0]}))
+    model.config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="never loads pickle"):
+        hfprune.load_pruned(tmp_path)
+
+
+def test_save_pruned_is_atomic_and_safetensors_only(tmp_path):
+    model = make_model("distilbert")
+    hfprune.prune(model, PruningPlan(heads={0: [1]}))
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(ValueError, match="safetensors"):
+        hfprune.save_pruned(model, out, safe_serialization=False)
+    assert (out / "keep.txt").read_text() == "old"  # refused before anything was written
+
+    class Boom(RuntimeError):
+        pass
+
+    class BadTokenizer:
+        def save_pretrained(self, path):
+            raise Boom("disk full")
+
+    with pytest.raises(Boom):
+        hfprune.save_pruned(model, out, tokenizer=BadTokenizer())
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
+
+    hfprune.save_pruned(model, out)
+    assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
+    inputs = make_inputs(model)
+    assert torch.equal(logits_of(hfprune.load_pruned(out), inputs), logits_of(model, inputs))
