@@ -151,7 +151,7 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     Args:
         path_or_id (`str` or `os.PathLike`): a folder written by `save_pretrained` / `save_pruned`, or a Hub repo id.
         from_pretrained_kwargs: `revision`, `token`, `cache_dir`, `local_files_only` (Hub), `dtype` /
-            `torch_dtype`, `device_map`-free `device` (str), and config overrides.
+            `torch_dtype`, `device` (str), `attn_implementation`, and config overrides (as for `AutoConfig`).
 
     Returns:
         The pruned model, in eval mode, with the same logits as when it was saved.
@@ -177,7 +177,10 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
         if model is not None:
             return model.to(device) if device else model
 
+    attn_implementation = kwargs.pop("attn_implementation", None)
     config = AutoConfig.from_pretrained(folder, **kwargs)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
     record = get_record(config)
     if record is None:
         raise ValueError(

@@ -115,5 +115,6 @@ def test_save_pruned_is_atomic_and_safetensors_only(tmp_path):
     hfprune.save_pruned(model, out)
     assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
     inputs = make_inputs(model)
-    # sdpa (the reloaded default) vs eager attention differ in the last float bits only
-    assert (logits_of(hfprune.load_pruned(out), inputs) - logits_of(model, inputs)).abs().max() <= 1e-5
+    # same attention kernel as the test model -> bit-identical logits
+    assert torch.equal(logits_of(hfprune.load_pruned(out, attn_implementation="eager"), inputs),
+                       logits_of(model, inputs))
