@@ -1,0 +1,63 @@
+"""`sparsify`: one-shot weight-level pruning of a model's Linear weights, returning a `SparsityHandle`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+from .config import SparsifyConfig
+from .handle import SparsityHandle, compute_masks
+from .targets import resolve_targets
+
+
+def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "magnitude",
+             pattern: str = "unstructured", scope: str = "layer", targets: str | Sequence[str] | None = None,
+             dataloader: Iterable | None = None, max_batches: int | None = None, seed: int = 0) -> SparsityHandle:
+    """Prune individual weights of the attention and FFN projections (or of modules chosen by name) with masks.
+
+    Implements magnitude pruning (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
+    Networks"), first-order Taylor pruning (Molchanov et al. 2019) and N:M sparsity (Mishra et al. 2021,
+    "Accelerating Sparse Deep Neural Networks"). The masks stay applied through training until
+    `handle.finalize()` folds them into the weights.
+
+    Args:
+        model (`nn.Module`): a model of a family hfprune supports (the default targets come from its adapter).
+        sparsity (`float`, *optional*): fraction of targeted weights to zero, in [0, 1); N:M patterns fix it.
+        criterion (`str`, defaults to `"magnitude"`): `"magnitude"` |w|, `"taylor"` |w * grad| summed over
+            `dataloader` batches (the model's own loss), or `"random"`.
+        pattern (`str`, defaults to `"unstructured"`): `"unstructured"`, `"N:M"` such as `"2:4"` (along the input
+            dimension), or blocks `"RxC"` such as `"1x4"`, `"4x4"` (rows of the output x columns of the input).
+        scope (`str`, defaults to `"layer"`): `"layer"` prunes every tensor to `sparsity`; `"global"` ranks all
+            targeted weights together.
+        targets (`str` or `list[str]`, *optional*): `None` for every layer's attention and FFN projections, or name
+            patterns (glob or regex over full module names); `"default"` may be combined with patterns, e.g.
+            `["default", "classifier*"]`. Embeddings and LayerNorms are never targets.
+        dataloader (`Iterable[dict]`, *optional*): labelled batches, required by `criterion="taylor"`.
+        max_batches (`int`, *optional*): Taylor only: batches to score.
+        seed (`int`, defaults to 0): seed of the random criterion.
+
+    Returns:
+        `SparsityHandle`: the masks, already applied.
+
+    Raises:
+        ValueError: sparsity outside [0, 1), unknown criterion/pattern/scope, a target pattern matching nothing, or
+            a tensor whose shape does not fit the pattern (e.g. N:M with M not dividing its input size). Nothing in
+            the model changes in that case.
+
+    Example:
+        ```python
+        >>> from transformers import AutoModelForSequenceClassification
+        >>> import hfprune
+        >>> model = AutoModelForSequenceClassification.from_pretrained("../shared/models/minilm-l6-sst2")
+        >>> handle = hfprune.sparsify(model, 0.9, targets=["default", "classifier"])
+        >>> round(handle.sparsity(), 3)
+        0.9
+        >>> handle24 = hfprune.sparsify(model, pattern="2:4")     # after handle.finalize(), or on another model
+        ```
+    """
+    config = SparsifyConfig(sparsity=sparsity, criterion=criterion, pattern=pattern, scope=scope, targets=targets,
+                            max_batches=max_batches, seed=seed)
+    chosen = resolve_targets(model, config.targets)
+    masks = compute_masks(model, chosen, config, dataloader)
+    return SparsityHandle(model, chosen, masks, config, dataloader)
