@@ -53,17 +53,37 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def resolve_folder(path_or_id: str | os.PathLike, **hub_kwargs) -> Path:
-    """A local folder for `path_or_id`: the folder itself, or a Hub snapshot of the files a loader needs."""
+    """A local folder for `path_or_id`: the folder itself, or a Hub snapshot of the files a loader needs.
+
+    Raises:
+        FileNotFoundError: neither a local folder nor a Hub repo that can be fetched now (offline mode, no network,
+            no such repo or no access); the message names the repo id and suggests a local path.
+    """
     path = Path(path_or_id)
     if path.is_dir():
         return path
     if path.exists():
         raise ValueError(f"{path} is a file; load_pruned expects a folder saved by save_pretrained or a Hub id")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    repo = str(path_or_id)
     keys = ("revision", "token", "cache_dir", "local_files_only")
-    return Path(snapshot_download(str(path_or_id), allow_patterns=_HUB_PATTERNS,
-                                  **{k: v for k, v in hub_kwargs.items() if k in keys}))
+    try:
+        return Path(snapshot_download(repo, allow_patterns=_HUB_PATTERNS,
+                                      **{k: v for k, v in hub_kwargs.items() if k in keys}))
+    except HFValidationError:
+        raise FileNotFoundError(f"{repo!r} is not a local folder, nor a Hub repo id of the form 'user/name'") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{repo!r} is not a local folder, and the Hub has no repo {repo!r} that this token "
+                                "can read (private repos need token=...)") from None
+    except LocalEntryNotFoundError as err:
+        offline = constants.is_offline_mode() or hub_kwargs.get("local_files_only")
+        why = "offline mode is on (HF_HUB_OFFLINE)" if offline else f"cannot reach {constants.ENDPOINT}"
+        raise FileNotFoundError(
+            f"{repo!r} is not a local folder, and the Hub repo {repo!r} cannot be downloaded ({why}) nor is it in the "
+            "local cache; pass the path of a folder saved by save_pretrained, or go online once to cache it"
+        ) from err
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -172,6 +192,11 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     device = kwargs.pop("device", None)
     hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     folder = resolve_folder(path_or_id, **hub_kwargs)
+    # --- hook for hfprune.sparsity: a compressed sparse folder carries this marker; importing the package
+    # registers its loader in FOLDER_LOADERS, so users need not import hfprune.sparsity themselves.
+    if (folder / "hfprune_sparse.json").is_file():
+        import hfprune.sparsity  # noqa: F401
+    # --- end of hook
     for loader in FOLDER_LOADERS:
         model = loader(folder, dtype=dtype, **kwargs)
         if model is not None:
