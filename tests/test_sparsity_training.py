@@ -44,6 +44,19 @@ def test_pruned_weights_stay_zero_through_adamw():
     assert handle.sparsity() < 0.8
 
 
+def test_frozen_targets_are_masked_too():
+    model = make_model("bert").train()
+    frozen = model.bert.encoder.layer[0].attention.self.query.weight
+    frozen.requires_grad_(False)
+    handle = sparsify(model, 0.5)
+    assert int((frozen == 0).sum()) == frozen.numel() // 2
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(**_batch(model, 0)).loss.backward()
+    optimizer.step()
+    assert abs(handle.sparsity() - 0.5) < 1e-3
+    handle.finalize()
+
+
 def test_update_keeps_pruned_weights_pruned():
     model = make_model("bert")
     handle = sparsify(model, 0.3)

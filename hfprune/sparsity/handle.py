@@ -77,7 +77,8 @@ class SparsityHandle:
                     return None
                 return grad.masked_fill(~handle._mask(name, grad.device), 0)
 
-            self._hooks.append(target.weight.register_hook(grad_hook))
+            if target.weight.requires_grad:  # a frozen weight gets no gradient; the step hook still holds it
+                self._hooks.append(target.weight.register_hook(grad_hook))
         self._hooks.append(register_optimizer_step_post_hook(after_step))
         self.active = True
 

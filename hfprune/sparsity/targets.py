@@ -134,7 +134,8 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] | None = None
         if not usable:
             found = ", ".join(f"{n!r} ({type(modules[n]).__name__})" for n in hits[:5])
             raise ValueError(f"target pattern {pattern!r} matches only modules that weight pruning leaves alone: "
-                             f"{found}; targets must be Linear/Conv1D weights not tied to an embedding")
+                             f"{found}; targets must be Linear/Conv1D weights not tied to an embedding (to select "
+                             f"the Linear layers inside a module, end the pattern with '.*')")
         chosen.update(dict.fromkeys(usable))
     seen: set[int] = set()
     result = []

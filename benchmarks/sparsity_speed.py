@@ -1,0 +1,122 @@
+"""CPU latency and SST-2 dev accuracy of pruned models in float32 and after int8 dynamic quantization; and the
+(absent) CPU speedup of 2:4 and unstructured sparsity.
+
+Starting point: ../shared/models/minilm-l6-sst2 (all-MiniLM-L6-v2 fine-tuned on SST-2). No fine-tuning after pruning
+here: the rows show what each step costs in accuracy on its own and what it buys in CPU latency.
+
+* unstructured: `hfprune.sparsify` magnitude, layer-wise, attention + FFN projections (dense kernels: zeros cost the
+  same as any other weight on CPU);
+* 2:4: the same with pattern "2:4" (PyTorch's 2:4 kernels are CUDA only);
+* structured: half of every layer's FFN neurons removed with `hfprune.prune` (score: |W_in row| * |W_out column|);
+* int8: `hfprune.quantize_dynamic_int8` (torch.ao dynamic quantization of every nn.Linear).
+
+    python benchmarks/sparsity_speed.py          # ~5 min on 2 shared CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+from sparsity_common import Encoded, accuracy, read_glue_tsv
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+import hfprune
+from hfprune.sparsity import quantize_dynamic_int8, semi_structured_support, sparsify
+
+
+def load(path):
+    return AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+
+def ffn_half_plan(model) -> hfprune.PruningPlan:
+    """Drop the half of each layer's FFN neurons with the smallest |W_in row| * |W_out column| (a weight-only score)."""
+    adapter = hfprune.get_adapter(model)
+    neurons = {}
+    for index, layer in enumerate(adapter.layers(model)):
+        w_in = adapter.ffn_in(layer)[0].weight.detach()
+        w_out = adapter.ffn_out(layer).weight.detach()
+        score = w_in.norm(dim=1) * w_out.norm(dim=0)
+        neurons[index] = score.argsort()[: score.numel() // 2].tolist()
+    return hfprune.PruningPlan(neurons=neurons)
+
+
+@torch.no_grad()
+def latency_ms(model, batch, repeats: int) -> float:
+    model(**batch)  # warm-up (first-call allocations, quantized kernel selection)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(**batch)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="../shared/models/minilm-l6-sst2")
+    parser.add_argument("--data", default="../shared/data/glue/SST-2")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    collate = DataCollatorWithPadding(tokenizer)
+    sentences, labels = read_glue_tsv(f"{args.data}/dev.tsv")
+    dev = Encoded(tokenizer, sentences, labels, 128)
+    batch32 = dict(tokenizer(sentences[:32], padding="max_length", max_length=64, truncation=True,
+                             return_tensors="pt"))
+    batch1 = dict(tokenizer(sentences[:1], padding="max_length", max_length=64, truncation=True, return_tensors="pt"))
+
+    def variant(kind):
+        model = load(args.model)
+        if kind.startswith("unstructured"):
+            sparsify(model, float(kind.split()[1]) / 100).finalize()
+        elif kind == "2:4":
+            sparsify(model, pattern="2:4").finalize()
+        elif kind == "structured":
+            hfprune.prune(model, ffn_half_plan(model))
+        return model
+
+    rows = []
+    for kind in ("dense", "unstructured 50", "unstructured 90", "2:4", "structured"):
+        for int8 in (False, True):
+            if int8 and kind in ("unstructured 90", "2:4"):
+                continue
+            model = variant(kind)
+            if int8:
+                model = quantize_dynamic_int8(model, inplace=True)
+            acc = accuracy(model, dev, collate)
+            lat32 = latency_ms(model, batch32, args.repeats)
+            lat1 = latency_ms(model, batch1, args.repeats * 2)
+            label = {"dense": "dense", "structured": "structured: FFN -50% (hfprune.prune)", "2:4": "2:4 (masked)"}.get(
+                kind, kind.replace("unstructured ", "unstructured ") + "%")
+            rows.append((label, "int8 dynamic" if int8 else "float32", acc, lat32, lat1))
+            print(rows[-1], flush=True)
+
+    ok, reason = semi_structured_support()
+    print()
+    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"machine: {platform.machine()}, {args.threads} torch thread(s) (2 shared cores), torch {torch.__version__}, "
+          f"quantized engine {torch.backends.quantized.engine}; date: "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; total {time.time() - started:.0f}s")
+    print(f"model: {args.model} (all-MiniLM-L6-v2 fine-tuned on SST-2), no fine-tuning after pruning; latency: median "
+          f"of {args.repeats} runs, sequence length 64; 2:4 GPU kernels here: {ok} ({reason})")
+    print()
+    base32, base1 = rows[0][3], rows[0][4]
+    print("| model | weights | SST-2 dev accuracy | batch 32 (ms) | speedup | batch 1 (ms) | speedup |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, dtype, acc, lat32, lat1 in rows:
+        print(f"| {label} | {dtype} | {acc:.4f} | {lat32:.0f} | {base32 / lat32:.2f}x | {lat1:.1f} | "
+              f"{base1 / lat1:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
