@@ -79,7 +79,9 @@ class SparsityHandle:
 
             if target.weight.requires_grad:  # a frozen weight gets no gradient; the step hook still holds it
                 self._hooks.append(target.weight.register_hook(grad_hook))
-        self._hooks.append(register_optimizer_step_post_hook(after_step))
+        step_hook = register_optimizer_step_post_hook(after_step)
+        self._hooks.append(step_hook)
+        weakref.finalize(self, step_hook.remove)  # a handle dropped without remove() leaves no global hook behind
         self.active = True
 
     def _mask(self, name: str, device: torch.device) -> torch.Tensor:
