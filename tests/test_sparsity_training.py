@@ -66,6 +66,17 @@ def test_frozen_targets_are_masked_too():
     handle.finalize()
 
 
+def test_second_handle_on_the_same_weights_is_refused():
+    model = make_model("bert")
+    handle = sparsify(model, 0.5)
+    with pytest.raises(ValueError, match="already masked by an active SparsityHandle"):
+        sparsify(model, 0.3)
+    classifier = sparsify(model, 0.5, targets="classifier")  # other weights: fine
+    handle.finalize()
+    sparsify(model, 0.7).remove()  # after finalize: fine
+    classifier.remove()
+
+
 def test_update_keeps_pruned_weights_pruned():
     model = make_model("bert")
     handle = sparsify(model, 0.3)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from .config import SparsifyConfig
-from .handle import SparsityHandle, compute_masks
+from .handle import SparsityHandle, check_not_masked, compute_masks
 from .targets import resolve_targets
 
 
@@ -42,8 +42,8 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
 
     Raises:
         ValueError: sparsity outside [0, 1), unknown criterion/pattern/scope, a target pattern matching nothing, or
-            a tensor whose shape does not fit the pattern (e.g. N:M with M not dividing its input size). Nothing in
-            the model changes in that case.
+            a tensor whose shape does not fit the pattern (e.g. N:M with M not dividing its input size), or a
+            target already masked by an active handle. Nothing in the model changes in that case.
 
     Example:
         ```python
@@ -53,11 +53,13 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         >>> handle = hfprune.sparsify(model, 0.9, targets=["default", "classifier"])
         >>> round(handle.sparsity(), 3)
         0.9
-        >>> handle24 = hfprune.sparsify(model, pattern="2:4")     # after handle.finalize(), or on another model
+        >>> handle.finalize()                                    # plain zeros; a new sparsify may follow
+        >>> handle24 = hfprune.sparsify(model, pattern="2:4")
         ```
     """
     config = SparsifyConfig(sparsity=sparsity, criterion=criterion, pattern=pattern, scope=scope, targets=targets,
                             max_batches=max_batches, seed=seed)
     chosen = resolve_targets(model, config.targets)
+    check_not_masked(model, chosen)
     masks = compute_masks(model, chosen, config, dataloader)
     return SparsityHandle(model, chosen, masks, config, dataloader)

@@ -21,6 +21,20 @@ from .criteria import compute_scores
 from .patterns import check_shapes, select_masks
 from .targets import Target
 
+# Handles currently enforcing masks; two handles on one weight would silently prune the union of their masks.
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def check_not_masked(model: nn.Module, targets: list[Target]) -> None:
+    """Raise if an active handle already masks one of `targets` (use its `update()`, or `finalize()` it first)."""
+    wanted = {id(t.weight) for t in targets}
+    for handle in list(_ACTIVE):
+        if handle.active and handle.model is model:
+            overlap = [t.key for t in handle.targets if id(t.weight) in wanted]
+            if overlap:
+                raise ValueError(f"{overlap[0]} (and {len(overlap) - 1} more) is already masked by an active "
+                                 f"{handle!r}; call its update(sparsity) or finalize() before sparsify")
+
 
 def compute_masks(model: nn.Module, targets: list[Target], config: SparsifyConfig, dataloader: Iterable | None = None,
                   prior: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -83,6 +97,7 @@ class SparsityHandle:
         self._hooks.append(step_hook)
         weakref.finalize(self, step_hook.remove)  # a handle dropped without remove() leaves no global hook behind
         self.active = True
+        _ACTIVE.add(self)
 
     def _mask(self, name: str, device: torch.device) -> torch.Tensor:
         mask = self.masks[name]
@@ -148,6 +163,7 @@ class SparsityHandle:
             hook.remove()
         self._hooks.clear()
         self.active = False
+        _ACTIVE.discard(self)
 
     def finalize(self) -> nn.Module:
         """Fold the masks into the weights (plain zeros), detach every hook and return the model.
