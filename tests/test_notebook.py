@@ -25,7 +25,7 @@ def test_walkthrough_runs(tmp_path, monkeypatch):
     client.execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for o in cell.get("outputs", []))
-    assert "max |logits diff| without hfprune" in outputs
+    assert "modeling_hfprune.BertForSequenceClassification; max |logits diff|" in outputs
     folder = tmp_path / "out" / "minilm-sst2-heads50"
     assert (folder / "modeling_hfprune.py").is_file() and (folder / "model.safetensors").is_file()
     assert (tmp_path / "out" / "head_importance.png").stat().st_size > 0
