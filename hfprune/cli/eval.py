@@ -1,0 +1,48 @@
+"""`hfprune eval --model OUT --task TASK`: GLUE metrics of a (pruned) model on the task's validation split(s)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_data_flags, add_quiet
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model (pruned or not) on a GLUE task", description=__doc__,
+                       epilog="example:\n  hfprune eval --model out/sst2 --task sst2 --data-dir ../shared/data/glue",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="PATH_OR_ID",
+                   help="a folder written by hfprune (loaded with load_pruned) or a fine-tuned checkpoint")
+    add_data_flags(p)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per evaluation batch")
+    p.add_argument("--max-length", type=int, default=128, help="maximum tokens per example")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_quiet(p)
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..data import get_task, load_task_data, tokenize
+    from ..recipes.modeling import load_classifier
+    from ..recipes.training import evaluate_splits, make_trainer
+    from ..report.progress import quiet_libraries
+
+    task = get_task(args.data__task)
+    if args.batch_size < 1 or args.max_length < 8:
+        raise ValueError("--batch-size must be >= 1 and --max-length >= 8")
+    with quiet_libraries(args.quiet):
+        data = load_task_data(task, data_dir=args.data__data_dir, train_file=args.data__train_file,
+                              validation_file=args.data__validation_file, splits=list(task.eval_splits),
+                              max_eval_samples=args.data__max_eval_samples)
+        model, tokenizer, _ = load_classifier(args.model, task, allow_new_head=False)
+        encoded = tokenize(data, tokenizer, task, args.max_length, show_progress=not args.quiet)
+        trainer = make_trainer(model, tokenizer, task, eval_batch_size=args.batch_size, quiet=args.quiet)
+        metrics = evaluate_splits(trainer, task, {s: encoded[s] for s in task.eval_splits})
+    if args.json:
+        print(json.dumps({"task": task.name, "model": args.model, "metrics": metrics}, indent=2))
+    else:
+        for split, values in metrics.items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k in task.metrics)
+            print(f"{task.name} {split} ({encoded[split].num_rows} examples): {shown}")
+    return 0

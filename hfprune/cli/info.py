@@ -1,0 +1,73 @@
+"""`hfprune info OUT`: per-layer structure, parameters and FLOPs before/after, and what was removed.
+
+Reads only `config.json` (the hfprune structure record): no weights are loaded, the models are built on the meta
+device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="show what was pruned in a saved model", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", metavar="OUT", help="a folder saved after hfprune.prune (or a Hub id)")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOPs count")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(handler=main)
+
+
+def describe(path: str, seq_len: int = 128) -> dict:
+    """Before/after structure, parameter and FLOPs counts of a saved pruned model, from its config alone."""
+    from transformers import AutoConfig
+
+    from ..export import resolve_folder
+    from ..flops import base_model_on_meta, model_costs, pruned_model_on_meta
+    from ..report.results import per_layer_rows
+    from ..structure import get_record
+
+    folder = resolve_folder(path)
+    if not (Path(folder) / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json (not a saved model)")
+    config = AutoConfig.from_pretrained(folder)
+    record = get_record(config)
+    if record is None:
+        raise ValueError(f"{path}: config.json has no hfprune record (this model was not pruned by hfprune)")
+    dense = model_costs(base_model_on_meta(config), seq_len)
+    pruned = model_costs(pruned_model_on_meta(config), seq_len)
+    return {
+        "path": str(path), "model_type": config.model_type, "architectures": config.architectures,
+        "params_before": dense["params"], "params_after": pruned["params"],
+        "flops_before": dense["flops"], "flops_after": pruned["flops"], "seq_len": seq_len,
+        "per_layer": per_layer_rows(dense, pruned, record),
+        "history": record.get("history", []),
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..report.markdown import _big
+
+    if args.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1, got {args.seq_len}")
+    info = describe(args.path, args.seq_len)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}: {info['model_type']} ({', '.join(info['architectures'] or [])})")
+    print(f"parameters {_big(info['params_before'])} -> {_big(info['params_after'])} "
+          f"({info['params_after'] / info['params_before']:.1%}); FLOPs per sequence of {info['seq_len']} "
+          f"{_big(info['flops_before'])} -> {_big(info['flops_after'])} "
+          f"({info['flops_after'] / info['flops_before']:.1%})")
+    print(f"{'layer':>5}  {'heads':>9}  {'ffn':>11}  {'params':>15}  {'flops':>15}")
+    for r in info["per_layer"]:
+        print(f"{r['layer']:>5}  {r['heads_before']:>3} -> {r['heads_after']:<3}  {r['ffn_before']:>4} -> "
+              f"{r['ffn_after']:<4}  {_big(r['params_before']):>6} -> {_big(r['params_after']):<6}  "
+              f"{_big(r['flops_before']):>6} -> {_big(r['flops_after']):<6}" + ("  removed" if r["removed"] else ""))
+    for i, step in enumerate(info["history"]):
+        heads = {k: v for k, v in step.get("heads", {}).items()}
+        n_neurons = sum(len(v) for v in step.get("neurons", {}).values())
+        print(f"removed (step {i + 1}): heads {heads or '{}'}; {n_neurons} FFN neurons; layers {step.get('layers', [])}")
+    return 0

@@ -1,0 +1,53 @@
+"""The `hfprune` command line: `run`, `prune`, `eval`, `info`, `demo` (one module per command).
+
+Bad input (unknown recipe key, out-of-range value, unknown task, missing data split, unusable checkpoint) ends with
+one `hfprune <command>: error: ...` line on stderr and exit status 2; set `HFPRUNE_DEBUG=1` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import demo, info, prune, run
+from . import eval as eval_cmd
+
+COMMANDS = {"run": run, "prune": prune, "eval": eval_cmd, "info": info, "demo": demo}
+# Input problems a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ConnectionError, KeyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hfprune",
+        description="Structured pruning for Hugging Face Transformers: score, prune, recover, evaluate, save.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"hfprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hfprune` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as err:
+        if os.environ.get("HFPRUNE_DEBUG"):
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"hfprune {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hfprune {args.command}: interrupted (nothing was written to the output folder)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""`hfprune prune`: fine-tune (optional), score, prune, recover (optional), evaluate and save, from flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..recipes.config import CRITERIA, LAYER_METHODS, SCOPES
+from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
+
+EXAMPLE = """example:
+  hfprune prune --model ../shared/models/all-MiniLM-L6-v2 --task sst2 --data-dir ../shared/data/glue \\
+      --heads 0.5 --criterion michel --finetune-steps 200 --recover-steps 100 --output out/sst2
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model on a GLUE task (flags spell a recipe)",
+                       description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flag(p, "--model", "model.name_or_path", required=True, metavar="PATH_OR_ID")
+    add_data_flags(p)
+    add_flag(p, "--max-train-samples", "data.max_train_samples", type=int, metavar="N")
+    add_flag(p, "--heads", "prune.heads", type=float, metavar="R")
+    add_flag(p, "--ffn", "prune.ffn", type=float, metavar="R")
+    add_flag(p, "--layers", "prune.layers", type=int, metavar="N")
+    add_flag(p, "--criterion", "prune.criterion", choices=CRITERIA)
+    add_flag(p, "--layer-method", "prune.layer_method", choices=LAYER_METHODS)
+    add_flag(p, "--scope", "prune.scope", choices=SCOPES)
+    add_flag(p, "--score-batches", "prune.score_batches", type=int, metavar="N")
+    p.add_argument("--sweep", type=lambda s: [float(v) for v in s.split(",") if v.strip()], default=None,
+                   metavar="R,R,...", help="also evaluate the masked model at these head fractions (sweep plot)")
+    add_flag(p, "--finetune-steps", "finetune.steps", type=int, metavar="N")
+    add_flag(p, "--recover-steps", "recover.steps", type=int, metavar="N")
+    add_flag(p, "--batch-size", "finetune.batch_size", type=int, metavar="N")
+    add_flag(p, "--learning-rate", "finetune.learning_rate", type=float, metavar="LR")
+    add_flag(p, "--max-length", "model.max_length", type=int, metavar="N")
+    add_flag(p, "--output", "output.dir", required=True, metavar="OUT")
+    add_flag(p, "--push-to-hub", "output.push_to_hub", metavar="REPO")
+    p.add_argument("--seed", type=int, default=None, help="seed of the data subset, new head and training")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other recipe field, e.g. --set recover.learning_rate=1e-4 (repeatable)")
+    add_quiet(p)
+    p.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..recipes.loader import apply_overrides, recipe_from_dict
+
+    data = flags_to_dict(args)
+    if args.sweep is not None:
+        data.setdefault("prune", {})["sweep"] = args.sweep
+    if args.seed is not None:
+        data["seed"] = args.seed
+    # The recovery stage trains like the fine-tune unless told otherwise.
+    for key in ("batch_size", "learning_rate"):
+        if key in data.get("finetune", {}):
+            data.setdefault("recover", {}).setdefault(key, data["finetune"][key])
+    recipe = recipe_from_dict(apply_overrides(data, args.set), source="hfprune prune")
+    from ..recipes.runner import run_recipe
+    from .run import print_summary
+
+    print_summary(run_recipe(recipe, quiet=args.quiet), recipe.output.dir)
+    return 0

@@ -1,0 +1,39 @@
+"""`hfprune run RECIPE.yaml [--set key=value ...]`: run a YAML recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a YAML recipe (recipes/*.yaml)", description=__doc__,
+                       epilog="example:\n  hfprune run recipes/sst2.yaml --set data.data_dir=../shared/data/glue "
+                              "--set output.dir=out/sst2",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe file (YAML, read with a safe loader)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field with a dotted key, e.g. prune.heads=0.3 (repeatable)")
+    p.add_argument("--output", default=None, metavar="OUT", help="shortcut for --set output.dir=OUT")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no stage lines")
+    p.set_defaults(handler=main)
+
+
+def print_summary(results: dict, out_dir) -> None:
+    """The final lines of `run` / `prune` (always printed, also with --quiet)."""
+    from ..report.markdown import _num
+
+    split, metric = results["eval_split"], results["metric"]
+    print(f"{results['task']} {split} {metric}: dense {_num(results['dense']['metric'])} -> pruned "
+          f"{_num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, FLOPs {results['flops_ratio']:.1%}, "
+          f"CPU speedup {results['speedup']:.2f}x; wall {results['wall_seconds']:.0f} s")
+    print(f"outputs in {out_dir}: {', '.join(results['files'])}")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..recipes.loader import load_recipe
+    from ..recipes.runner import run_recipe
+
+    overrides = list(args.set) + ([f"output.dir={args.output}"] if args.output else [])
+    recipe = load_recipe(args.recipe, overrides)
+    print_summary(run_recipe(recipe, quiet=args.quiet), recipe.output.dir)
+    return 0

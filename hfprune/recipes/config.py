@@ -1,0 +1,178 @@
+"""Recipe configuration: the dataclasses that a YAML recipe and the `hfprune prune` flags both spell.
+
+Each field carries its help text in `metadata["help"]` (the command line reuses it) and `__post_init__` range-checks
+the values. Messages start with the field name; the loader prefixes the section (`prune.heads must be ...`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CRITERIA = ("michel", "taylor", "magnitude", "fisher", "random")
+LAYER_METHODS = ("ablation", "gate")
+SCOPES = ("global", "layer")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _fraction(name: str, value: float) -> None:
+    _check(0.0 <= value < 1.0, f"{name} must be a fraction in [0, 1), got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The model to prune."""
+
+    name_or_path: str = _f("", "checkpoint to start from: a local folder or a Hub id (safetensors weights)")
+    max_length: int = _f(128, "maximum tokens per example (longer inputs are truncated)")
+
+    def __post_init__(self):
+        _check(bool(str(self.name_or_path).strip()), "name_or_path is required (a folder or a Hub id)")
+        _check(8 <= self.max_length <= 8192, f"max_length must be in [8, 8192], got {self.max_length}")
+
+
+@dataclass
+class DataConfig:
+    """Where the task's examples come from."""
+
+    task: str = _f("", "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
+    data_dir: str | None = _f(None, "folder in the original GLUE layout (SST-2/train.tsv ...); default: the Hub")
+    train_file: str | None = _f(None, "CSV/TSV/JSON training file with the task's columns and a label column")
+    validation_file: str | None = _f(None, "CSV/TSV/JSON validation file, same columns")
+    max_train_samples: int | None = _f(None, "use a seeded random subset of this many training examples")
+    max_eval_samples: int | None = _f(None, "evaluate on the first this-many validation examples")
+
+    def __post_init__(self):
+        from ..data.tasks import get_task
+
+        self.task = get_task(self.task).name  # raises, naming the unknown task
+        _check(not (self.data_dir and (self.train_file or self.validation_file)),
+               "data_dir and train_file/validation_file exclude each other")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
+
+
+@dataclass
+class TrainConfig:
+    """One `transformers.Trainer` stage (the fine-tune before pruning, or the recovery after it)."""
+
+    steps: int = _f(0, "optimizer steps (0 skips the stage)")
+    batch_size: int = _f(32, "examples per step")
+    learning_rate: float = _f(5e-5, "peak AdamW learning rate (linear decay)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_ratio: float = _f(0.0, "fraction of the steps spent warming the learning rate up")
+    layerdrop: float = _f(0.0, "LayerDrop probability: skip each layer at random during this stage "
+                               "(Fan et al., 2019), so that whole layers can be removed afterwards")
+
+    def __post_init__(self):
+        _check(0 <= self.steps <= 10_000_000, f"steps must be >= 0, got {self.steps}")
+        _check(1 <= self.batch_size <= 65536, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        _check(0 <= self.weight_decay < 1, f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        _fraction("warmup_ratio", self.warmup_ratio)
+        _fraction("layerdrop", self.layerdrop)
+
+
+@dataclass
+class PruneConfig:
+    """What to remove and how to score it."""
+
+    heads: float = _f(0.0, "fraction of attention heads to remove")
+    ffn: float = _f(0.0, "fraction of FFN neurons to remove")
+    layers: int = _f(0, "number of whole layers to remove")
+    criterion: str = _f("michel", f"head/neuron importance criterion: {', '.join(CRITERIA)}")
+    layer_method: str = _f("ablation", f"layer importance method: {', '.join(LAYER_METHODS)}")
+    scope: str = _f("global", "rank heads and neurons over the whole model (global) or within each layer (layer)")
+    min_heads_per_layer: int = _f(1, "never remove the last this-many heads of a layer")
+    round_ffn_to: int = _f(1, "keep a multiple of this many FFN neurons per layer (8 or 64 suit fast kernels)")
+    score_batches: int = _f(32, "training batches used to score importance")
+    sweep: list = field(default_factory=list, metadata={
+        "help": "also evaluate the masked model at these head fractions (metric-vs-fraction plot)"})
+
+    def __post_init__(self):
+        _fraction("heads", self.heads)
+        _fraction("ffn", self.ffn)
+        _check(0 <= self.layers <= 1000, f"layers must be >= 0, got {self.layers}")
+        _check(self.criterion in CRITERIA, f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        _check(self.layer_method in LAYER_METHODS,
+               f"layer_method must be one of {', '.join(LAYER_METHODS)}, got {self.layer_method!r}")
+        _check(self.scope in SCOPES, f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        _check(self.min_heads_per_layer >= 0, f"min_heads_per_layer must be >= 0, got {self.min_heads_per_layer}")
+        _check(self.round_ffn_to >= 1, f"round_ffn_to must be >= 1, got {self.round_ffn_to}")
+        _check(self.score_batches >= 1, f"score_batches must be >= 1, got {self.score_batches}")
+        for value in self.sweep:
+            _fraction("sweep", value)
+        self.sweep = sorted(float(v) for v in self.sweep)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and the latency measurement."""
+
+    batch_size: int = _f(64, "examples per evaluation batch")
+    latency_batch_size: int = _f(8, "batch size of the CPU latency measurement")
+    latency_seq_len: int = _f(128, "sequence length of the latency measurement (also used for the FLOPs count)")
+    latency_repeats: int = _f(3, "timed forward passes per model and round (2 alternating rounds; the "
+                                        "median of a round, the faster round is reported)")
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.latency_batch_size >= 1, f"latency_batch_size must be >= 1, got {self.latency_batch_size}")
+        _check(1 <= self.latency_seq_len <= 8192, f"latency_seq_len must be in [1, 8192], got {self.latency_seq_len}")
+        _check(1 <= self.latency_repeats <= 1000, f"latency_repeats must be in [1, 1000], got {self.latency_repeats}")
+
+
+@dataclass
+class OutputConfig:
+    """Where the results go."""
+
+    dir: str = _f("", "output folder (written to a temporary folder next to it, then moved into place)")
+    push_to_hub: str | None = _f(None, "also upload the output folder to this Hub repo (token from HF_TOKEN)")
+    private: bool = _f(False, "create the Hub repo as private")
+    plots: bool = _f(True, "write the PNG plots")
+
+    def __post_init__(self):
+        _check(bool(str(self.dir).strip()), "dir is required (the output folder)")
+        _check(self.push_to_hub is None or "/" in str(self.push_to_hub),
+               f"push_to_hub must be a repo id like 'user/name', got {self.push_to_hub!r}")
+
+
+@dataclass
+class Recipe:
+    """A whole pruning run: optional fine-tune -> score -> select -> prune -> optional recovery -> evaluate -> save.
+
+    Example:
+        ```python
+        >>> recipe = load_recipe("recipes/sst2.yaml", overrides=["output.dir=out/sst2", "prune.heads=0.3"])
+        >>> recipe.prune.heads
+        0.3
+        ```
+    """
+
+    model: ModelConfig = field(metadata={"help": "the model to prune"})
+    data: DataConfig = field(metadata={"help": "the task and where its examples come from"})
+    output: OutputConfig = field(metadata={"help": "where the results go"})
+    finetune: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "fine-tune before pruning"})
+    prune: PruneConfig = field(default_factory=PruneConfig, metadata={"help": "what to remove"})
+    recover: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "recovery fine-tune after pruning"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation and latency"})
+    seed: int = _f(0, "seed of the data subset, the new classification head and training")
+    description: str = _f("", "free text, copied into the report")
+
+    def __post_init__(self):
+        _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
+        nothing = not (self.prune.heads or self.prune.ffn or self.prune.layers)
+        _check(not (nothing and self.recover.steps), "recover.steps > 0 but nothing is pruned "
+                                                     "(set prune.heads, prune.ffn or prune.layers)")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "finetune": TrainConfig, "prune": PruneConfig,
+            "recover": TrainConfig, "eval": EvalConfig, "output": OutputConfig}

@@ -1,0 +1,117 @@
+"""Writing a run's outputs atomically (temporary folder next to OUT, moved into place at the end) and the Hub push."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("hfprune")
+
+# A folder we may replace: empty, or written by an earlier run (it has results.json). Anything else is the user's.
+_MARKER = "results.json"
+
+
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse an output folder that exists and was not written by hfprune (checked before any work starts)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output {out_dir} is a file, not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / _MARKER).exists():
+        raise FileExistsError(f"output folder {out_dir} exists and holds files not written by hfprune; "
+                              "choose another --output")
+
+
+def _optional(name: str):
+    """A helper from the remote-code module, wherever it lives; None if hfprune has none."""
+    for module in ("hfprune.export_remote", "hfprune.remote"):
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            found = None
+        if found is not None:
+            return found
+    return None
+
+
+def _move_into_place(src: Path, dst: Path) -> None:
+    if dst.exists():
+        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        dst.rename(backup)
+        src.rename(dst)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        src.rename(dst)
+
+
+def _reload_diff(folder: Path, model, batch: dict) -> float:
+    from ..export import load_pruned
+
+    small = {k: v[:8] for k, v in batch.items()}
+    reloaded = load_pruned(folder)
+    model.eval().to("cpu")
+    with torch.no_grad():
+        return float((reloaded(**small).logits - model(**small).logits).abs().max())
+
+
+def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
+    """Write model, tokenizer, remote code, results.json, report.md, plots and README.md; move them to `out_dir`.
+
+    Returns:
+        `dict`: the results written to results.json.
+    """
+    from ..structure import get_record
+    from .markdown import render_model_card, render_report
+    from .plots import write_plots
+    from .results import build_results
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)  # safetensors; the config carries the hfprune structure record
+        tokenizer.save_pretrained(tmp)
+        diff = _reload_diff(tmp, model, run["latency_batch"])
+        add_remote_code = _optional("add_remote_code")
+        has_remote = False
+        if add_remote_code is not None:
+            add_remote_code(tmp)
+            has_remote = True
+        else:
+            logger.warning("this hfprune has no remote-code export; the folder loads with hfprune.load_pruned only")
+        results = build_results(run, get_record(model.config), diff)
+        plots = write_plots(results, tmp) if run["recipe"].output.plots else []
+        results["files"] = sorted([*os.listdir(tmp), "results.json", "report.md", "README.md"])
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "report.md").write_text(render_report(results, plots))
+        (tmp / "README.md").write_text(render_model_card(results, has_remote))
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return results
+
+
+def push_outputs(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload `folder` to the Hub repo `repo_id` (token from `HF_TOKEN` / `huggingface-cli login`)."""
+    push = _optional("push_folder_to_hub")
+    if push is not None:
+        push(folder, repo_id, private=private)
+        return f"https://huggingface.co/{repo_id}"
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hfprune: pruned model")
+    except Exception as err:  # noqa: BLE001  (network, auth, quota...: one clear line; local outputs stay)
+        raise ConnectionError(f"could not push {folder} to the Hub repo {repo_id!r} ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no details'}); the outputs are saved "
+                              "locally") from None
+    return f"https://huggingface.co/{repo_id}"

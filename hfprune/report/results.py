@@ -1,0 +1,101 @@
+"""results.json: what a run measured, as plain JSON (NaN written as null)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+from dataclasses import asdict
+
+import torch
+
+
+def _clean(value):
+    """JSON-safe copy: tensors to lists, NaN/inf to None."""
+    if isinstance(value, torch.Tensor):
+        return _clean(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def per_layer_rows(dense_costs: dict, pruned_costs: dict, record: dict | None) -> list[dict]:
+    """One row per *original* layer: heads, FFN, params and FLOPs before and after (0 after for a removed layer)."""
+    sources = [spec["source_index"] for spec in record["layers"]] if record else list(range(len(
+        pruned_costs["per_layer"])))
+    after = dict(zip(sources, pruned_costs["per_layer"]))
+    rows = []
+    for i, before in enumerate(dense_costs["per_layer"]):
+        now = after.get(i)
+        rows.append({
+            "layer": i, "removed": now is None,
+            "heads_before": before["heads"], "heads_after": now["heads"] if now else 0,
+            "ffn_before": before["ffn"], "ffn_after": now["ffn"] if now else 0,
+            "params_before": before["params"], "params_after": now["params"] if now else 0,
+            "flops_before": before["flops"], "flops_after": now["flops"] if now else 0,
+        })
+    return rows
+
+
+def machine_info() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
+    """Assemble results.json from the runner's state (see `hfprune.recipes.runner.run_recipe`)."""
+    import transformers
+
+    from .. import __version__
+
+    task, recipe, plan = run["task"], run["recipe"], run["plan"]
+    main_split = task.eval_splits[0]
+    dense, pruned = run["dense_costs"], run["pruned_costs"]
+    results = {
+        "hfprune_version": __version__,
+        "transformers_version": transformers.__version__,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "task": task.name,
+        "metric": task.main_metric,
+        "metrics": list(task.metrics),
+        "eval_split": main_split,
+        "model": recipe.model.name_or_path,
+        "classification_head": run["head"],
+        "dense": {
+            "metrics": run["dense_metrics"], "metric": run["dense_metrics"][main_split][task.main_metric],
+            "params": dense["params"], "flops": dense["flops"], "latency_ms": run["dense_latency"] * 1e3,
+            "structure": run["dense_structure"],
+        },
+        "pruned": {
+            "metrics": run["pruned_metrics"], "metric": run["pruned_metrics"][main_split][task.main_metric],
+            "metrics_before_recovery": run["before_recovery"],
+            "params": pruned["params"], "flops": pruned["flops"], "latency_ms": run["pruned_latency"] * 1e3,
+            "structure": run["pruned_structure"],
+        },
+        "params_ratio": pruned["params"] / dense["params"],
+        "flops_ratio": pruned["flops"] / dense["flops"],
+        "speedup": run["dense_latency"] / run["pruned_latency"],
+        "latency": {"batch_size": int(run["latency_batch"]["input_ids"].shape[0]),
+                    "seq_len": int(run["latency_batch"]["input_ids"].shape[1]), "device": "cpu",
+                    "statistic": f"min over 2 alternating rounds of the median of {recipe.eval.latency_repeats} "
+                                 "passes"},
+        "flops_seq_len": dense["seq_len"],
+        "removed": {"heads": plan.num_heads(), "neurons": plan.num_neurons(), "layers": list(plan.layers)},
+        "plan": {k: v for k, v in plan.to_dict().items()},
+        "per_layer": per_layer_rows(dense, pruned, record),
+        "head_importance": run["scores"].get("heads"),
+        "layer_importance": run["scores"].get("layers"),
+        "sweep": run["sweep"],
+        "training": {"finetune": run["finetune"], "recover": run["recover"]},
+        "stage_seconds": dict(run["log"].seconds),
+        "wall_seconds": run["log"].total_seconds,
+        "reload_max_abs_diff": reload_diff,
+        "machine": machine_info(),
+        "recipe": asdict(recipe),
+    }
+    return _clean(results)

@@ -1,0 +1,178 @@
+"""The `hfprune` command line end to end on a tiny BERT built in code (the demo's model and tokenizer), and the
+one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import hfprune
+from hfprune.cli.main import COMMANDS, main
+from hfprune.demo import build_base, synthetic_sentences
+
+FAST = ["--set", "eval.latency_repeats=1", "--set", "eval.latency_seq_len=16", "--set", "eval.latency_batch_size=4",
+        "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matrices: intra-op threads only add synchronisation, which on a shared, busy machine costs seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny BERT checkpoint with a 2-label head, and SST-2-layout data (TSV folder and CSV files)."""
+    root = tmp_path_factory.mktemp("tiny")
+    build_base(root / "base", seed=0)
+    (root / "glue" / "SST-2").mkdir(parents=True)
+    for split, n, seed in (("train", 96, 0), ("dev", 24, 1)):
+        texts, labels = synthetic_sentences(n, seed)
+        rows = "".join(f"{t}\t{lab}\n" for t, lab in zip(texts, labels))
+        (root / "glue" / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+        csv_rows = "".join(f"{t},{('negative', 'positive')[lab]}\n" for t, lab in zip(texts, labels))
+        (root / f"{split}.csv").write_text("sentence,label\n" + csv_rows)
+    return root
+
+
+def _run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_help_on_every_command(capsys):
+    for name in [None, *COMMANDS]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(([name] if name else []) + ["--help"])
+        assert exit_info.value.code == 0
+        assert "usage: hfprune" in capsys.readouterr().out
+    main_help = subprocess.run([sys.executable, "-m", "hfprune.cli.main", "prune", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "--heads R" in main_help and "fraction of attention heads to remove" in main_help
+
+
+def test_prune_writes_everything_and_reloads(tiny, tmp_path, capsys):
+    out = tmp_path / "runs" / "out"
+    rc, stdout, stderr = _run(["prune", "--model", tiny / "base", "--task", "sst2", "--data-dir", tiny / "glue",
+                               "--heads", 0.5, "--ffn", 0.25, "--layers", 1, "--criterion", "michel",
+                               "--finetune-steps", 3, "--recover-steps", 2, "--batch-size", 8, "--score-batches", 2,
+                               "--sweep", "0,0.5", "--output", out, *FAST], capsys)
+    assert rc == 0, stderr
+    assert "sst2 validation accuracy: dense" in stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary folder left next to OUT
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "results.json", "report.md", "README.md",
+                 "head_importance.png", "structure.png", "sweep.png"):
+        assert (out / name).is_file(), name
+    assert (out / "structure.png").read_bytes()[:4] == b"\x89PNG"
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "sst2" and results["metric"] == "accuracy"
+    assert 0 <= results["dense"]["metrics"]["validation"]["accuracy"] <= 1
+    assert results["removed"]["heads"] == 16 and len(results["removed"]["layers"]) == 1
+    assert results["pruned"]["params"] < results["dense"]["params"] and results["flops_ratio"] < 1
+    assert results["pruned"]["latency_ms"] > 0 and results["speedup"] > 0
+    assert {"load", "finetune", "score", "prune", "recover", "evaluate pruned"} <= set(results["stage_seconds"])
+    assert results["reload_max_abs_diff"] < 1e-5
+    assert [p["fraction"] for p in results["sweep"]] == [0.0, 0.5]
+
+    model = hfprune.load_pruned(out)
+    assert hfprune.model_structure(model) == results["pruned"]["structure"]
+    # The reloaded model gives the metric the run measured on the same examples.
+    rc, stdout, stderr = _run(["eval", "--model", out, "--task", "sst2", "--data-dir", tiny / "glue", "--json",
+                               "--quiet"], capsys)
+    assert rc == 0, stderr
+    assert json.loads(stdout)["metrics"]["validation"]["accuracy"] == pytest.approx(
+        results["pruned"]["metrics"]["validation"]["accuracy"])
+
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "hfprune" in front["tags"] and front["metrics"] == ["accuracy"] and front["datasets"] == ["nyu-mll/glue"]
+    assert "load_pruned" in card
+
+    rc, stdout, _ = _run(["info", out, "--json", "--seq-len", 16], capsys)
+    info = json.loads(stdout)
+    assert rc == 0 and info["per_layer"] == results["per_layer"]
+    assert info["params_after"] == results["pruned"]["params"] and info["flops_before"] == results["dense"]["flops"]
+    rc, stdout, _ = _run(["info", out], capsys)
+    assert "removed" in stdout and len(stdout.splitlines()) >= 4 + len(results["per_layer"])
+
+
+def test_run_recipe_with_overrides_replaces_an_earlier_output(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny / "base"), "max_length": 32},
+        "data": {"task": "sst2", "train_file": str(tiny / "train.csv"), "validation_file": str(tiny / "dev.csv")},
+        "finetune": {"steps": 2, "batch_size": 8},
+        "prune": {"heads": 0.5, "criterion": "magnitude"},
+        "output": {"dir": str(out), "plots": False},
+    }))
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # an earlier run's folder may be replaced
+    rc, _, stderr = _run(["run", recipe, "--set", "prune.heads=0.25", "--set", "seed=5", *FAST], capsys)
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"]["prune"]["heads"] == 0.25 and results["recipe"]["seed"] == 5
+    assert results["removed"]["heads"] == 8 and not (out / "structure.png").exists()
+    assert "datasets" not in yaml.safe_load((out / "README.md").read_text().split("---")[1])
+
+
+def _error(argv, capsys, out: Path | None, match: str):
+    rc, _, stderr = _run(argv, capsys)
+    assert rc == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hfprune "), stderr
+    assert match in lines[0], lines[0]
+    if out is not None:
+        assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["prune", "--model", tiny / "base", "--data-dir", tiny / "glue", "--output", out, "--quiet"]
+    _error([*base, "--task", "sst3"], capsys, out, "unknown task 'sst3'")
+    _error([*base, "--task", "sst2", "--heads", 1.5], capsys, out, "prune.heads must be a fraction in [0, 1)")
+    _error([*base, "--task", "sst2", "--set", "prune.colour=red"], capsys, out, "unknown key prune.colour")
+    # A checkpoint with a 2-label head cannot be evaluated on MNLI (3 labels) without fine-tuning a new head.
+    (tiny / "glue" / "MNLI").mkdir(exist_ok=True)
+    for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):
+        (tiny / "glue" / "MNLI" / name).write_text("index\tsentence1\tsentence2\tgold_label\n0\ta\tb\tneutral\n")
+    _error([*base, "--task", "mnli", "--heads", 0.5], capsys, out,
+           "has a classification head with 2 labels, but task 'mnli' needs 3")
+    # A data dir without the validation split.
+    partial = tmp_path / "partial" / "SST-2"
+    partial.mkdir(parents=True)
+    (partial / "train.tsv").write_text((tiny / "glue" / "SST-2" / "train.tsv").read_text())
+    _error(["prune", "--model", tiny / "base", "--task", "sst2", "--data-dir", partial.parent, "--heads", 0.5,
+            "--output", out, "--quiet"], capsys, out, "the validation split of task 'sst2' is missing")
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model: {name_or_path: m}\ndata: {task: sst2}\noutput: {dir: o}\nfinetune: {stepz: 3}\n")
+    _error(["run", recipe], capsys, None, "unknown key finetune.stepz")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    _error([*base[:-3], "--task", "sst2", "--heads", 0.5, "--output", foreign], capsys, None, "holds files not written")
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    _error(["eval", "--model", tmp_path / "nothing", "--task", "sst2", "--data-dir", tiny / "glue"], capsys, None,
+           "cannot load")
+    _error(["info", tiny / "base"], capsys, None, "no hfprune record")
+
+
+def test_new_head_when_fine_tuning_from_a_base_model(tiny):
+    from hfprune.data import get_task
+    from hfprune.recipes.modeling import load_classifier
+
+    torch.manual_seed(0)
+    model, _, head = load_classifier(str(tiny / "base"), get_task("mnli"), allow_new_head=True)
+    assert head == "new" and model.config.num_labels == 3
+    assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
