@@ -81,9 +81,10 @@ def _random_plan(model, seed: int) -> PruningPlan:
     )
 
 
-def _prepare(family: str, seed: int, out) -> None:
+def _prepare(family: str, seed: int, out) -> dict:
     model = make_model(family, seed)
     hfprune.prune(model, _random_plan(model, seed))
+    structure = hfprune.model_structure(model)
     inputs = make_inputs(model)
     ref = {**inputs, "logits": logits_of(model, inputs)}
     with torch.no_grad():
@@ -95,6 +96,7 @@ def _prepare(family: str, seed: int, out) -> None:
     hfprune.save_pruned(model, folder)
     add_remote_code(folder)
     save_file({k: v.contiguous() for k, v in ref.items()}, str(folder) + ".safetensors")
+    return structure
 
 
 def test_every_family_loads_without_hfprune(tmp_path):
@@ -103,10 +105,14 @@ def test_every_family_loads_without_hfprune(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: threads only add contention
     try:
-        for seed, family in enumerate(FAMILIES):
-            _prepare(family, seed, out)
+        structures = {family: _prepare(family, seed, out) for seed, family in enumerate(FAMILIES)}
     finally:
         torch.set_num_threads(threads)
+    # The plans do reach the hard cases: no head left in layer 0, no FFN in layer 1, a removed layer, and for GQA
+    # models 3 query heads over 2 KV groups, i.e. a KV head repeated.
+    for family, structure in structures.items():
+        assert (structure["num_layers"], structure["heads"][0], structure["ffn"][1]) == (2, 0, 0), family
+    assert all(structures[f]["kv_heads"][1] == 3 for f in ("llama", "mistral", "qwen2", "qwen3"))
 
     # The generated file must not depend on hfprune (the loader process would fail anyway; this names the line).
     for family in FAMILIES:
