@@ -1,0 +1,176 @@
+"""`PruningCallback`: score at a chosen step or epoch, mask for the rest of training, prune physically at the end.
+
+Masking (not surgery) during training keeps the optimizer's parameter list and state valid; the masked units get
+no gradient from the loss, so the rest of the network adapts to their absence (recovery fine-tuning). At train end
+(mode="prune") the mask is removed and the units are cut out, so `trainer.save_model()` / `push_to_hub()` write
+the smaller model, with its structure in `config.hfprune`, which `hfprune.load_pruned` rebuilds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+from transformers import TrainerCallback
+
+from ..importance import HEAD_CRITERIA, NEURON_CRITERIA, head_importance, layer_importance, neuron_importance
+from ..importance.common import check_ratio
+from ..masking import mask
+from ..plan import PruningPlan
+from ..selection import select_heads, select_layers, select_neurons
+from ..surgery import prune
+from .base import build_config, check_choice, check_positive, dataloader_for, write_section
+
+logger = logging.getLogger("hfprune")
+
+
+@dataclass
+class PruningConfig:
+    """What `PruningCallback` removes, chosen how, and when."""
+
+    heads_ratio: float | None = field(default=None, metadata={"help": "Fraction of attention heads to remove."})
+    neurons_ratio: float | None = field(default=None, metadata={"help": "Fraction of FFN neurons to remove."})
+    layers: int | list[int] | None = field(default=None, metadata={
+        "help": "Layers to remove: a count (the least important by layer_method) or explicit indices."})
+    criterion: str = field(default="michel", metadata={"help": f"Head criterion, one of {HEAD_CRITERIA}."})
+    neuron_criterion: str = field(default="taylor", metadata={"help": f"Neuron criterion: {NEURON_CRITERIA}."})
+    layer_method: str = field(default="ablation", metadata={"help": "Layer scoring: 'ablation' or 'gate'."})
+    at_step: int | None = field(default=None, metadata={"help": "Score and mask after this optimizer step."})
+    at_epoch: int | None = field(default=None, metadata={"help": "Score and mask at the end of this epoch."})
+    mode: str = field(default="prune", metadata={
+        "help": "'prune': mask during training, remove physically at train end; 'mask': leave the mask on."})
+    scope: str = field(default="global", metadata={"help": "Selection over the whole model or per layer."})
+    min_per_layer: int = field(default=1, metadata={"help": "Heads / neurons kept in every layer."})
+    round_to: int | None = field(default=None, metadata={"help": "Round kept FFN widths to a multiple of this."})
+    max_batches: int | None = field(default=None, metadata={"help": "Score on at most this many batches."})
+    num_samples: int | None = field(default=None, metadata={"help": "Score on at most this many examples."})
+    seed: int | None = field(default=None, metadata={"help": "Seed of the 'random' criteria."})
+    show_progress: bool = field(default=False, metadata={"help": "Show a tqdm bar while scoring."})
+    output_file: str = field(default="importance.json", metadata={
+        "help": "JSON file in args.output_dir; this callback fills its 'pruning' section."})
+
+    def __post_init__(self):
+        owner = "PruningCallback"
+        check_ratio(f"{owner}: heads_ratio", self.heads_ratio)
+        check_ratio(f"{owner}: neurons_ratio", self.neurons_ratio)
+        check_choice(owner, "criterion", self.criterion, HEAD_CRITERIA)
+        check_choice(owner, "neuron_criterion", self.neuron_criterion, NEURON_CRITERIA)
+        check_choice(owner, "layer_method", self.layer_method, ("ablation", "gate"))
+        check_choice(owner, "mode", self.mode, ("mask", "prune"))
+        check_choice(owner, "scope", self.scope, ("global", "layer"))
+        for name in ("at_step", "at_epoch", "max_batches", "num_samples", "round_to"):
+            check_positive(owner, name, getattr(self, name))
+        if self.at_step is not None and self.at_epoch is not None:
+            raise ValueError(f"{owner}: give at_step or at_epoch, not both")
+        if isinstance(self.layers, bool) or not (self.layers is None or isinstance(self.layers, (int, list))):
+            raise ValueError(f"{owner}: layers must be a count, a list of layer indices or None, got {self.layers!r}")
+        if isinstance(self.layers, int) and self.layers < 0:
+            raise ValueError(f"{owner}: layers (a count) must be >= 0, got {self.layers}")
+        if self.heads_ratio is None and self.neurons_ratio is None and not self.layers:
+            raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio and/or layers")
+
+
+class PruningCallback(TrainerCallback):
+    """Score, select and mask units during training; prune them physically when training ends.
+
+    Heads are scored with `criterion` (Michel et al., 2019 by default), neurons with `neuron_criterion` (Taylor,
+    Molchanov et al., 2017) and layers with `layer_method` (LayerDrop-style ablation, Fan et al., 2020), all on the
+    model as it is at the chosen step / epoch end (at train end when neither is set). From then on the plan is
+    masked, so training recovers accuracy around it.
+
+    Args:
+        dataset (`Dataset`, `DataLoader` or list of batch dicts, *optional*): scoring data; defaults to the trainer's
+            eval dataset (see `hfprune.callbacks.base`).
+        trainer (`Trainer`, *optional*): lets the callback use `trainer.get_eval_dataloader`.
+        options: the fields of `PruningConfig` (`heads_ratio`, `neurons_ratio`, `layers`, `criterion`, `at_step`,
+            `at_epoch`, `mode`, ...).
+
+    Example:
+        ```python
+        >>> callback = hfprune.PruningCallback(heads_ratio=0.5, neurons_ratio=0.3, at_epoch=1, dataset=dev)
+        >>> trainer = Trainer(model, args, train_dataset=train, callbacks=[callback]); trainer.train()
+        >>> trainer.save_model("out/pruned")           # the pruned model; hfprune.load_pruned("out/pruned")
+        >>> callback.plan
+        ```
+    """
+
+    def __init__(self, dataset=None, *, trainer=None, **options):
+        self.config = build_config(PruningConfig, "PruningCallback", options)
+        self.dataset = dataset
+        # ----- runtime state (filled during training; not configuration) -----
+        self.trainer = trainer
+        self.plan: PruningPlan | None = None  # the selected units, indexed as the model was when scored
+        self.scores: dict = {}  # "heads" / "neurons" / "layers" -> the scores the plan was chosen from
+        self.pruned = False  # whether the plan was applied physically
+        self._gates = None  # the mask handle while training goes on
+
+    def bind(self, trainer) -> PruningCallback:
+        self.trainer = trainer
+        return self
+
+    def _select(self, args, state, kwargs) -> None:
+        c, model = self.config, kwargs["model"]
+        data_free = ("magnitude", "random")
+        needs_data = (c.heads_ratio is not None and c.criterion not in data_free) \
+            or (c.neurons_ratio is not None and c.neuron_criterion not in data_free) \
+            or (isinstance(c.layers, int) and c.layers > 0)
+        data = dataloader_for("PruningCallback", self.dataset, self.trainer, kwargs, args) if needs_data else None
+        limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
+        plan = PruningPlan()
+        if c.heads_ratio is not None:
+            self.scores["heads"] = head_importance(model, data, criterion=c.criterion, seed=c.seed, **limits)
+            plan.heads = select_heads(self.scores["heads"], ratio=c.heads_ratio, scope=c.scope,
+                                      min_per_layer=c.min_per_layer).heads
+        if c.neurons_ratio is not None:
+            self.scores["neurons"] = neuron_importance(model, data, criterion=c.neuron_criterion, seed=c.seed,
+                                                       **limits)
+            plan.neurons = select_neurons(self.scores["neurons"], ratio=c.neurons_ratio, scope=c.scope,
+                                          min_per_layer=c.min_per_layer, round_to=c.round_to).neurons
+        if isinstance(c.layers, int) and c.layers:
+            self.scores["layers"] = layer_importance(model, data, method=c.layer_method, **limits)
+            plan.layers = select_layers(self.scores["layers"], count=c.layers).layers
+        elif isinstance(c.layers, list):
+            plan.layers = sorted(c.layers)
+        plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers,
+                           meta={"callback": "PruningCallback", "global_step": state.global_step,
+                                 "config": asdict(c)})
+        self.plan = plan
+        self._gates = mask(model, plan)
+        logger.info("PruningCallback: step %d: masking %d heads, %d neurons, layers %s", state.global_step,
+                    plan.num_heads(), plan.num_neurons(), plan.layers)
+        self._write(args, state)
+
+    def _write(self, args, state) -> None:
+        if state.is_world_process_zero:
+            write_section(args.output_dir, self.config.output_file, "pruning", {
+                "callback": "PruningCallback", "config": asdict(self.config),
+                "state": {"global_step": state.global_step, "epoch": state.epoch, "pruned": self.pruned},
+                "scores": self.scores, "plan": self.plan.to_dict() if self.plan else None,
+            })
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.plan is None and self.config.at_step is not None and state.global_step >= self.config.at_step:
+            self._select(args, state, kwargs)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        at = self.config.at_epoch
+        if self.plan is None and at is not None and state.epoch is not None and round(state.epoch) >= at:
+            self._select(args, state, kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.plan is None:
+            if self.config.at_step is not None or self.config.at_epoch is not None:
+                logger.warning("PruningCallback: training ended before the chosen step/epoch; scoring now")
+            self._select(args, state, kwargs)
+        if self.config.mode == "prune" and not self.pruned:
+            self._gates.remove()
+            self._gates = None
+            prune(kwargs["model"], self.plan)
+            self.pruned = True
+            self._write(args, state)
+
+    def remove_mask(self) -> None:
+        """mode="mask": take the mask off the model (the plan stays in `.plan`)."""
+        if self._gates is not None:
+            self._gates.remove()
+            self._gates = None

@@ -1,0 +1,119 @@
+"""One forward + backward per batch through gated units: the pass every gradient-based criterion shares.
+
+The gates are exactly those of `hfprune.attach_gates(..., requires_grad=True)` (heads at the output-projection
+input, neurons at the down-projection input, layers blending a block's output with its input). Criteria that need
+per-example, per-unit terms (Taylor, Fisher) also keep the gated activation `x` and its gradient, through a second
+pre-hook that runs after the gate's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..arch import get_adapter
+from ..masking import Gates, attach_gates
+from ..plan import PruningPlan
+from .common import TokenCounter, check_model, eager_attention, iter_batches, model_loss, scoring_mode
+
+
+@dataclass
+class BatchView:
+    """What a criterion sees after each backward.
+
+    Attributes:
+        gates (`Gates`): the gate handle; `gate.grad` holds this batch's gradient.
+        batch (`dict`): the batch, on the model's device.
+        outputs: the model outputs (attentions included when requested).
+        num_tokens (`int`): this batch's non-padding tokens.
+        activations (`dict[int, torch.Tensor]`): layer -> gated unit input `x` (`.grad` filled), when requested.
+    """
+
+    gates: Gates
+    batch: dict
+    outputs: object
+    num_tokens: int
+    activations: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _keep_activation(store: dict, layer: int):
+    def hook(module, args):
+        x = args[0]
+        if x.requires_grad:
+            x.retain_grad()
+            store[layer] = x
+
+    return hook
+
+
+def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch: Callable[[BatchView], None],
+                 plan: PruningPlan | None = None, keep_activations: bool = False, output_attentions: bool = False,
+                 max_batches: int | None = None, num_samples: int | None = None, show_progress: bool = True,
+                 desc: str = "importance") -> int:
+    """Run forward + backward of the model's loss on each batch, calling `on_batch` after each backward.
+
+    Args:
+        units (`str`): "heads", "neurons" or "layers": which gates get gradients.
+        plan (`PruningPlan`, *optional*): units masked while scoring (their gates are 0).
+        keep_activations (`bool`): also keep the gated inputs of the unit's projection and their gradients.
+
+    Returns:
+        `int`: the number of tokens seen on this process.
+    """
+    if units not in ("heads", "neurons", "layers"):
+        raise ValueError(f"units must be 'heads', 'neurons' or 'layers', got {units!r}")
+    device = check_model(model)
+    adapter = get_adapter(model)
+    total_tokens = 0
+    with scoring_mode(model), eager_attention(model, output_attentions):
+        gates = attach_gates(model, heads=units == "heads", neurons=units == "neurons", layers=units == "layers",
+                             requires_grad=True, plan=plan)
+        counter = TokenCounter(model, adapter)
+        handles = []
+        store: dict[int, torch.Tensor] = {}
+        try:
+            if keep_activations:
+                blocks = adapter.layers(model)
+                owner = gates.head_gates if units == "heads" else gates.neuron_gates
+                for idx in owner:
+                    module = adapter.out_proj(blocks[idx]) if units == "heads" else adapter.ffn_out(blocks[idx])
+                    handles.append(module.register_forward_pre_hook(_keep_activation(store, idx)))
+            kwargs = {"output_attentions": True} if output_attentions else {}
+            for index, batch in enumerate(iter_batches(dataloader, device, max_batches=max_batches,
+                                                       num_samples=num_samples, show_progress=show_progress,
+                                                       desc=desc)):
+                store.clear()
+                gates.zero_grad()
+                outputs = model(**batch, **kwargs)
+                loss = model_loss(outputs, index)
+                if not loss.requires_grad:
+                    raise RuntimeError(f"batch {index}: the loss does not depend on the {units} gates")
+                tokens = counter.count(batch)
+                loss.backward()
+                on_batch(BatchView(gates, batch, outputs, tokens, dict(store)))
+                total_tokens += tokens
+        finally:
+            store.clear()
+            for handle in handles:
+                handle.remove()
+            counter.remove()
+            gates.zero_grad()
+            gates.remove()
+    return total_tokens
+
+
+def per_example_unit_grads(x: torch.Tensor, units: str, head_dim: int) -> torch.Tensor:
+    """`[batch, units]`: the gradient of the batch loss w.r.t. each example's share of a unit's gate.
+
+    The gate multiplies the unit's activation `a` (x = g a, g = 1), so dL/dg = sum over tokens of x * dL/dx; summing
+    per example rather than over the whole batch gives each example's own term.
+    """
+    if x.grad is None:
+        raise RuntimeError("no gradient reached a gated activation; is the unit used by the loss?")
+    contrib = (x.detach() * x.grad).float()
+    if units == "heads":
+        contrib = contrib.unflatten(-1, (-1, head_dim)).sum(-1)
+    return contrib.reshape(contrib.shape[0], -1, contrib.shape[-1]).sum(1)

@@ -1,0 +1,304 @@
+"""Selection: importance scores -> `PruningPlan`.
+
+Units with the lowest scores are removed, by ratio or by count, over the whole model ("global") or within each
+layer ("layer"), keeping at least `min_per_layer` units in every layer. NaN scores mark units that do not exist
+(a layer with fewer heads after earlier pruning) or are already masked; they are never selected and do not count
+towards the total a ratio applies to. `iterative_head_pruning` is Michel et al.'s iterative mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .importance.common import ImportanceResult, check_ratio
+from .plan import PruningPlan
+
+_SCOPES = ("global", "layer")
+
+
+def _round(x: float) -> int:
+    return math.floor(x + 0.5)  # half up: round() rounds 2.5 to 2
+
+
+def _as_rows(scores, what: str) -> list[torch.Tensor]:
+    if isinstance(scores, ImportanceResult):
+        scores = scores.scores
+    if isinstance(scores, torch.Tensor):
+        if scores.dim() == 1 and what == "layers":
+            return [scores.detach().float().cpu()]
+        if scores.dim() != 2:
+            raise ValueError(f"{what} scores must be a [num_layers, units] tensor or a list of per-layer tensors, "
+                             f"got shape {tuple(scores.shape)}")
+        return [row.detach().float().cpu() for row in scores]
+    if isinstance(scores, Sequence) and not isinstance(scores, (str, bytes)):
+        rows = []
+        for i, row in enumerate(scores):
+            row = torch.as_tensor(row).detach().float().cpu()
+            if row.dim() != 1:
+                raise ValueError(f"{what} scores: layer {i} has shape {tuple(row.shape)}, expected a vector")
+            rows.append(row)
+        return rows
+    raise TypeError(f"{what} scores must be a tensor or a list of tensors, got {type(scores).__name__}")
+
+
+def _check_amount(ratio, count, what: str) -> None:
+    if (ratio is None) == (count is None):
+        raise ValueError(f"select_{what}: give exactly one of ratio= or count=")
+    check_ratio(f"select_{what}: ratio", ratio)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise ValueError(f"select_{what}: count must be a non-negative integer, got {count!r}")
+
+
+def _lowest(rows: list[torch.Tensor], ratio, count, scope: str, min_per_layer: int, what: str) -> list[list[int]]:
+    """Per layer, the indices of the units to remove (lowest scores first)."""
+    _check_amount(ratio, count, what)
+    if scope not in _SCOPES:
+        raise ValueError(f"select_{what}: scope must be one of {_SCOPES}, got {scope!r}")
+    if isinstance(min_per_layer, bool) or not isinstance(min_per_layer, int) or min_per_layer < 0:
+        raise ValueError(f"select_{what}: min_per_layer must be a non-negative integer, got {min_per_layer!r}")
+    valid = [(~torch.isnan(row)).nonzero().flatten().tolist() for row in rows]
+    capacity = [max(0, len(v) - min_per_layer) for v in valid]
+    # Ties break by layer, then index, so a selection is reproducible.
+    order = [sorted(v, key=lambda i, row=row: (float(row[i]), i)) for row, v in zip(rows, valid)]
+    if scope == "layer":
+        picked = []
+        for layer, (v, cap) in enumerate(zip(valid, capacity)):
+            n = _round(ratio * len(v)) if ratio is not None else count
+            if n > cap:
+                raise ValueError(
+                    f"select_{what}: layer {layer} has {len(v)} {what}; removing {n} would leave fewer than "
+                    f"min_per_layer={min_per_layer}"
+                )
+            picked.append(sorted(order[layer][:n]))
+        return picked
+    total = sum(len(v) for v in valid)
+    n = _round(ratio * total) if ratio is not None else count
+    if n > sum(capacity):
+        raise ValueError(
+            f"select_{what}: cannot remove {n} of {total} {what} while keeping min_per_layer={min_per_layer} in each "
+            f"of {len(rows)} layers (at most {sum(capacity)} can go)"
+        )
+    ranked = sorted(((float(row[i]), layer, i) for layer, (row, v) in enumerate(zip(rows, valid)) for i in v))
+    picked = [[] for _ in rows]
+    for _, layer, i in ranked:
+        if n == 0:
+            break
+        if len(picked[layer]) < capacity[layer]:
+            picked[layer].append(i)
+            n -= 1
+    return [sorted(p) for p in picked]
+
+
+def _meta(what: str, **options) -> dict:
+    return {"selection": {"units": what, **{k: v for k, v in options.items() if v is not None}}}
+
+
+def select_heads(scores, *, ratio: float | None = None, count: int | None = None, scope: str = "global",
+                 min_per_layer: int = 1, model: nn.Module | None = None) -> PruningPlan:
+    """Remove the attention heads with the lowest importance.
+
+    Michel et al. (2019) prune globally by normalised importance; per-layer selection is the alternative they
+    compare against.
+
+    Args:
+        scores (`torch.Tensor` `[num_layers, max_heads]`, `ImportanceResult` or list of vectors): NaN = no such head.
+        ratio (`float`, *optional*): fraction of the existing heads to remove, in [0, 1].
+        count (`int`, *optional*): number of heads to remove (per layer when `scope="layer"`).
+        scope (`str`, defaults to `"global"`): "global" ranks all heads together, "layer" within each layer.
+        min_per_layer (`int`, defaults to 1): heads kept in every layer (0 lets a layer lose all its heads).
+        model (`PreTrainedModel`, *optional*): check the scores' shape against it and record its structure in the
+            plan, so the plan refuses to apply to a different model.
+
+    Returns:
+        `PruningPlan` with `heads` set.
+
+    Example:
+        ```python
+        >>> plan = hfprune.select_heads(torch.tensor([[0.9, 0.1], [0.5, 0.2]]), count=1)
+        >>> plan.heads
+        {0: [1]}
+        ```
+    """
+    rows = _as_rows(scores, "heads")
+    meta = _meta("heads", ratio=ratio, count=count, scope=scope, min_per_layer=min_per_layer)
+    if model is not None:
+        from .structure import model_structure
+
+        structure = model_structure(model)
+        have = [int((~torch.isnan(r)).sum()) for r in rows]
+        if have != structure["heads"]:
+            raise ValueError(f"select_heads: scores cover heads per layer {have}, but the model has "
+                             f"{structure['heads']}; were the scores computed on this model?")
+        meta["model_structure"] = structure
+    picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
+    return PruningPlan(heads={i: p for i, p in enumerate(picked) if p}, meta=meta)
+
+
+def _round_kept(size: int, removed: int, round_to: int, min_keep: int) -> int:
+    """How many to remove so that the kept width is the nearest multiple of `round_to` (never below `min_keep`)."""
+    if size == 0:
+        return 0
+    kept = _round((size - removed) / round_to) * round_to
+    floor = min(size, round_to * math.ceil(max(min_keep, 1) / round_to))
+    return size - min(size, max(kept, floor))
+
+
+def select_neurons(scores, *, ratio: float | None = None, count: int | None = None, scope: str = "global",
+                   min_per_layer: int = 1, round_to: int | None = None) -> PruningPlan:
+    """Remove the FFN neurons with the lowest importance.
+
+    Args:
+        scores (`list[torch.Tensor]` or `torch.Tensor` `[num_layers, intermediate]`): per-layer neuron scores.
+        ratio (`float`, *optional*): fraction of the neurons to remove, in [0, 1].
+        count (`int`, *optional*): number of neurons to remove (per layer when `scope="layer"`).
+        scope (`str`, defaults to `"global"`): "global" or "layer".
+        min_per_layer (`int`, defaults to 1): neurons kept in every layer.
+        round_to (`int`, *optional*): make every kept FFN width a multiple of this (e.g. 8 or 64, for fast kernels);
+            each layer's kept width goes to the nearest multiple, so the removed total is close to, not exactly,
+            what `ratio` / `count` asks.
+
+    Returns:
+        `PruningPlan` with `neurons` set.
+
+    Example:
+        ```python
+        >>> scores = hfprune.neuron_importance(model, dataloader, criterion="taylor")
+        >>> plan = hfprune.select_neurons(scores, ratio=0.5, round_to=8)
+        ```
+    """
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to <= 0):
+        raise ValueError(f"select_neurons: round_to must be a positive integer, got {round_to!r}")
+    rows = _as_rows(scores, "neurons")
+    picked = _lowest(rows, ratio, count, scope, min_per_layer, "neurons")
+    if round_to is not None:
+        for layer, row in enumerate(rows):
+            valid = (~torch.isnan(row)).nonzero().flatten().tolist()
+            n = _round_kept(len(valid), len(picked[layer]), round_to, min_per_layer)
+            picked[layer] = sorted(sorted(valid, key=lambda i, row=row: (float(row[i]), i))[:n])
+    meta = _meta("neurons", ratio=ratio, count=count, scope=scope, min_per_layer=min_per_layer, round_to=round_to)
+    return PruningPlan(neurons={i: p for i, p in enumerate(picked) if p}, meta=meta)
+
+
+def select_layers(scores, *, count: int | None = None, ratio: float | None = None) -> PruningPlan:
+    """Remove the whole blocks with the lowest importance (from `layer_importance`; higher = more important).
+
+    Args:
+        scores (`torch.Tensor` `[num_layers]`): layer scores.
+        count (`int`, *optional*): number of layers to remove.
+        ratio (`float`, *optional*): fraction of the layers to remove, in [0, 1] (rounded half up).
+
+    Returns:
+        `PruningPlan` with `layers` set.
+
+    Example:
+        ```python
+        >>> hfprune.select_layers(torch.tensor([0.3, 0.01, 0.2, 0.05]), count=2).layers
+        [1, 3]
+        ```
+    """
+    _check_amount(ratio, count, "layers")
+    rows = _as_rows(scores, "layers")
+    if len(rows) != 1:
+        raise ValueError(f"select_layers: scores must be a [num_layers] vector, got {len(rows)} rows")
+    row = rows[0]
+    if torch.isnan(row).any():
+        raise ValueError(f"select_layers: scores contain NaN at layers {torch.isnan(row).nonzero().flatten().tolist()}")
+    n_layers = row.numel()
+    n = _round(ratio * n_layers) if ratio is not None else count
+    if n >= n_layers:
+        raise ValueError(f"select_layers: cannot remove {n} of {n_layers} layers (at least one must stay)")
+    order = sorted(range(n_layers), key=lambda i: (float(row[i]), i))
+    return PruningPlan(layers=sorted(order[:n]), meta=_meta("layers", ratio=ratio, count=count))
+
+
+def _merge(plan: PruningPlan, heads: dict[int, list[int]]) -> PruningPlan:
+    merged = {layer: sorted(set(plan.heads.get(layer, [])) | set(heads.get(layer, [])))
+              for layer in set(plan.heads) | set(heads)}
+    return PruningPlan(heads=merged, meta=dict(plan.meta))
+
+
+def iterative_head_pruning(model: nn.Module, dataloader: Iterable, *, step_ratio: float = 0.1,
+                           target_ratio: float | None = None, eval_fn: Callable[[nn.Module], float] | None = None,
+                           min_metric_fraction: float | None = None, criterion: str = "michel",
+                           min_per_layer: int = 1, on_step: Callable[[PruningPlan], None] | None = None,
+                           **score_kwargs) -> PruningPlan:
+    """Michel et al.'s iterative pruning: mask `step_ratio` of all heads, re-score under the mask, repeat.
+
+    Michel et al. (2019), Section 4: heads are scored with the current mask in place, the least important
+    `step_ratio` of the original head count are masked, and the loop goes on until `target_ratio` of the heads are
+    masked or the metric falls below `min_metric_fraction` of the dense model's (then the last plan above the
+    threshold is returned). The model is not changed; apply the plan with `hfprune.mask` or `hfprune.prune`.
+
+    Args:
+        model (`PreTrainedModel`): the model (not pruned by this function).
+        dataloader (`DataLoader` or iterable of dicts): scoring batches, with labels.
+        step_ratio (`float`, defaults to 0.1): fraction of the original heads masked per step, in (0, 1].
+        target_ratio (`float`, *optional*): stop once this fraction of heads is masked.
+        eval_fn (`Callable[[model], float]`, *optional*): a metric (higher is better) computed under the mask.
+        min_metric_fraction (`float`, *optional*): stop before the metric drops below this fraction of the dense
+            metric (needs `eval_fn`).
+        criterion (`str`, defaults to `"michel"`): the head criterion re-run at each step.
+        min_per_layer (`int`, defaults to 1): heads kept in every layer.
+        on_step (`Callable[[PruningPlan], None]`, *optional*): called with the plan after each accepted step (e.g. to
+            evaluate the intermediate ratios of one run).
+        score_kwargs: passed to `head_importance` (`max_batches`, `num_samples`, `show_progress`, ...).
+
+    Returns:
+        `PruningPlan`: the heads to remove; `meta["iterative"]` lists (heads removed, metric) per step.
+
+    Example:
+        ```python
+        >>> plan = hfprune.iterative_head_pruning(model, train_batches, target_ratio=0.5, max_batches=16)
+        >>> hfprune.prune(model, plan)
+        ```
+    """
+    from .arch import get_adapter
+    from .importance import head_importance
+    from .masking import masked
+
+    if not isinstance(step_ratio, (int, float)) or isinstance(step_ratio, bool) or not 0 < step_ratio <= 1:
+        raise ValueError(f"iterative_head_pruning: step_ratio must be in (0, 1], got {step_ratio!r}")
+    check_ratio("iterative_head_pruning: target_ratio", target_ratio)
+    check_ratio("iterative_head_pruning: min_metric_fraction", min_metric_fraction)
+    if min_metric_fraction is not None and eval_fn is None:
+        raise ValueError("iterative_head_pruning: min_metric_fraction needs eval_fn (the metric to watch)")
+    if target_ratio is None and min_metric_fraction is None:
+        raise ValueError("iterative_head_pruning: give target_ratio and/or min_metric_fraction, or it never stops")
+    for key in ("plan", "return_entropy"):
+        if key in score_kwargs:
+            raise ValueError(f"iterative_head_pruning: {key}= is managed by the loop; do not pass it")
+    adapter = get_adapter(model)
+    total = sum(adapter.num_heads(model, block) for block in adapter.layers(model))
+    step = max(1, _round(step_ratio * total))
+    target = _round(target_ratio * total) if target_ratio is not None else total
+    dense = float(eval_fn(model)) if eval_fn is not None else None
+    plan = PruningPlan()
+    history = []
+    while plan.num_heads() < target:
+        scores = head_importance(model, dataloader, criterion=criterion, plan=plan, **score_kwargs)
+        for layer, heads in plan.heads.items():
+            scores[layer, heads] = float("nan")  # already masked: not candidates, not counted
+        remaining = [int((~torch.isnan(row)).sum()) for row in scores]
+        room = sum(max(0, n - min_per_layer) for n in remaining)
+        n = min(step, target - plan.num_heads(), room)
+        if n <= 0:
+            break
+        candidate = _merge(plan, select_heads(scores, count=n, min_per_layer=min_per_layer).heads)
+        metric = None
+        if eval_fn is not None:
+            with masked(model, candidate):
+                metric = float(eval_fn(model))
+            if min_metric_fraction is not None and metric < min_metric_fraction * dense:
+                break
+        plan = candidate
+        history.append({"removed": plan.num_heads(), "metric": metric})
+        if on_step is not None:
+            on_step(plan)
+    plan.meta = {"iterative": {"criterion": criterion, "step_ratio": step_ratio, "target_ratio": target_ratio,
+                               "min_metric_fraction": min_metric_fraction, "dense_metric": dense,
+                               "steps": history}}
+    return plan

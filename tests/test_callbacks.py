@@ -1,0 +1,205 @@
+"""Trainer callbacks: scoring, pruning with recovery training, save/reload, LayerDrop."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import transformers
+from conftest import make_model
+from transformers import Trainer, TrainingArguments
+
+import hfprune
+from hfprune.callbacks import PruningConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models: several threads only add contention (and on a shared machine, a lot of it).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Synthetic(torch.utils.data.Dataset):
+    """Label = second token mod 3: learnable, but only by moving information to the [CLS] position."""
+
+    def __init__(self, n: int, seed: int, vocab: int = 30, seq: int = 8):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(3, vocab, (n, seq), generator=g)
+        self.ids[:, 0] = 1
+        self.labels = self.ids[:, 1] % 3
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+
+    def batch(self, start: int = 0, size: int | None = None) -> dict:
+        end = len(self) if size is None else start + size
+        return {"input_ids": self.ids[start:end], "attention_mask": torch.ones_like(self.ids[start:end]),
+                "labels": self.labels[start:end]}
+
+
+def _args(tmp_path, steps: int, **kw) -> TrainingArguments:
+    defaults = {"per_device_train_batch_size": 8, "learning_rate": 1e-3, "report_to": [], "use_cpu": True, "seed": 0,
+                "save_strategy": "no", "logging_strategy": "no", "disable_tqdm": True}
+    return TrainingArguments(output_dir=str(tmp_path / "out"), **{**defaults, "max_steps": steps, **kw})
+
+
+def test_trainer_scores_prunes_saves_and_reloads(tmp_path):
+    model = make_model("bert").train()
+    train, dev = Synthetic(64, 0, vocab=90), Synthetic(16, 1, vocab=90)
+    scoring = [dev.batch(0, 8), dev.batch(8, 8)]
+    pruning = hfprune.PruningCallback(scoring, heads_ratio=0.25, neurons_ratio=0.25, layers=1, at_step=2)
+    heads = hfprune.HeadImportanceCallback(scoring)
+    neurons = hfprune.NeuronImportanceCallback(scoring, criterion="magnitude", every_n_steps=2)
+    layers = hfprune.LayerImportanceCallback(scoring, method="gate")
+    probe = _MaskProbe(pruning)
+    trainer = Trainer(model=model, args=_args(tmp_path, 4), train_dataset=train,
+                      callbacks=[probe, pruning, heads, neurons, layers])
+    trainer.train()
+
+    plan = pruning.plan
+    assert plan.num_heads() == 3 and plan.num_neurons() == 36 and len(plan.layers) == 1
+    assert probe.masked_steps == [3, 4]  # masked from the scoring step on, until train end
+    assert pruning.pruned
+    structure = hfprune.model_structure(model)
+    assert structure["num_layers"] == 2 and sum(structure["heads"]) < 8
+    # Callbacks after the pruning one scored the pruned model: NaN where heads are gone.
+    assert heads.scores.shape == (2, max(structure["heads"]))
+    assert int((~torch.isnan(heads.scores)).sum()) == sum(structure["heads"])
+    assert [h["step"] for h in neurons.history] == [2, 4]
+    assert layers.scores.shape == (2,)
+
+    saved = tmp_path / "saved"
+    trainer.save_model(str(saved))
+    reloaded = hfprune.load_pruned(saved)
+    batch = {k: v for k, v in dev.batch().items() if k != "labels"}
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, model(**batch).logits, atol=1e-5)
+
+    report = json.loads((tmp_path / "out" / "importance.json").read_text())
+    assert set(report) == {"heads", "neurons", "layers", "pruning"}
+    assert list(report["pruning"])[:3] == ["callback", "config", "state"]  # hyper-parameters before state
+    assert report["pruning"]["config"]["heads_ratio"] == 0.25 and report["pruning"]["state"]["pruned"]
+    assert hfprune.PruningPlan.from_dict(report["pruning"]["plan"]).heads == plan.heads
+    assert report["heads"]["scores"][0] and report["heads"]["state"]["global_step"] == 4
+
+
+class _MaskProbe(transformers.TrainerCallback):
+    def __init__(self, pruning):
+        self.pruning, self.masked_steps = pruning, []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.pruning._gates is not None:
+            self.masked_steps.append(state.global_step + 1)
+
+
+def test_mask_mode_keeps_the_model_masked(tmp_path):
+    model = make_model("llama").train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 90, (24, 8), generator=g)
+    examples = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids]
+    callback = hfprune.PruningCallback(examples[:4], heads_ratio=0.5, criterion="magnitude", at_epoch=1,
+                                       mode="mask")
+    Trainer(model=model, args=_args(tmp_path, 0, num_train_epochs=2, max_steps=-1), train_dataset=examples,
+            callbacks=[callback]).train()
+    assert callback.plan.num_heads() == 6 and not callback.pruned
+    assert callback.plan.meta["global_step"] == 3  # end of epoch 1 (24 examples / batch 8)
+    assert hfprune.model_structure(model)["heads"] == [4, 4, 4]
+    batch = {"input_ids": ids[:2]}
+    model.eval()
+    with torch.no_grad():
+        masked_logits = model(**batch).logits
+        callback.remove_mask()
+        pruned = hfprune.prune(copy.deepcopy(model), callback.plan)
+        assert torch.allclose(pruned(**batch).logits, masked_logits, atol=1e-5)
+        assert not torch.allclose(model(**batch).logits, masked_logits, atol=1e-5)
+
+
+def test_callback_uses_the_trainers_eval_dataset_when_bound(tmp_path):
+    model = make_model("bert").train()
+    trainer = Trainer(model=model, args=_args(tmp_path, 1, per_device_eval_batch_size=4),
+                      train_dataset=Synthetic(8, 0, vocab=90), eval_dataset=Synthetic(8, 1, vocab=90))
+    callback = hfprune.HeadImportanceCallback(max_batches=1)
+    trainer.add_callback(callback.bind(trainer))
+    trainer.train()
+    assert callback.scores.shape == (3, 4) and torch.isfinite(callback.scores).all()
+
+    lone = hfprune.LayerImportanceCallback()  # no data, not bound, no evaluation ran
+    trainer = Trainer(model=model, args=_args(tmp_path, 1), train_dataset=Synthetic(8, 0, vocab=90),
+                      callbacks=[lone])
+    with pytest.raises(ValueError, match="no data to score on"):
+        trainer.train()
+
+
+def test_callback_options_are_validated():
+    with pytest.raises(ValueError, match=r"heads_ratio must be a number in \[0, 1\]"):
+        hfprune.PruningCallback(heads_ratio=1.5)
+    with pytest.raises(ValueError, match="nothing to prune"):
+        hfprune.PruningCallback()
+    with pytest.raises(ValueError, match="not both"):
+        hfprune.PruningCallback(heads_ratio=0.1, at_step=3, at_epoch=1)
+    with pytest.raises(TypeError, match="unknown option 'ratio'"):
+        hfprune.PruningCallback(ratio=0.1)
+    with pytest.raises(ValueError, match="criterion"):
+        hfprune.HeadImportanceCallback(criterion="gradient")
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        hfprune.LayerDropCallback(p=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        hfprune.LayerDropCallback(mode="random")
+    assert PruningConfig(heads_ratio=0.5).mode == "prune"
+
+
+def _layerdrop_model(seed: int = 0):
+    torch.manual_seed(seed)
+    # A larger init than BERT's 0.02 makes every block matter, so removing blocks hurts a plainly trained model.
+    config = transformers.BertConfig(vocab_size=32, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=16, num_labels=3,
+                                     initializer_range=0.1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return transformers.BertForSequenceClassification(config)
+
+
+class _DropProbe(transformers.TrainerCallback):
+    def __init__(self, layerdrop):
+        self.layerdrop, self.dropped, self.reset = layerdrop, [], True
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.dropped.append(list(self.layerdrop.dropped))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.reset &= all(float(g) == 1.0 for g in self.layerdrop._gates.layer_gates.values())
+
+
+def test_layerdrop_makes_every_other_layer_removable(tmp_path):
+    train, test = Synthetic(2048, 0, vocab=30), Synthetic(256, 1, vocab=30)
+    half = hfprune.PruningPlan(layers=[1, 3])
+    losses = {}
+    for name in ("plain", "layerdrop"):
+        model = _layerdrop_model()
+        callbacks = []
+        if name == "layerdrop":
+            layerdrop = hfprune.LayerDropCallback(p=0.5, mode="every_other")
+            probe = _DropProbe(layerdrop)
+            callbacks = [layerdrop, probe]
+        args = _args(tmp_path / name, 100, per_device_train_batch_size=32, learning_rate=3e-3,
+                     lr_scheduler_type="constant")
+        Trainer(model=model, args=args, train_dataset=train, callbacks=callbacks).train()
+        assert not any(m._forward_hooks for m in model.modules())  # gates gone after training
+        model.eval()
+        with torch.no_grad():
+            full = float(model(**test.batch()).loss)
+            pruned = float(hfprune.prune(copy.deepcopy(model), half)(**test.batch()).loss)
+        losses[name] = (full, pruned)
+    assert all(set(d) <= {1, 3} for d in probe.dropped) and sum(map(len, probe.dropped)) > 50
+    assert probe.reset  # no layer is skipped outside a training step (evaluation sees the full model)
+    plain_full, plain_half = losses["plain"]
+    ld_half = losses["layerdrop"][1]
+    assert plain_half > 1.5 * plain_full  # removing half the blocks hurts the plainly trained model
+    assert ld_half < 0.7 * plain_half  # and hurts the LayerDrop-trained one much less
