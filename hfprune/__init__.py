@@ -37,6 +37,8 @@ _LAZY = {
     "GradualPruningCallback": "hfprune.sparsity",
     "save_compressed": "hfprune.sparsity",
     "quantize_dynamic_int8": "hfprune.sparsity",
+    "add_remote_code": "hfprune.export_remote",
+    "push_folder_to_hub": "hfprune.export_remote",
 }
 
 __all__ = [
