@@ -113,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         scores[criterion] = hfprune.head_importance(model, score_batches, criterion=criterion, show_progress=False)
         timings[criterion] = time.time() - t0
+        print(f"scored by {criterion} in {timings[criterion]:.1f} s", file=sys.stderr)
 
     table: dict[str, dict[float, str]] = {}
     results: dict[str, dict[float, float]] = {}
     for name in ("michel", "taylor", "fisher", "magnitude"):
         results[name] = {r: masked_accuracy(model, hfprune.select_heads(scores[name], ratio=r), dev) for r in ratios}
         table[f"{name} (one-shot)"] = {r: f"{results[name][r]:.4f}" for r in ratios}
+        print(f"{name}: {results[name]}", file=sys.stderr)
     random_acc = {r: [] for r in ratios}
     for seed in seeds:
         rnd = hfprune.head_importance(model, criterion="random", seed=seed)

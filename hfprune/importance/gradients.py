@@ -90,7 +90,8 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
                 outputs = model(**batch, **kwargs)
                 loss = model_loss(outputs, index)
                 if not loss.requires_grad:
-                    raise RuntimeError(f"batch {index}: the loss does not depend on the {units} gates")
+                    raise RuntimeError(f"batch {index}: the loss does not depend on the {units} gates "
+                                       "(does the model's forward reach the projections the adapter names?)")
                 tokens = counter.count(batch)
                 loss.backward()
                 on_batch(BatchView(gates, batch, outputs, tokens, dict(store)))
