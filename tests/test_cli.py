@@ -113,7 +113,7 @@ def test_run_recipe_with_overrides_replaces_an_earlier_output(tiny, tmp_path, ca
     recipe.write_text(yaml.safe_dump({
         "model": {"name_or_path": str(tiny / "base"), "max_length": 32},
         "data": {"task": "sst2", "train_file": str(tiny / "train.csv"), "validation_file": str(tiny / "dev.csv")},
-        "finetune": {"steps": 2, "batch_size": 8},
+        "finetune": {"steps": 2, "batch_size": 8, "layerdrop": 0.5, "layerdrop_mode": "every_other"},
         "prune": {"heads": 0.5, "criterion": "magnitude"},
         "output": {"dir": str(out), "plots": False},
     }))

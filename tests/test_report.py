@@ -117,3 +117,12 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         outputs.write_outputs(model, Tok(), {"latency_batch": {}}, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_push_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from hfprune.report import push_outputs
+
+    make_model("bert").save_pretrained(tmp_path / "out")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match=r"offline.*the outputs are complete in"):
+        push_outputs(tmp_path / "out", "user/tiny")

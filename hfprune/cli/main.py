@@ -15,7 +15,8 @@ from . import eval as eval_cmd
 
 COMMANDS = {"run": run, "prune": prune, "eval": eval_cmd, "info": info, "demo": demo}
 # Input problems a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ConnectionError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ConnectionError, PermissionError,
+               KeyError)
 
 
 def build_parser() -> argparse.ArgumentParser:

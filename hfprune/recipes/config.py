@@ -71,6 +71,7 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "fraction of the steps spent warming the learning rate up")
     layerdrop: float = _f(0.0, "LayerDrop probability: skip each layer at random during this stage "
                                "(Fan et al., 2019), so that whole layers can be removed afterwards")
+    layerdrop_mode: str = _f("uniform", "which layers LayerDrop may skip: uniform (any) or every_other")
 
     def __post_init__(self):
         _check(0 <= self.steps <= 10_000_000, f"steps must be >= 0, got {self.steps}")
@@ -79,6 +80,8 @@ class TrainConfig:
         _check(0 <= self.weight_decay < 1, f"weight_decay must be in [0, 1), got {self.weight_decay}")
         _fraction("warmup_ratio", self.warmup_ratio)
         _fraction("layerdrop", self.layerdrop)
+        _check(self.layerdrop_mode in ("uniform", "every_other"),
+               f"layerdrop_mode must be uniform or every_other, got {self.layerdrop_mode!r}")
 
 
 @dataclass

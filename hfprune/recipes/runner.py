@@ -38,6 +38,14 @@ def _latency_batch(data, tokenizer, task, recipe: Recipe) -> dict:
                           return_tensors="pt"))
 
 
+def _callbacks(train: TrainConfig) -> list:
+    if not train.layerdrop:
+        return []
+    import hfprune
+
+    return [hfprune.LayerDropCallback(p=train.layerdrop, mode=train.layerdrop_mode)]
+
+
 def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: StageLog, quiet: bool):
     import hfprune
 
@@ -135,14 +143,9 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         finetune = None
         if recipe.finetune.steps:
             with log.stage("finetune") as note:
-                callbacks = []
-                if recipe.finetune.layerdrop:
-                    import hfprune
-
-                    callbacks.append(hfprune.LayerDropCallback(p=recipe.finetune.layerdrop))
                 trainer = make_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.finetune,
                                        eval_batch_size=recipe.eval.batch_size, seed=recipe.seed, quiet=quiet,
-                                       callbacks=callbacks, work_dir=Path(work) / "finetune")
+                                       callbacks=_callbacks(recipe.finetune), work_dir=Path(work) / "finetune")
                 finetune = train_stage(trainer)
                 note["summary"] = f"{finetune['steps']} steps, mean loss {finetune['loss']:.4f}"
         # One evaluation Trainer (its train dataloader feeds the scorers) for the dense model and the sweep.
@@ -177,7 +180,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
             with log.stage("recover") as note:
                 trainer = make_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.recover,
                                        eval_batch_size=recipe.eval.batch_size, seed=recipe.seed + 1, quiet=quiet,
-                                       work_dir=Path(work) / "recover")
+                                       callbacks=_callbacks(recipe.recover), work_dir=Path(work) / "recover")
                 recover = train_stage(trainer)
                 note["summary"] = f"{recover['steps']} steps, mean loss {recover['loss']:.4f}"
         with log.stage("evaluate pruned") as note:

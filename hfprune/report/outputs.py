@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -26,18 +25,6 @@ def check_output_dir(out_dir: str | Path) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / _MARKER).exists():
         raise FileExistsError(f"output folder {out_dir} exists and holds files not written by hfprune; "
                               "choose another --output")
-
-
-def _optional(name: str):
-    """A helper from the remote-code module, wherever it lives; None if hfprune has none."""
-    for module in ("hfprune.export_remote", "hfprune.remote"):
-        try:
-            found = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            found = None
-        if found is not None:
-            return found
-    return None
 
 
 def _move_into_place(src: Path, dst: Path) -> None:
@@ -66,6 +53,7 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
     Returns:
         `dict`: the results written to results.json.
     """
+    from ..export_remote import add_remote_code
     from ..structure import get_record
     from .markdown import render_model_card, render_report
     from .plots import write_plots
@@ -78,19 +66,14 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
         model.save_pretrained(tmp)  # safetensors; the config carries the hfprune structure record
         tokenizer.save_pretrained(tmp)
         diff = _reload_diff(tmp, model, run["latency_batch"])
-        add_remote_code = _optional("add_remote_code")
-        has_remote = False
-        if add_remote_code is not None:
-            add_remote_code(tmp)
-            has_remote = True
-        else:
-            logger.warning("this hfprune has no remote-code export; the folder loads with hfprune.load_pruned only")
+        # The generated modeling file lets plain transformers load the folder (trust_remote_code=True).
+        add_remote_code(tmp)
         results = build_results(run, get_record(model.config), diff)
         plots = write_plots(results, tmp) if run["recipe"].output.plots else []
         results["files"] = sorted([*os.listdir(tmp), "results.json", "report.md", "README.md"])
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "report.md").write_text(render_report(results, plots))
-        (tmp / "README.md").write_text(render_model_card(results, has_remote))
+        (tmp / "README.md").write_text(render_model_card(results, has_remote_code=True))
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -99,19 +82,16 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
 
 
 def push_outputs(folder: str | Path, repo_id: str, private: bool = False) -> str:
-    """Upload `folder` to the Hub repo `repo_id` (token from `HF_TOKEN` / `huggingface-cli login`)."""
-    push = _optional("push_folder_to_hub")
-    if push is not None:
-        push(folder, repo_id, private=private)
-        return f"https://huggingface.co/{repo_id}"
-    from huggingface_hub import HfApi
+    """Upload `folder` to the Hub repo `repo_id` (token from `HF_TOKEN` / `hf auth login`); returns the commit URL.
 
-    api = HfApi()
+    Raises:
+        ConnectionError / PermissionError: offline, unreachable, or no token; the message says that the local
+            outputs are complete.
+    """
+    from ..export_remote import push_folder_to_hub
+
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hfprune: pruned model")
-    except Exception as err:  # noqa: BLE001  (network, auth, quota...: one clear line; local outputs stay)
-        raise ConnectionError(f"could not push {folder} to the Hub repo {repo_id!r} ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no details'}); the outputs are saved "
-                              "locally") from None
-    return f"https://huggingface.co/{repo_id}"
+        return push_folder_to_hub(folder, repo_id, private=private)
+    except (ConnectionError, PermissionError) as err:
+        raise type(err)(f"{err} (the outputs are complete in {folder}; push them later with "
+                        f"hfprune.export_remote.push_folder_to_hub)") from None

@@ -56,6 +56,8 @@ def quiet_libraries(quiet: bool):
     tf_level = transformers.logging.get_verbosity()
     ds_level = datasets.logging.get_verbosity()
     ds_bars = datasets.is_progress_bar_enabled()
+    tf_bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -66,3 +68,5 @@ def quiet_libraries(quiet: bool):
         datasets.logging.set_verbosity(ds_level)
         if ds_bars:
             datasets.enable_progress_bars()
+        if tf_bars:
+            transformers.utils.logging.enable_progress_bar()
