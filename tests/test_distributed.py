@@ -60,6 +60,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         save_file(scores, os.path.join(out_dir, f"rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # skip the interpreter teardown (seconds, with torch and transformers loaded); results are on disk
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -70,5 +71,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
         assert set(got) == set(single)
         for key, expected in single.items():
-            assert torch.allclose(got[key], expected, atol=1e-5, rtol=0, equal_nan=True), (rank, key)
+            # Relative to the largest score: raw scores of tiny random models are ~1e-6.
+            scale = expected.double().abs().nan_to_num().max().clamp_min(1e-30)
+            assert torch.allclose(got[key].double() / scale, expected.double() / scale, atol=1e-5, rtol=0,
+                                  equal_nan=True), (rank, key)
     assert single["bert.raw"].abs().sum() > 0

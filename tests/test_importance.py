@@ -21,6 +21,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> bool:
+    """Equal to `tol` relative to the largest expected value (raw scores of tiny random models are ~1e-6, so an
+    absolute 1e-5 would accept anything)."""
+    scale = expected.double().abs().nan_to_num().max().clamp_min(1e-30)
+    return torch.allclose(actual.double() / scale, expected.double() / scale, atol=tol, rtol=0, equal_nan=True)
+
+
 def _batches(model, n: int = 3, batch: int = 2, seq: int = 7, seed: int = 1) -> list[dict]:
     out = []
     for i in range(n):
@@ -84,7 +91,7 @@ def test_raw_michel_matches_independent_computation(family):
     raw = hfprune.head_importance(model, batches, normalize_layers=False, normalize_global=False,
                                   show_progress=False)
     assert raw.dtype == torch.float32 and raw.shape == (3, 4) and raw.device.type == "cpu"
-    assert torch.allclose(raw, expected.float(), atol=1e-5, rtol=0)
+    assert close(raw, expected)
     assert raw.abs().sum() > 0
     # The default normalisation is L2 per layer then global min-max (the authors' code).
     by_layer = expected / expected.pow(2).sum(-1, keepdim=True).sqrt()
@@ -101,14 +108,12 @@ def test_taylor_and_fisher_match_per_example_gradients(family):
     michel = torch.stack([sum(g[i].abs() for g in grads) for i in range(3)]) / tokens
     fisher = torch.stack([sum(g[i].pow(2) for g in grads) for i in range(3)]) / tokens
     raw = {"normalize_layers": False, "normalize_global": False, "show_progress": False}
-    assert torch.allclose(hfprune.head_importance(model, batches, criterion="taylor", **raw), michel.float(),
-                          atol=1e-5)
-    assert torch.allclose(hfprune.head_importance(model, batches, criterion="fisher", **raw), fisher.float(),
-                          atol=1e-6)
+    assert close(hfprune.head_importance(model, batches, criterion="taylor", **raw), michel)
+    assert close(hfprune.head_importance(model, batches, criterion="fisher", **raw), fisher)
     ngrads = _gate_grads(model, batches, units="neurons")
     taylor_n = hfprune.neuron_importance(model, batches, criterion="taylor", show_progress=False)
     for i, scores in enumerate(taylor_n):
-        assert torch.allclose(scores, (sum(g[i].abs() for g in ngrads) / tokens).float(), atol=1e-5)
+        assert close(scores, sum(g[i].abs() for g in ngrads) / tokens)
 
 
 def test_taylor_differs_from_michel_with_larger_batches():
@@ -149,10 +154,11 @@ def test_limits_max_batches_and_num_samples():
     batches = _batches(model, n=3, batch=2)
     raw = {"normalize_layers": False, "normalize_global": False, "show_progress": False}
     two = hfprune.head_importance(model, batches[:2], **raw)
-    assert torch.allclose(hfprune.head_importance(model, batches, max_batches=2, **raw), two)
+    assert close(hfprune.head_importance(model, batches, max_batches=2, **raw), two)
     cut = [batches[0], {k: v[:1] for k, v in batches[1].items()}]
-    assert torch.allclose(hfprune.head_importance(model, batches, num_samples=3, **raw),
-                          hfprune.head_importance(model, cut, **raw))
+    assert close(hfprune.head_importance(model, batches, num_samples=3, **raw),
+                 hfprune.head_importance(model, cut, **raw))
+    assert not close(two, hfprune.head_importance(model, batches, **raw))
 
 
 def test_scoring_leaves_the_model_as_it_was():
@@ -275,7 +281,7 @@ def test_layer_ablation_equals_loss_of_the_model_without_that_layer():
             expected.append(float(smaller(**batch[0]).loss) - base)
     scores = hfprune.layer_importance(model, batch, show_progress=False)
     assert scores.shape == (3,)
-    assert torch.allclose(scores, torch.tensor(expected), atol=1e-5)
+    assert close(scores, torch.tensor(expected), tol=1e-4)  # float32 losses of two separate forward passes
     gate = hfprune.layer_importance(model, batch, method="gate", show_progress=False)
     assert gate.shape == (3,) and (gate >= 0).all() and gate.sum() > 0
     accuracy = hfprune.layer_importance(model, batch, metric_fn=lambda out, b: float(
