@@ -101,14 +101,17 @@ class _MaskProbe(transformers.TrainerCallback):
             self.masked_steps.append(state.global_step + 1)
 
 
-def test_mask_mode_keeps_the_model_masked(tmp_path):
-    model = make_model("llama").train()
+def _lm_examples(n: int = 24) -> tuple[list[dict], torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 90, (24, 8), generator=g)
-    examples = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids]
-    callback = hfprune.PruningCallback(examples[:4], heads_ratio=0.5, criterion="magnitude", at_epoch=1,
-                                       mode="mask")
-    Trainer(model=model, args=_args(tmp_path, 0, num_train_epochs=2, max_steps=-1), train_dataset=examples,
+    ids = torch.randint(1, 90, (n, 8), generator=g)
+    return [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids], ids
+
+
+def test_mask_left_on_when_not_pruning_at_end(tmp_path):
+    model = make_model("llama").train()
+    examples, ids = _lm_examples()
+    callback = hfprune.PruningCallback(heads_ratio=0.5, criterion="magnitude", at_epoch=1, prune_at_end=False)
+    Trainer(model=model, args=_args(tmp_path, -1, num_train_epochs=2), train_dataset=examples,
             callbacks=[callback]).train()
     assert callback.plan.num_heads() == 6 and not callback.pruned
     assert callback.plan.meta["global_step"] == 3  # end of epoch 1 (24 examples / batch 8)
@@ -121,6 +124,38 @@ def test_mask_mode_keeps_the_model_masked(tmp_path):
         pruned = hfprune.prune(copy.deepcopy(model), callback.plan)
         assert torch.allclose(pruned(**batch).logits, masked_logits, atol=1e-5)
         assert not torch.allclose(model(**batch).logits, masked_logits, atol=1e-5)
+
+
+class _Snapshot(transformers.TrainerCallback):
+    """Records the structure and the optimizer's tensors at every step."""
+
+    def __init__(self):
+        self.structures, self.foreign = [], []
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.structures.append(hfprune.model_structure(model)["ffn"])
+        own = {id(p) for p in model.parameters()}
+        self.foreign.append(sum(id(p) not in own for g in optimizer.param_groups for p in g["params"]))
+
+
+def test_prune_mode_trains_the_smaller_model(tmp_path):
+    model = make_model("llama").train()
+    examples, ids = _lm_examples(32)
+    pruning = hfprune.PruningCallback(examples[:8], neurons_ratio=0.5, layers=[2], at_step=2, mode="prune",
+                                       scope="layer")
+    snapshot = _Snapshot()
+    trainer = Trainer(model=model, args=_args(tmp_path, 4), train_dataset=examples, callbacks=[pruning, snapshot])
+    trainer.train()
+    assert pruning.pruned and snapshot.structures == [[48, 48, 48], [24, 24], [24, 24], [24, 24]]
+    assert snapshot.foreign == [0, 0, 0, 0]  # the optimizer holds exactly the model's (new) tensors
+    # The new, sliced tensors were stepped after surgery: the optimizer has fresh moments of their shape.
+    down = hfprune.get_adapter(model).ffn_out(hfprune.get_adapter(model).layers(model)[0]).weight
+    assert down in trainer.optimizer.state and trainer.optimizer.state[down]["exp_avg"].shape == down.shape
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = hfprune.load_pruned(tmp_path / "saved")
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids[:2]).logits, model(input_ids=ids[:2]).logits, atol=1e-5)
 
 
 def test_callback_uses_the_trainers_eval_dataset_when_bound(tmp_path):
@@ -154,7 +189,7 @@ def test_callback_options_are_validated():
         hfprune.LayerDropCallback(p=1.0)
     with pytest.raises(ValueError, match="mode"):
         hfprune.LayerDropCallback(mode="random")
-    assert PruningConfig(heads_ratio=0.5).mode == "prune"
+    assert PruningConfig(heads_ratio=0.5).mode == "mask"
 
 
 def _layerdrop_model(seed: int = 0):

@@ -1,9 +1,11 @@
-"""`PruningCallback`: score at a chosen step or epoch, mask for the rest of training, prune physically at the end.
+"""`PruningCallback`: score at a chosen step or epoch, then recover by training on; the model ends up pruned.
 
-Masking (not surgery) during training keeps the optimizer's parameter list and state valid; the masked units get
-no gradient from the loss, so the rest of the network adapts to their absence (recovery fine-tuning). At train end
-(mode="prune") the mask is removed and the units are cut out, so `trainer.save_model()` / `push_to_hub()` write
-the smaller model, with its structure in `config.hfprune`, which `hfprune.load_pruned` rebuilds.
+mode="mask" (default): the plan is masked for the rest of training (the optimizer and its state stay as they are;
+masked units get no gradient, so the network adapts to their absence), and at train end the mask is removed and
+the units are cut out. mode="prune": the units are cut out at once and the optimizer is re-pointed to the new,
+smaller tensors, so recovery training already runs on the smaller, faster model. Either way `trainer.save_model()`
+/ `push_to_hub()` write the pruned model, with its structure in `config.hfprune`, which `hfprune.load_pruned`
+rebuilds.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 from transformers import TrainerCallback
 
 from ..importance import HEAD_CRITERIA, NEURON_CRITERIA, head_importance, layer_importance, neuron_importance
-from ..importance.common import check_ratio
+from ..importance.common import check_ratio, is_distributed
 from ..masking import mask
 from ..plan import PruningPlan
 from ..selection import select_heads, select_layers, select_neurons
 from ..surgery import prune
 from .base import build_config, check_choice, check_positive, dataloader_for, write_section
+from .optim import parameter_owners, repoint_optimizer
 
 logger = logging.getLogger("hfprune")
 
@@ -37,8 +40,10 @@ class PruningConfig:
     layer_method: str = field(default="ablation", metadata={"help": "Layer scoring: 'ablation' or 'gate'."})
     at_step: int | None = field(default=None, metadata={"help": "Score and mask after this optimizer step."})
     at_epoch: int | None = field(default=None, metadata={"help": "Score and mask at the end of this epoch."})
-    mode: str = field(default="prune", metadata={
-        "help": "'prune': mask during training, remove physically at train end; 'mask': leave the mask on."})
+    mode: str = field(default="mask", metadata={
+        "help": "'mask': mask for the rest of training, prune at train end; 'prune': prune at once (one process)."})
+    prune_at_end: bool = field(default=True, metadata={
+        "help": "mode='mask': remove the units physically at train end (False: leave the model masked)."})
     scope: str = field(default="global", metadata={"help": "Selection over the whole model or per layer."})
     min_per_layer: int = field(default=1, metadata={"help": "Heads / neurons kept in every layer."})
     round_to: int | None = field(default=None, metadata={"help": "Round kept FFN widths to a multiple of this."})
@@ -71,12 +76,14 @@ class PruningConfig:
 
 
 class PruningCallback(TrainerCallback):
-    """Score, select and mask units during training; prune them physically when training ends.
+    """Score and select units during training, recover by training on, and end with a physically pruned model.
 
     Heads are scored with `criterion` (Michel et al., 2019 by default), neurons with `neuron_criterion` (Taylor,
     Molchanov et al., 2017) and layers with `layer_method` (LayerDrop-style ablation, Fan et al., 2020), all on the
-    model as it is at the chosen step / epoch end (at train end when neither is set). From then on the plan is
-    masked, so training recovers accuracy around it.
+    model as it is at the chosen step / epoch end (at train end when neither is set). mode="mask" masks the plan for
+    the rest of training and prunes at train end (`prune_at_end=False` leaves the mask on instead); mode="prune"
+    prunes at once and re-points the optimizer to the smaller tensors (their Adam moments restart; one process
+    only, since DDP / FSDP hold the old parameters).
 
     Args:
         dataset (`Dataset`, `DataLoader` or list of batch dicts, *optional*): scoring data; defaults to the trainer's
@@ -135,10 +142,23 @@ class PruningCallback(TrainerCallback):
                            meta={"callback": "PruningCallback", "global_step": state.global_step,
                                  "config": asdict(c)})
         self.plan = plan
-        self._gates = mask(model, plan)
-        logger.info("PruningCallback: step %d: masking %d heads, %d neurons, layers %s", state.global_step,
-                    plan.num_heads(), plan.num_neurons(), plan.layers)
+        if c.mode == "prune":
+            self._prune_now(model, kwargs.get("optimizer"))
+        else:
+            self._gates = mask(model, plan)
+        logger.info("PruningCallback: step %d: %s %d heads, %d neurons, layers %s", state.global_step,
+                    "pruned" if self.pruned else "masking", plan.num_heads(), plan.num_neurons(), plan.layers)
         self._write(args, state)
+
+    def _prune_now(self, model, optimizer) -> None:
+        if is_distributed():
+            raise RuntimeError("PruningCallback: mode='prune' cannot resize a model that DDP / FSDP already wrapped; "
+                               "use mode='mask' (pruned at train end) in distributed training")
+        owners = parameter_owners(model)
+        prune(model, self.plan)
+        if optimizer is not None:
+            repoint_optimizer(model, optimizer, owners)
+        self.pruned = True
 
     def _write(self, args, state) -> None:
         if state.is_world_process_zero:
@@ -162,15 +182,14 @@ class PruningCallback(TrainerCallback):
             if self.config.at_step is not None or self.config.at_epoch is not None:
                 logger.warning("PruningCallback: training ended before the chosen step/epoch; scoring now")
             self._select(args, state, kwargs)
-        if self.config.mode == "prune" and not self.pruned:
-            self._gates.remove()
-            self._gates = None
+        if self.config.prune_at_end and not self.pruned:
+            self.remove_mask()
             prune(kwargs["model"], self.plan)
             self.pruned = True
             self._write(args, state)
 
     def remove_mask(self) -> None:
-        """mode="mask": take the mask off the model (the plan stays in `.plan`)."""
+        """Take the mask off the model (mode="mask", prune_at_end=False); the plan stays in `.plan`."""
         if self._gates is not None:
             self._gates.remove()
             self._gates = None
