@@ -84,10 +84,10 @@ def demo_recipe(work: Path, output: Path, seed: int = 0):
         "seed": seed,
         "model": {"name_or_path": str(work / "base"), "max_length": 32},
         "data": {"task": "sst2", "train_file": str(work / "train.csv"), "validation_file": str(work / "dev.csv")},
-        "finetune": {"steps": 300, "batch_size": 32, "learning_rate": 2e-3},
+        "finetune": {"steps": 200, "batch_size": 32, "learning_rate": 2e-3},
         "prune": {"heads": 0.5, "ffn": 0.5, "criterion": "michel", "score_batches": 16,
-                  "sweep": [0.0, 0.25, 0.5, 0.75]},
-        "recover": {"steps": 100, "batch_size": 32, "learning_rate": 1e-3},
+                  "sweep": [0.0, 0.25, 0.5, 0.75, 0.875]},
+        "recover": {"steps": 50, "batch_size": 32, "learning_rate": 1e-3},
         "eval": {"latency_batch_size": 32, "latency_seq_len": 32},
         "output": {"dir": str(output)},
     }, source="demo")
@@ -100,13 +100,14 @@ def run_demo(output: str | Path | None = None, seed: int = 0, quiet: bool = Fals
     import hfprune
 
     from .recipes.runner import run_recipe
+    from .report.progress import quiet_libraries
 
     output = Path(output) if output else Path(tempfile.mkdtemp(prefix="hfprune-demo-")) / "pruned"
     threads = torch.get_num_threads()
     # A 64-wide model: intra-op threads cost more in synchronisation than they gain (seconds on a busy machine).
     torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory(prefix="hfprune-demo-work-") as tmp:
+        with quiet_libraries(quiet), tempfile.TemporaryDirectory(prefix="hfprune-demo-work-") as tmp:
             work = Path(tmp)
             build_base(work / "base", seed)
             write_split(work / "train.csv", 4000, seed)

@@ -176,3 +176,23 @@ def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     model, _, head = load_classifier(str(tiny / "base"), get_task("mnli"), allow_new_head=True)
     assert head == "new" and model.config.num_labels == 3
     assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+
+
+def test_demo_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):
+    from hfprune import demo
+
+    full = demo.demo_recipe
+
+    def short(work, output, seed=0):  # the demo's own recipe, with fewer steps so the test stays short
+        recipe = full(work, output, seed)
+        recipe.finetune.steps, recipe.recover.steps, recipe.prune.score_batches = 20, 5, 2
+        recipe.prune.sweep, recipe.eval.latency_repeats = [0.5], 1
+        return recipe
+
+    monkeypatch.setattr(demo, "demo_recipe", short)
+    rc, stdout, stderr = _run(["demo", "--output", tmp_path / "demo", "--quiet"], capsys)
+    assert rc == 0, stderr
+    assert "reloaded with hfprune.load_pruned" in stdout and "heads per layer [" in stdout
+    assert "-> positive" in stdout or "-> negative" in stdout
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["removed"]["heads"] == 16 and results["pruned"]["params"] < results["dense"]["params"]

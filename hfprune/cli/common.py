@@ -13,7 +13,7 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, key: str, **kwargs) -> 
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--task", "data.task", required=True)
+    add_flag(parser, "--task", "data.task", required=True, metavar="TASK")
     add_flag(parser, "--data-dir", "data.data_dir", metavar="DIR")
     add_flag(parser, "--train-file", "data.train_file", metavar="FILE")
     add_flag(parser, "--validation-file", "data.validation_file", metavar="FILE")

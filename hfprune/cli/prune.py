@@ -13,6 +13,11 @@ EXAMPLE = """example:
 """
 
 
+def fractions(text: str) -> list[float]:
+    """`"0.25,0.5"` -> `[0.25, 0.5]` (argparse names this function in its error for a bad value)."""
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model on a GLUE task (flags spell a recipe)",
                        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +31,7 @@ def add_parser(sub) -> None:
     add_flag(p, "--layer-method", "prune.layer_method", choices=LAYER_METHODS)
     add_flag(p, "--scope", "prune.scope", choices=SCOPES)
     add_flag(p, "--score-batches", "prune.score_batches", type=int, metavar="N")
-    p.add_argument("--sweep", type=lambda s: [float(v) for v in s.split(",") if v.strip()], default=None,
+    p.add_argument("--sweep", type=fractions, default=None,
                    metavar="R,R,...", help="also evaluate the masked model at these head fractions (sweep plot)")
     add_flag(p, "--finetune-steps", "finetune.steps", type=int, metavar="N")
     add_flag(p, "--recover-steps", "recover.steps", type=int, metavar="N")
