@@ -60,6 +60,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    parser.add_argument("--methods", nargs="+", default=["magnitude", "taylor", "gradual"],
+                        choices=["magnitude", "taylor", "gradual"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,19 +83,24 @@ def main(argv=None):
     rows.append(("dense (no pruning)", 0.0, 0.0, dense, 0.0))
     print(f"dense: {dense:.4f}", flush=True)
     for s in args.sparsities:
-        for name, kwargs in (("magnitude one-shot", {}),
-                             ("Taylor one-shot", {"criterion": "taylor", "dataloader": taylor_data})):
+        for method, name, kwargs in (("magnitude", "magnitude one-shot", {}),
+                                     ("taylor", "Taylor one-shot", {"criterion": "taylor", "dataloader": taylor_data})):
+            if method not in args.methods:
+                continue
             t = time.time()
             model = load(args.model)
             handle = sparsify(model, s, **kwargs)
             acc = accuracy(model, dev, collate)
             rows.append((name, s, handle.sparsity(), acc, time.time() - t))
             print(f"{name} {s}: {acc:.4f} ({time.time() - t:.0f}s)", flush=True)
+        if "gradual" not in args.methods:
+            continue
         t = time.time()
         with tempfile.TemporaryDirectory() as tmp:
             model, measured = gradual(args, train, collate, s, tmp)
         acc = accuracy(model, dev, collate)
-        rows.append((f"gradual magnitude + fine-tune ({args.steps} steps)", s, measured, acc, time.time() - t))
+        rows.append((f"gradual magnitude + fine-tune ({args.steps} steps, lr {args.lr:g})", s, measured, acc,
+                     time.time() - t))
         print(f"gradual {s}: {acc:.4f} ({time.time() - t:.0f}s)", flush=True)
 
     print()
