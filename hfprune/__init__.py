@@ -53,11 +53,18 @@ __all__ = [
     "prune",
     "save_pruned",
     "supported_model_types",
-    *_LAZY,
 ]
+__all__ += list(_LAZY)
+
+
+# Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
+_SUBMODULES = ("callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote", "report",
+               "selection", "sparsity")
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"hfprune.{name}")
     raise AttributeError(f"module 'hfprune' has no attribute {name!r}")

@@ -35,14 +35,15 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
         model.save_pretrained(tmp, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, output_dir)
+        replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder `src` to `dst`, replacing what was there only once `src` is complete."""
     if dst.exists():
         backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         dst.rename(backup)

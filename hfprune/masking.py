@@ -76,7 +76,7 @@ class Gates:
         for gate in self.parameters():
             gate.grad = None
 
-    def __enter__(self) -> Gates:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

@@ -133,7 +133,7 @@ class PruningPlan:
     def from_dict(cls, data: dict) -> PruningPlan:
         unknown = set(data) - {"heads", "neurons", "layers", "meta"}
         if unknown:
-            raise ValueError(f"PruningPlan: unknown key {sorted(unknown)[0]!r} (expected heads, neurons, layers, meta)")
+            raise ValueError(f"PruningPlan: unknown key {min(unknown)!r} (expected heads, neurons, layers, meta)")
         return cls(heads=data.get("heads") or {}, neurons=data.get("neurons") or {}, layers=data.get("layers") or [],
                    meta=data.get("meta") or {})
 

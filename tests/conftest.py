@@ -10,13 +10,13 @@ VOCAB = 99
 
 
 def _cfg(family: str):
-    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                  intermediate_size=48)
+    common = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
+                  "intermediate_size": 48}
     if family in ("bert", "roberta", "xlm-roberta", "camembert", "electra"):
         cls = {"bert": "BertConfig", "roberta": "RobertaConfig", "xlm-roberta": "XLMRobertaConfig",
                "camembert": "CamembertConfig", "electra": "ElectraConfig"}[family]
-        extra = dict(max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                     num_labels=3)
+        extra = {"max_position_embeddings": 64, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                     "num_labels": 3}
         if family == "electra":
             extra["embedding_size"] = 32
         return getattr(transformers, cls)(**common, **extra), f"{cls[:-6]}ForSequenceClassification"
@@ -34,8 +34,8 @@ def _cfg(family: str):
     if family in ("llama", "mistral", "qwen2", "qwen3"):
         cls = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
                "qwen3": "Qwen3Config"}[family]
-        extra = dict(num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0,
-                     tie_word_embeddings=family == "qwen2")
+        extra = {"num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64, "pad_token_id": 0,
+                     "tie_word_embeddings": family == "qwen2"}
         if family == "qwen2":
             extra["attention_bias"] = True  # qwen2 has q/k/v biases in the real models
         arch = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]

@@ -36,7 +36,7 @@ def test_layer_types_follow_removed_layers():
     model.config.layer_types = ["full_attention", "sliding_attention", "full_attention"]
     hfprune.prune(model, PruningPlan(layers=[0]))
     assert model.config.layer_types == ["sliding_attention", "full_attention"]
-    idx = [getattr(hfprune.get_adapter(model).attention(b), "layer_idx") for b in model.model.layers]
+    idx = [hfprune.get_adapter(model).attention(b).layer_idx for b in model.model.layers]
     assert idx == [0, 1]
 
 

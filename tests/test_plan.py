@@ -19,12 +19,12 @@ def test_json_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(heads={0: [1, 1]}), "layer 0 lists index 1 more than once"),
-        (dict(heads={0: [-1]}), "negative"),
-        (dict(neurons={-2: [0]}), "negative"),
-        (dict(layers=[0, 0]), "more than once"),
-        (dict(heads={"x": [0]}), "layer key 'x'"),
-        (dict(heads={0: [0.5]}), "integers"),
+        ({"heads": {0: [1, 1]}}, "layer 0 lists index 1 more than once"),
+        ({"heads": {0: [-1]}}, "negative"),
+        ({"neurons": {-2: [0]}}, "negative"),
+        ({"layers": [0, 0]}, "more than once"),
+        ({"heads": {"x": [0]}}, "layer key 'x'"),
+        ({"heads": {0: [0.5]}}, "integers"),
     ],
 )
 def test_malformed_plans_are_rejected(kwargs, message):

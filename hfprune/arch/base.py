@@ -126,7 +126,7 @@ class ArchAdapter:
     def num_kv_heads(self, model: nn.Module, layer: nn.Module) -> int:
         if not self.supports_gqa or self.num_heads(model, layer) == 0:
             return self.num_heads(model, layer)
-        k = [s for s in self.qkv_segments(layer) if s.role == "k"][0]
+        k = next(s for s in self.qkv_segments(layer) if s.role == "k")
         return _out_features(k.module) // self.head_dim(model)
 
     def intermediate_size(self, layer: nn.Module) -> int:

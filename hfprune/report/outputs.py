@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..export import replace_dir
+
 logger = logging.getLogger("hfprune")
 
 # A folder we may replace: empty, or written by an earlier run (it has results.json). Anything else is the user's.
@@ -25,16 +27,6 @@ def check_output_dir(out_dir: str | Path) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / _MARKER).exists():
         raise FileExistsError(f"output folder {out_dir} exists and holds files not written by hfprune; "
                               "choose another --output")
-
-
-def _move_into_place(src: Path, dst: Path) -> None:
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(backup)
-        src.rename(dst)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        src.rename(dst)
 
 
 def _reload_diff(folder: Path, model, batch: dict) -> float:
@@ -74,7 +66,7 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "report.md").write_text(render_report(results, plots))
         (tmp / "README.md").write_text(render_model_card(results, has_remote_code=True))
-        _move_into_place(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

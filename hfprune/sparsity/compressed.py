@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..export import _replace_dir, load_state_strict, model_class_for
+from ..export import load_state_strict, model_class_for, replace_dir
 from .targets import is_conv1d
 
 MANIFEST_NAME = "hfprune_sparse.json"
@@ -167,7 +167,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
