@@ -144,6 +144,7 @@ def test_gradual_callback_reaches_final_sparsity_and_logs(tmp_path):
             seen.append(dict(logs))
 
     trainer = Trainer(model=model, args=args, train_dataset=_Data(model), callbacks=[LogSpy(), callback])
+    assert callback.bind(trainer) is callback
     trainer.train()
     history = [h for h in trainer.state.log_history if "sparsity" in h]
     assert history and history[-1]["sparsity_target"] == pytest.approx(0.8)

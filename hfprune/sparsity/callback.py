@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -99,7 +98,6 @@ class GradualPruningCallback(TrainerCallback):
         if self.schedule.kind != "one-shot" and self.schedule.end_step > state.max_steps:
             raise ValueError(f"GradualPruningCallback: end_step={self.schedule.end_step} is after the run's last step "
                              f"({state.max_steps}); final_sparsity={self.config.final_sparsity} would never be reached")
-        self._log_first()
         if state.global_step >= self.config.start_step:  # also a resumed run: catch up with the schedule
             self._prune(model, state.global_step, train_dataloader)
 
@@ -133,26 +131,19 @@ class GradualPruningCallback(TrainerCallback):
         self.target_sparsity = float(self.handle.config.sparsity)
         logger.info("step %d: sparsity -> %.4f", step, self.target_sparsity)
 
-    def _log_first(self) -> None:
-        """Move this callback to the front of the Trainer's callback list.
+    def bind(self, trainer) -> GradualPruningCallback:
+        """Move this callback to the front of `trainer`'s callback list and return it.
 
-        The Trainer calls `on_log` on callbacks in order, and reporting callbacks (printer, TensorBoard, W&B) are
-        registered before user callbacks; they would otherwise report the logs before `sparsity` is added. The
-        Trainer does not pass its callback handler to callbacks, so it is found on the calling frames; if that
-        fails, `sparsity` still reaches `state.log_history` and any callback after this one.
+        The Trainer calls `on_log` on callbacks in order, and its reporting callbacks (printer, TensorBoard, W&B) are
+        registered before user callbacks, so without this they report each log before `sparsity` is added to it.
+        Unbound, `sparsity` still reaches `trainer.state.log_history` and every callback after this one.
         """
-        frame = inspect.currentframe()
-        try:
-            for _ in range(6):
-                frame = frame.f_back if frame is not None else None
-                owner = frame.f_locals.get("self") if frame is not None else None
-                callbacks = getattr(owner, "callbacks", None)
-                if isinstance(callbacks, list) and any(c is self for c in callbacks):
-                    callbacks.remove(self)
-                    callbacks.insert(0, self)
-                    return
-        finally:
-            del frame
+        callbacks = trainer.callback_handler.callbacks
+        if self not in callbacks:
+            trainer.add_callback(self)
+        callbacks.remove(self)
+        callbacks.insert(0, self)
+        return self
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config))
