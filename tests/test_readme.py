@@ -1,4 +1,4 @@
-"""Every ```python block of the README runs as written (in a temporary working folder)."""
+"""Every ```python block of the README and of docs/*.md runs as written (in a temporary working folder)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = [
+    (doc.relative_to(ROOT).as_posix(), i, code)
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for i, code in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), re.DOTALL))
+]
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("doc", "index", "code"), BLOCKS, ids=[f"{d}[{i}]" for d, i, _ in BLOCKS])
+def test_documented_example_runs(doc, index, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = compile(BLOCKS[index], f"README.md[python block {index}]", "exec")
-    exec(code, {"__name__": "__readme__"})  # noqa: S102 - running the documented examples is the point
+    compiled = compile(code, f"{doc}[python block {index}]", "exec")
+    exec(compiled, {"__name__": "__doc_example__"})  # noqa: S102 - running the documented examples is the point
