@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     for key in ("batch_size", "learning_rate"):
         if key in data.get("finetune", {}):
             data.setdefault("recover", {}).setdefault(key, data["finetune"][key])
-    recipe = recipe_from_dict(apply_overrides(data, args.set), source="hfprune prune")
+    recipe = recipe_from_dict(apply_overrides(data, args.set), source="command line")
     from ..recipes.runner import run_recipe
     from .run import print_summary
 

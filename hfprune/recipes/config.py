@@ -52,7 +52,10 @@ class DataConfig:
     def __post_init__(self):
         from ..data.tasks import get_task
 
-        self.task = get_task(self.task).name  # raises, naming the unknown task
+        try:
+            self.task = get_task(self.task).name
+        except ValueError as err:  # the loader prefixes the section: "data.task: unknown task ..."
+            raise ValueError(f"task: {err}") from None
         _check(not (self.data_dir and (self.train_file or self.validation_file)),
                "data_dir and train_file/validation_file exclude each other")
         for name in ("max_train_samples", "max_eval_samples"):
