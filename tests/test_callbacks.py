@@ -15,15 +15,6 @@ import hfprune
 from hfprune.callbacks import PruningConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: several threads only add contention (and on a shared machine, a lot of it).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Synthetic(torch.utils.data.Dataset):
     """Label = second token mod 3: learnable, but only by moving information to the [CLS] position."""
 

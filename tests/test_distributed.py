@@ -16,15 +16,6 @@ import hfprune
 WORLD = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: several threads only add contention (and on a shared machine, a lot of it).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _batches(model, n: int = 4) -> list[dict]:
     out = []
     for i in range(n):

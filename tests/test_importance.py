@@ -12,15 +12,6 @@ import hfprune
 from hfprune.importance import normalize_heads
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: several threads only add contention (and on a shared machine, a lot of it).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> bool:
     """Equal to `tol` relative to the largest expected value (raw scores of tiny random models are ~1e-6, so an
     absolute 1e-5 would accept anything)."""

@@ -8,15 +8,6 @@ from conftest import make_inputs, make_model
 
 import hfprune
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: several threads only add contention (and on a shared machine, a lot of it).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 NAN = float("nan")
 SCORES = torch.tensor([[0.9, 0.1, 0.5, 0.3],
                        [0.2, 0.8, 0.05, 0.7],

@@ -10,15 +10,6 @@ from hfprune.sparsity import resolve_targets, sparsify
 from tests.conftest import logits_of, make_inputs, make_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _canonical(target):
     return target.canonical(target.weight.detach())
 

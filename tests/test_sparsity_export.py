@@ -14,15 +14,6 @@ from hfprune.sparsity.compressed import MANIFEST_NAME, _safetensors_sizes
 from tests.conftest import logits_of, make_inputs, make_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_finalized_model_saves_and_loads_with_from_pretrained(tmp_path):
     from transformers import AutoModelForSequenceClassification
 

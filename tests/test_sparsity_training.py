@@ -11,15 +11,6 @@ from hfprune.sparsity import GradualPruningCallback, SparsitySchedule, sparsify
 from tests.conftest import make_inputs, make_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _batch(model, seed):
     inputs = make_inputs(model, seed=seed)
     inputs["labels"] = torch.tensor([0, 2])
