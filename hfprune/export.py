@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,17 +30,28 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+    return output_dir
+
+
+@contextmanager
+def atomic_dir(output_dir: str | os.PathLike):
+    """Yield a temporary folder next to `output_dir`; on success it replaces `output_dir`, on error it is removed.
+
+    Every writer in hfprune goes through this, so an interrupted run never leaves a half-written folder.
+    """
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        yield tmp
         replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return output_dir
 
 
 def replace_dir(src: Path, dst: Path) -> None:

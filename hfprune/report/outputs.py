@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..export import replace_dir
+from ..export import atomic_dir
 
 logger = logging.getLogger("hfprune")
 
@@ -52,9 +50,7 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
     from .results import build_results
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)  # safetensors; the config carries the hfprune structure record
         tokenizer.save_pretrained(tmp)
         diff = _reload_diff(tmp, model, run["latency_batch"])
@@ -66,10 +62,6 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "report.md").write_text(render_report(results, plots))
         (tmp / "README.md").write_text(render_model_card(results, has_remote_code=True))
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return results
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..export import load_state_strict, model_class_for, replace_dir
+from ..export import atomic_dir, load_state_strict, model_class_for
 from .targets import is_conv1d
 
 MANIFEST_NAME = "hfprune_sparse.json"
@@ -159,18 +157,12 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
                 "tensors": manifest_tensors}
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         save_file(stored, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "hfprune": FORMAT})
         config.save_pretrained(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
