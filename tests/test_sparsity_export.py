@@ -89,6 +89,26 @@ def test_compressed_after_structural_pruning_and_without_importing_sparsity(tmp_
     assert len(export.FOLDER_LOADERS) == 1
 
 
+@pytest.mark.parametrize("family", ["bert", "gpt2", "qwen2"])  # qwen2: tied embeddings
+def test_compressed_with_emptied_sub_blocks(tmp_path, family):
+    """A layer that lost every head / every FFN neuron keeps 0-element weights; they must not break the export."""
+    model = make_model(family)
+    hfprune.prune(model, hfprune.PruningPlan(heads={0: [0, 1, 2, 3]}, neurons={1: list(range(48))}))
+    assert any(t.numel() == 0 for t in model.state_dict().values())
+    handle = sparsify(model, 0.7)
+    handle.finalize()
+    inputs = make_inputs(model)
+    expected = logits_of(model, inputs)
+    for int8 in (False, True):
+        save_compressed(model, tmp_path / "c", int8=int8)
+        assert compressed_stats(tmp_path / "c")["sparse_tensors"] >= len(handle.keys())
+        loaded = logits_of(hfprune.load_pruned(tmp_path / "c", attn_implementation="eager"), inputs)
+        assert torch.allclose(loaded, expected, atol=0.05 if int8 else 1e-6)
+    save_compressed(model, tmp_path / "listed", tensors=list(model.state_dict()))  # every key, empty ones too
+    loaded = logits_of(hfprune.load_pruned(tmp_path / "listed", attn_implementation="eager"), inputs)
+    assert torch.allclose(loaded, expected, atol=1e-6)
+
+
 def test_save_compressed_bad_input_writes_nothing(tmp_path):
     model = make_model("bert")
     with pytest.raises(ValueError, match="'nope.weight'.* not in the model's state dict"):

@@ -40,22 +40,25 @@ def _channel_dims(model: nn.Module) -> dict[str, int]:
     return {f"{name}.weight": 1 for name, module in model.named_modules() if is_conv1d(module)}
 
 
-def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied tensors kept once (safetensors refuses shared storage; loading re-ties them)."""
-    seen: set[tuple] = set()
-    state = {}
+def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with tied tensors kept once (safetensors refuses shared storage; loading re-ties them), and
+    every state-dict key -> the key it is stored under (itself, or the first key of its tied group)."""
+    seen: dict[tuple, str] = {}
+    state, alias = {}, {}
     for key, tensor in model.state_dict().items():
         ident = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
         if tensor.numel() and ident in seen:
+            alias[key] = seen[ident]
             continue
-        seen.add(ident)
+        seen[ident] = key
+        alias[key] = key
         state[key] = tensor.detach().cpu().contiguous()
-    return state
+    return state, alias
 
 
 def _worth_encoding(tensor: torch.Tensor, min_sparsity: float) -> bool:
-    if not tensor.is_floating_point() or tensor.dim() < 2:
-        return False
+    if not tensor.is_floating_point() or tensor.dim() < 2 or tensor.numel() == 0:
+        return False  # an empty tensor (a sub-block pruned away entirely) has nothing to encode
     numel, nnz = tensor.numel(), int(torch.count_nonzero(tensor))
     if 1.0 - nnz / numel < min_sparsity:
         return False
@@ -133,19 +136,19 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity={min_sparsity} is outside [0, 1]")
-    state = _unique_state(model)
+    state, alias = _unique_state(model)
     if tensors is not None:
-        unknown = [k for k in tensors if k not in state]
+        unknown = [k for k in tensors if k not in alias]
         if unknown:
             raise ValueError(f"tensors {unknown[:5]} are not in the model's state dict (keys look like "
                              f"{list(state)[:3]})")
-        chosen = set(tensors)
+        chosen = {alias[k] for k in tensors}  # a tied weight is stored once, under its first name
     else:
         chosen = {k for k, t in state.items() if _worth_encoding(t, min_sparsity)}
     channel_dims = _channel_dims(model)
     stored, manifest_tensors = {}, {}
     for key, tensor in state.items():
-        if key in chosen:
+        if key in chosen and tensor.numel():
             pieces, meta = _encode(key, tensor, int8, channel_dims.get(key, 0))
             stored.update(pieces)
             manifest_tensors[key] = meta
