@@ -252,6 +252,36 @@ def test_entropy_is_returned_with_the_scores():
     assert (result.entropy > 0).all() and (result.entropy <= math.log(7) + 1e-5).all()
 
 
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_entropy_of_a_model_with_a_headless_layer_belongs_to_the_right_layer(family):
+    # A layer with no head left returns no attention probabilities (the tuple is shorter): each layer's entropy must
+    # still come from its own attention, i.e. equal the dense model's under the same mask at the kept heads.
+    plan = hfprune.PruningPlan(heads={0: [0, 1, 2, 3], 1: [1]})
+    dense = make_model(family)
+    batches = _batches(dense)
+    masked = hfprune.head_importance(dense, batches, return_entropy=True, plan=plan, show_progress=False).entropy
+    pruned = hfprune.prune(make_model(family), plan)
+    entropy = hfprune.head_importance(pruned, batches, return_entropy=True, show_progress=False).entropy
+    assert torch.isnan(entropy[0]).all()
+    assert torch.allclose(entropy[1, :3], masked[1, [0, 2, 3]], atol=1e-5) and torch.isnan(entropy[1, 3])
+    assert torch.allclose(entropy[2], masked[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "fisher"])
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_neuron_scores_of_a_model_with_an_empty_ffn(family, criterion):
+    # prune() supports a layer with every FFN neuron removed; its scores are an empty vector, the others equal the
+    # dense model's under the same mask.
+    plan = hfprune.PruningPlan(neurons={1: list(range(48)), 2: list(range(8))})
+    dense = make_model(family)
+    batches = _batches(dense)
+    masked = hfprune.neuron_importance(dense, batches, criterion=criterion, plan=plan, show_progress=False)
+    pruned = hfprune.prune(make_model(family), plan)
+    scores = hfprune.neuron_importance(pruned, batches, criterion=criterion, show_progress=False)
+    assert [s.numel() for s in scores] == [48, 0, 40]
+    assert close(scores[0], masked[0]) and close(scores[2], masked[2][8:])
+
+
 def test_vit_counts_examples_times_sequence_length():
     model = make_model("vit")
     batches = _batches(model, n=2, batch=3)

@@ -78,7 +78,9 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
             if keep_activations:
                 blocks = adapter.layers(model)
                 owner = gates.head_gates if units == "heads" else gates.neuron_gates
-                for idx in owner:
+                for idx, gate in owner.items():
+                    if gate.numel() == 0:
+                        continue  # a layer with no FFN neuron left: nothing to score, and no activation to split
                     module = adapter.out_proj(blocks[idx]) if units == "heads" else adapter.ffn_out(blocks[idx])
                     handles.append(module.register_forward_pre_hook(_keep_activation(store, idx)))
             kwargs = {"output_attentions": True} if output_attentions else {}

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..arch import get_adapter
 from ..plan import PruningPlan
 from .common import all_reduce_sum
 from .gradients import BatchView, gated_passes
@@ -39,6 +40,7 @@ def michel_head_stats(model: nn.Module, dataloader: Iterable, *, plan: PruningPl
     """
     sums: dict[int, torch.Tensor] = {}
     ent: dict[int, torch.Tensor] = {}
+    num_layers = len(get_adapter(model).layers(model))
 
     def on_batch(view: BatchView) -> None:
         for layer, gate in view.gates.head_gates.items():
@@ -47,8 +49,13 @@ def michel_head_stats(model: nn.Module, dataloader: Iterable, *, plan: PruningPl
         if return_entropy:
             attentions = getattr(view.outputs, "attentions", None) or ()
             mask = view.batch.get("attention_mask")
-            for layer in view.gates.head_gates:
-                attn = attentions[layer] if layer < len(attentions) else None
+            layers = sorted(view.gates.head_gates)
+            # Layers left with no head return no attention probabilities at all (the tuple is shorter, not padded
+            # with None), so then the i-th entry belongs to the i-th layer that still has heads.
+            position = {layer: (layer if len(attentions) == num_layers else i) for i, layer in enumerate(layers)}
+            for layer in layers:
+                i = position[layer]
+                attn = attentions[i] if i < len(attentions) else None
                 if attn is None:
                     raise ValueError(f"layer {layer} returned no attention probabilities; entropy needs them")
                 value = _entropy(attn, mask).double()
