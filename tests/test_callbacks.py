@@ -229,3 +229,31 @@ def test_layerdrop_makes_every_other_layer_removable(tmp_path):
     ld_half = losses["layerdrop"][1]
     assert plain_half > 1.5 * plain_full  # removing half the blocks hurts the plainly trained model
     assert ld_half < 0.7 * plain_half  # and hurts the LayerDrop-trained one much less
+
+
+class _GateState(transformers.TrainerCallback):
+    """Listed *before* LayerDropCallback: what the other callbacks see of its gates."""
+
+    def __init__(self, layerdrop):
+        self.layerdrop, self.dropped_in_step, self.dropped_at_step_end = layerdrop, 0, 0
+
+    def _zeros(self) -> int:
+        return sum(float(g) == 0.0 for g in self.layerdrop._gates.layer_gates.values())
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.dropped_in_step += self._zeros()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.dropped_at_step_end += self._zeros()
+
+
+def test_layerdrop_restores_the_full_model_before_any_callbacks_step_end(tmp_path):
+    # A PruningCallback(at_step=...) or a scoring callback listed before LayerDropCallback scores in on_step_end:
+    # it must see every layer, not the ones skipped for that training step.
+    layerdrop = hfprune.LayerDropCallback(p=0.5, seed=0)
+    probe = _GateState(layerdrop)
+    args = _args(tmp_path, 6, gradient_accumulation_steps=2, per_device_train_batch_size=4)
+    Trainer(model=_layerdrop_model(), args=args, train_dataset=Synthetic(48, 0, vocab=30),
+            callbacks=[probe, layerdrop]).train()
+    assert probe.dropped_in_step > 0  # layers were skipped during the steps
+    assert probe.dropped_at_step_end == 0

@@ -76,7 +76,15 @@ class LayerDropCallback(TrainerCallback):
         for i in self.dropped:
             self._gates.layer_gates[i].fill_(0.0)
 
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # Reset as soon as the step's backward passes are done, before any callback's on_step_end: a callback listed
+        # before this one (PruningCallback at_step, scoring every_n_steps) must see the full model there.
+        self._reset()
+
     def on_step_end(self, args, state, control, **kwargs):
+        self._reset()
+
+    def _reset(self) -> None:
         if self._gates is not None:
             for gate in self._gates.layer_gates.values():
                 gate.fill_(1.0)
