@@ -168,6 +168,29 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys):
     _error(["info", tiny / "base"], capsys, None, "no hfprune record")
 
 
+def test_mnli_from_csv_files_runs_and_evaluates(tiny, tmp_path, capsys):
+    # MNLI has two eval splits; CSV files give only the matched one, which must be enough for prune and eval.
+    for split, seed in (("train", 0), ("dev", 1)):
+        rows = [line.split(",") for line in (tiny / f"{split}.csv").read_text().splitlines()[1:]]
+        labels = ("entailment", "neutral", "contradiction")
+        (tmp_path / f"mnli_{split}.csv").write_text("premise,hypothesis,label\n" + "".join(
+            f"{text},{text.split()[0]},{labels[i % 3]}\n" for i, (text, _) in enumerate(rows)))
+    files = ["--task", "mnli", "--train-file", tmp_path / "mnli_train.csv",
+             "--validation-file", tmp_path / "mnli_dev.csv"]
+    out = tmp_path / "out"
+    rc, stdout, stderr = _run(["prune", "--model", tiny / "base", *files, "--heads", 0.25, "--finetune-steps", 1,
+                               "--batch-size", 8, "--score-batches", 1, "--max-eval-samples", 6, "--output", out,
+                               "--set", "output.plots=false", *FAST], capsys)
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_split"] == "validation_matched"
+    assert set(results["pruned"]["metrics"]) == {"validation_matched"}
+    rc, stdout, stderr = _run(["eval", "--model", out, *files, "--max-eval-samples", 6, "--json", "--quiet"], capsys)
+    assert rc == 0, stderr
+    assert json.loads(stdout)["metrics"]["validation_matched"]["accuracy"] == pytest.approx(
+        results["pruned"]["metrics"]["validation_matched"]["accuracy"])
+
+
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     from hfprune.data import get_task
     from hfprune.recipes.modeling import load_classifier

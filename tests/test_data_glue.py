@@ -172,6 +172,21 @@ def test_csv_and_json_files_with_label_names(tmp_path):
         load_task_data("rte", train_file=str(train))
 
 
+def test_mnli_from_files_loads_the_matched_split(tmp_path):
+    # --validation-file fills validation_matched; the mismatched dev set has no file flag and must not be demanded.
+    path = tmp_path / "mnli.csv"
+    path.write_text("premise,hypothesis,label\na,b,neutral\nc,d,contradiction\n")
+    data = load_task_data("mnli", train_file=str(path), validation_file=str(path))
+    assert set(data) == {"train", "validation_matched"}
+    assert data["validation_matched"]["label"] == [1, 2]
+    assert set(load_task_data("mnli", validation_file=str(path), splits=list(get_task("mnli").eval_splits))) == {
+        "validation_matched"}
+    with pytest.raises(ValueError, match="validation_mismatched split of task 'mnli' cannot come from"):
+        load_task_data("mnli", validation_file=str(path), splits=["validation_mismatched"])
+    with pytest.raises(ValueError, match="needs --validation-file"):
+        load_task_data("mnli", train_file=str(path))
+
+
 def test_subsets_are_seeded_and_sized(tmp_path):
     root = tmp_path
     (root / "SST-2").mkdir()

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
         model, tokenizer, _ = load_classifier(args.model, task, allow_new_head=False)
         encoded = tokenize(data, tokenizer, task, args.max_length, show_progress=not args.quiet)
         trainer = make_trainer(model, tokenizer, task, eval_batch_size=args.batch_size, quiet=args.quiet)
-        metrics = evaluate_splits(trainer, task, {s: encoded[s] for s in task.eval_splits})
+        metrics = evaluate_splits(trainer, task, {s: encoded[s] for s in task.eval_splits if s in encoded})
     if args.json:
         print(json.dumps({"task": task.name, "model": args.model, "metrics": metrics}, indent=2))
     else:

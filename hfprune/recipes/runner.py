@@ -135,7 +135,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
                 raise ValueError(f"prune.layers={recipe.prune.layers} would remove every layer "
                                  f"(the model has {dense_structure['num_layers']})")
             encoded = tokenize(data, tokenizer, task, recipe.model.max_length, show_progress=not quiet)
-            eval_sets = {s: encoded[s] for s in task.eval_splits}
+            eval_sets = {s: encoded[s] for s in task.eval_splits if s in encoded}  # files: the first one only
             note["summary"] = (f"{task.name}: {encoded['train'].num_rows} train / "
                                f"{eval_sets[task.eval_splits[0]].num_rows} eval examples; "
                                f"{dense_structure['num_layers']} layers x {max(dense_structure['heads'])} heads; "
