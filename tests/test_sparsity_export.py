@@ -109,6 +109,17 @@ def test_compressed_with_emptied_sub_blocks(tmp_path, family):
     assert torch.allclose(loaded, expected, atol=1e-6)
 
 
+def test_compressed_bf16_model_reloads_in_bf16(tmp_path):
+    model = make_model("bert").to(torch.bfloat16)
+    sparsify(model, 0.8).finalize()
+    inputs = make_inputs(model)
+    save_compressed(model, tmp_path / "c")
+    loaded = hfprune.load_pruned(tmp_path / "c", attn_implementation="eager")
+    assert loaded.dtype == torch.bfloat16  # as from_pretrained of a bf16 save_pretrained folder
+    assert torch.equal(logits_of(loaded, inputs), logits_of(model, inputs))
+    assert hfprune.load_pruned(tmp_path / "c", dtype=torch.float32).dtype == torch.float32
+
+
 def test_save_compressed_bad_input_writes_nothing(tmp_path):
     model = make_model("bert")
     with pytest.raises(ValueError, match="'nope.weight'.* not in the model's state dict"):

@@ -156,6 +156,8 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
             stored[key] = tensor
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]  # what save_pretrained records; the loader rebuilds from it
+    if isinstance(getattr(model, "dtype", None), torch.dtype):
+        config.dtype = str(model.dtype).removeprefix("torch.")  # as save_pretrained: a bf16 model reloads as bf16
     manifest = {"format": FORMAT, "version": VERSION, "weights": WEIGHTS_NAME, "int8": bool(int8),
                 "tensors": manifest_tensors}
 
@@ -184,7 +186,7 @@ def load_compressed(folder: str | os.PathLike, dtype=None, **config_kwargs) -> n
 
     Args:
         folder (`str` or `os.PathLike`): the folder.
-        dtype (`torch.dtype` or `str`, *optional*): cast the loaded model.
+        dtype (`torch.dtype` or `str`, *optional*): cast the loaded model (default: the dtype it was saved in).
         config_kwargs: overrides passed to `AutoConfig.from_pretrained`.
 
     Returns:
@@ -213,6 +215,9 @@ def load_compressed(folder: str | os.PathLike, dtype=None, **config_kwargs) -> n
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     load_state_strict(model, state, str(folder))
+    if dtype is None or dtype == "auto":  # as from_pretrained in transformers v5: the dtype it was saved in
+        saved = getattr(config, "dtype", None)
+        dtype = saved if saved not in (None, "auto") else None
     if dtype is not None:
         model = model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model.eval()
