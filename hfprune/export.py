@@ -184,7 +184,8 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     Args:
         path_or_id (`str` or `os.PathLike`): a folder written by `save_pretrained` / `save_pruned`, or a Hub repo id.
         from_pretrained_kwargs: `revision`, `token`, `cache_dir`, `local_files_only` (Hub), `dtype` /
-            `torch_dtype`, `device` (str), `attn_implementation`, and config overrides (as for `AutoConfig`).
+            `torch_dtype` (default and `"auto"`: the dtype it was saved in), `device` (str), `attn_implementation`,
+            and config overrides (as for `AutoConfig`).
 
     Returns:
         The pruned model, in eval mode, with the same logits as when it was saved.
@@ -211,7 +212,7 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
         import hfprune.sparsity  # noqa: F401
     # --- end of hook
     for loader in FOLDER_LOADERS:
-        model = loader(folder, dtype=dtype, **kwargs)
+        model = loader(folder, dtype=None if dtype == "auto" else dtype, **kwargs)
         if model is not None:
             return model.to(device) if device else model
 
@@ -219,6 +220,10 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     config = AutoConfig.from_pretrained(folder, **kwargs)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
+    if dtype is None or dtype == "auto":
+        # As transformers v5's from_pretrained: the dtype the model was saved in (a bf16 model stays bf16).
+        saved = getattr(config, "dtype", None)
+        dtype = saved if saved not in (None, "auto") else None
     record = get_record(config)
     if record is None:
         raise ValueError(

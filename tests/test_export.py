@@ -118,3 +118,18 @@ def test_save_pruned_is_atomic_and_safetensors_only(tmp_path):
     # same attention kernel as the test model -> bit-identical logits
     assert torch.equal(logits_of(hfprune.load_pruned(out, attn_implementation="eager"), inputs),
                        logits_of(model, inputs))
+
+
+@pytest.mark.parametrize("dtype", [None, "auto"])
+def test_half_precision_model_reloads_in_its_saved_dtype(dtype, tmp_path):
+    # As v5's from_pretrained: a bf16 model comes back in bf16 with the same logits (not silently upcast to fp32),
+    # and dtype="auto" is accepted.
+    model = make_model("llama").to(torch.bfloat16)
+    hfprune.prune(model, PruningPlan(heads={0: [1]}, neurons={1: list(range(8))}))
+    inputs = make_inputs(model)
+    hfprune.save_pruned(model, tmp_path / "out")
+    kwargs = {"attn_implementation": "eager"} | ({} if dtype is None else {"dtype": dtype})
+    reloaded = hfprune.load_pruned(tmp_path / "out", **kwargs)
+    assert reloaded.dtype == torch.bfloat16
+    assert torch.equal(logits_of(reloaded, inputs), logits_of(model, inputs))
+    assert hfprune.load_pruned(tmp_path / "out", dtype=torch.float32).dtype == torch.float32
