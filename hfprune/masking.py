@@ -24,6 +24,7 @@ def _head_hook(gate: torch.Tensor, head_dim: int):
         x = (x.unflatten(-1, (-1, head_dim)) * g.unsqueeze(-1)).flatten(-2)
         return (x, *args[1:])
 
+    hook.hfprune_gate = "heads"  # lets prune() refuse to resize a projection that still carries a gate
     return hook
 
 
@@ -32,6 +33,7 @@ def _neuron_hook(gate: torch.Tensor):
         x = args[0]
         return (x * gate.to(dtype=x.dtype, device=x.device), *args[1:])
 
+    hook.hfprune_gate = "neurons"
     return hook
 
 

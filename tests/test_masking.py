@@ -70,3 +70,28 @@ def test_layer_mask_is_exact_skip():
     with hfprune.masked(model, PruningPlan(layers=[0, 1, 2])):
         skipped = model(**inputs, output_hidden_states=True).hidden_states
     assert torch.equal(skipped[0], skipped[2])
+
+
+def test_prune_refuses_projections_that_still_carry_gates():
+    # Pruning under a mask used to succeed and leave gates of the old size on the resized projections, so every
+    # later forward failed with a shape error until the handle was removed. Now it is refused before any change.
+    import pytest
+
+    model = make_model("llama")
+    inputs = make_inputs(model)
+    plan = PruningPlan(heads={0: [0, 2]}, neurons={1: list(range(10))}, layers=[2])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    structure = hfprune.model_structure(model)
+    with hfprune.masked(model, plan):
+        masked = logits_of(model, inputs)
+        with pytest.raises(ValueError, match="layer 0 still has heads gates attached"):
+            hfprune.prune(model, plan)
+        assert hfprune.model_structure(model) == structure
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        hfprune.prune(model, PruningPlan(layers=[2]))  # layer gates do not depend on sizes: allowed
+    handle = hfprune.mask(model, PruningPlan(neurons={1: [0]}))
+    with pytest.raises(ValueError, match="layer 1 still has neurons gates attached"):
+        hfprune.prune(model, PruningPlan(neurons={1: list(range(10))}))
+    handle.remove()
+    hfprune.prune(model, PruningPlan(heads={0: [0, 2]}, neurons={1: list(range(10))}))
+    assert torch.allclose(logits_of(model, inputs), masked, atol=1e-5)

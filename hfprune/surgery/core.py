@@ -140,6 +140,7 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """
     adapter = get_adapter(model)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
+    _refuse_attached_gates(model, adapter, plan)
     sync_config(model, adapter, plan=None)  # make sure a record of the structure *before* this plan exists
     layers = adapter.layers(model)
     for idx, block in enumerate(layers):
@@ -161,6 +162,28 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
         logger.info("layers %d -> %d (removed %s)", before, before - len(plan.layers), plan.layers)
     sync_config(model, adapter, plan=plan)
     return model
+
+
+def _refuse_attached_gates(model: nn.Module, adapter: ArchAdapter, plan: PruningPlan) -> None:
+    """Raise (before any change) if a head / neuron gate sits on a projection this plan resizes.
+
+    Such a gate keeps its old size, so every forward after the surgery would fail (or, with a plan whose sizes
+    happen to broadcast, gate the wrong units) until its handle is removed.
+    """
+    layers = adapter.layers(model)
+    for what, mapping, module_of in (("heads", plan.heads, adapter.out_proj), ("neurons", plan.neurons,
+                                                                                 adapter.ffn_out)):
+        for idx in mapping:
+            if idx in plan.layers:
+                continue
+            hooks = module_of(layers[idx])._forward_pre_hooks.values()
+            if any(getattr(hook, "hfprune_gate", None) == what for hook in hooks):
+                raise ValueError(
+                    f"hfprune.prune: layer {idx} still has {what} gates attached (an hfprune.mask / masked / "
+                    f"attach_gates handle, or PruningCallback's mask) and this plan resizes its {what}; remove them "
+                    "first (handle.remove(), leave the `with hfprune.masked(...)` block, or "
+                    "PruningCallback.remove_mask()). Nothing was changed."
+                )
 
 
 def apply_structure(model: nn.Module, record: dict) -> None:
