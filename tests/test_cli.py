@@ -191,6 +191,23 @@ def test_mnli_from_csv_files_runs_and_evaluates(tiny, tmp_path, capsys):
         results["pruned"]["metrics"]["validation_matched"]["accuracy"])
 
 
+def test_pruning_a_pruned_output_reports_its_own_layers(tiny, tmp_path, capsys):
+    # The second run starts from a model whose layer 1 is gone: its per-layer rows are that model's layers, matched
+    # to the pruned ones through the records' source indices (not through the original model's indices).
+    data = ["--task", "sst2", "--data-dir", tiny / "glue", "--score-batches", 1, "--set", "output.plots=false", *FAST]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(["prune", "--model", tiny / "base", "--layers", 1, "--set", "prune.layer_method=gate", "--output",
+                 first, *data], capsys)[0] == 0
+    rc, _, stderr = _run(["prune", "--model", first, "--heads", 0.25, "--output", second, *data], capsys)
+    assert rc == 0, stderr
+    results = json.loads((second / "results.json").read_text())
+    rows = results["per_layer"]
+    assert [r["heads_before"] for r in rows] == results["dense"]["structure"]["heads"]
+    assert [r["heads_after"] for r in rows] == results["pruned"]["structure"]["heads"]
+    assert not any(r["removed"] for r in rows)
+    assert sum(r["params_after"] for r in rows) < sum(r["params_before"] for r in rows)
+
+
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     from hfprune.data import get_task
     from hfprune.recipes.modeling import load_classifier

@@ -18,7 +18,7 @@ from ..flops import measure_latency, model_costs
 from ..plan import PruningPlan
 from ..report.outputs import check_output_dir, push_outputs, write_outputs
 from ..report.progress import StageLog, quiet_libraries
-from ..structure import model_structure
+from ..structure import get_record, model_structure
 from .config import Recipe, TrainConfig
 from .modeling import load_classifier
 from .training import evaluate_splits, make_trainer, scoring_batches, train_stage
@@ -131,6 +131,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
             model, tokenizer, head = load_classifier(recipe.model.name_or_path, task,
                                                      allow_new_head=recipe.finetune.steps > 0)
             dense_structure = model_structure(model)
+            dense_record = copy.deepcopy(get_record(model.config))  # set when starting from a pruned checkpoint
             if recipe.prune.layers >= dense_structure["num_layers"]:
                 raise ValueError(f"prune.layers={recipe.prune.layers} would remove every layer "
                                  f"(the model has {dense_structure['num_layers']})")
@@ -201,7 +202,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
                                f"({dense_t / pruned_t:.2f}x)")
         run = {
             "task": task, "recipe": recipe, "plan": plan, "scores": scores, "sweep": sweep, "head": head,
-            "finetune": finetune, "recover": recover, "dense_structure": dense_structure,
+            "finetune": finetune, "recover": recover, "dense_structure": dense_structure, "dense_record": dense_record,
             "pruned_structure": pruned_structure, "dense_metrics": dense_metrics, "pruned_metrics": pruned_metrics,
             "before_recovery": before_recovery, "dense_costs": dense_costs, "pruned_costs": pruned_costs,
             "dense_latency": dense_t, "pruned_latency": pruned_t, "latency_batch": batch, "log": log,

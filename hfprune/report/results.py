@@ -24,14 +24,25 @@ def _clean(value):
     return value
 
 
-def per_layer_rows(dense_costs: dict, pruned_costs: dict, record: dict | None) -> list[dict]:
-    """One row per *original* layer: heads, FFN, params and FLOPs before and after (0 after for a removed layer)."""
-    sources = [spec["source_index"] for spec in record["layers"]] if record else list(range(len(
-        pruned_costs["per_layer"])))
+def _sources(record: dict | None, count: int) -> list[int]:
+    return [spec["source_index"] for spec in record["layers"]] if record else list(range(count))
+
+
+def per_layer_rows(dense_costs: dict, pruned_costs: dict, record: dict | None,
+                   dense_record: dict | None = None) -> list[dict]:
+    """One row per layer of the "before" model: heads, FFN, params and FLOPs before and after (0 after for a removed
+    layer).
+
+    Layers are matched through their `source_index` in the records: `record` is the pruned model's, `dense_record`
+    the "before" model's when that one was itself pruned already (a run that starts from a pruned checkpoint);
+    without it the "before" model is the original one (layer i has source index i).
+    """
+    sources = _sources(record, len(pruned_costs["per_layer"]))
     after = dict(zip(sources, pruned_costs["per_layer"]))
+    dense_sources = _sources(dense_record, len(dense_costs["per_layer"]))
     rows = []
     for i, before in enumerate(dense_costs["per_layer"]):
-        now = after.get(i)
+        now = after.get(dense_sources[i])
         rows.append({
             "layer": i, "removed": now is None,
             "heads_before": before["heads"], "heads_after": now["heads"] if now else 0,
@@ -87,7 +98,7 @@ def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
         "flops_seq_len": dense["seq_len"],
         "removed": {"heads": plan.num_heads(), "neurons": plan.num_neurons(), "layers": list(plan.layers)},
         "plan": {k: v for k, v in plan.to_dict().items()},
-        "per_layer": per_layer_rows(dense, pruned, record),
+        "per_layer": per_layer_rows(dense, pruned, record, run.get("dense_record")),
         "head_importance": run["scores"].get("heads"),
         "layer_importance": run["scores"].get("layers"),
         "sweep": run["sweep"],
