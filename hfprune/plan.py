@@ -33,6 +33,25 @@ def _as_index_lists(name: str, value) -> dict[int, list[int]]:
     return out
 
 
+def _as_layer_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"PruningPlan.layers must be a list of layer indices, got {value!r}")
+    items = list(value)
+    try:
+        ints = [int(i) for i in items]
+    except (TypeError, ValueError):
+        ints = None
+    if ints is None or any(isinstance(i, bool) for i in items) or ints != items:
+        raise ValueError(f"PruningPlan.layers must hold integer layer indices, got {items!r}")
+    layers = sorted(ints)
+    dup = sorted({i for i in layers if layers.count(i) > 1})
+    if dup:
+        raise ValueError(f"PruningPlan.layers lists layer {dup[0]} more than once")
+    return layers
+
+
 @dataclass
 class PruningPlan:
     """The units to remove from a model, indexed as the model is *now* (before this plan is applied).
@@ -59,7 +78,7 @@ class PruningPlan:
     def __post_init__(self):
         self.heads = _as_index_lists("heads", self.heads)
         self.neurons = _as_index_lists("neurons", self.neurons)
-        layers = _as_index_lists("layers", {0: list(self.layers or [])}).get(0, [])
+        layers = _as_layer_list(self.layers)
         self.layers = layers
         for name, mapping in (("heads", self.heads), ("neurons", self.neurons)):
             for layer, indices in mapping.items():

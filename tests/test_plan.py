@@ -75,3 +75,19 @@ def test_unsupported_architecture():
         vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
     with pytest.raises(ValueError, match=r"model_type='t5'.*Supported: bert"):
         hfprune.prune(model, PruningPlan(heads={0: [0]}))
+
+
+@pytest.mark.parametrize(
+    "layers, error, message",
+    [
+        ([2, 0, 2], ValueError, r"^PruningPlan.layers lists layer 2 more than once$"),  # was "layer 0 lists index 2"
+        ([1.5], ValueError, r"layers must hold integer layer indices, got \[1.5\]"),
+        (["a"], ValueError, r"layers must hold integer layer indices"),
+        ("12", TypeError, r"layers must be a list of layer indices, got '12'"),  # was "layers[0] must hold integers"
+        (3, TypeError, r"layers must be a list of layer indices, got 3"),  # was "'int' object is not iterable"
+    ],
+)
+def test_malformed_layer_lists_are_named_as_layer_lists(layers, error, message):
+    with pytest.raises(error, match=message):
+        PruningPlan(layers=layers)
+    assert PruningPlan(layers=(3, 1)).layers == [1, 3]
