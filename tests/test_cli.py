@@ -208,6 +208,25 @@ def test_pruning_a_pruned_output_reports_its_own_layers(tiny, tmp_path, capsys):
     assert sum(r["params_after"] for r in rows) < sum(r["params_before"] for r in rows)
 
 
+def test_head_with_another_label_order_is_reordered_to_glue_ids(tiny, tmp_path, capsys):
+    # roberta-large-mnli & co. number MNLI contradiction/neutral/entailment; GLUE data and metrics use entailment = 0.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    names = ["CONTRADICTION", "NEUTRAL", "ENTAILMENT"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny / "base", num_labels=3, ignore_mismatched_sizes=True, id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)})
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))  # always says ENTAILMENT
+    model.save_pretrained(tmp_path / "ck")
+    AutoTokenizer.from_pretrained(tiny / "base").save_pretrained(tmp_path / "ck")
+    (tmp_path / "dev.csv").write_text("premise,hypothesis,label\na b,c d,entailment\ne f,g h,entailment\n")
+    rc, stdout, stderr = _run(["eval", "--model", tmp_path / "ck", "--task", "mnli", "--validation-file",
+                               tmp_path / "dev.csv", "--json", "--quiet"], capsys)
+    assert rc == 0, stderr
+    assert json.loads(stdout)["metrics"]["validation_matched"]["accuracy"] == 1.0
+
+
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     from hfprune.data import get_task
     from hfprune.recipes.modeling import load_classifier

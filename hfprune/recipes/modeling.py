@@ -17,10 +17,68 @@ def _head_of(config) -> str | None:
     return None
 
 
+def _norm(name) -> str:
+    return str(name).strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _output_layer(model, num_labels: int):
+    """The last Linear with `num_labels` outputs: the layer that produces the logits (checked by the caller)."""
+    from torch import nn
+
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    return found[-1] if found else None
+
+
+def align_labels(model, task: TaskSpec, name_or_path: str = "model") -> bool:
+    """Reorder a loaded head whose label names are the task's in another order (e.g. roberta-large-mnli's
+    contradiction/neutral/entailment) to the `nyu-mll/glue` label ids; returns whether it was reordered.
+
+    The rows of the output layer are permuted, so logit i means `task.label_names[i]` as in the data and metrics;
+    the result is checked on a dummy input. Generic names (`LABEL_0` ...) are taken to be in GLUE order already.
+
+    Raises:
+        ValueError: the label names match the task's but the head cannot be reordered (names the orders).
+    """
+    import torch
+
+    if task.is_regression:
+        return False
+    id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+    have = [_norm(id2label.get(i, "")) for i in range(task.num_labels)]
+    want = [_norm(n) for n in task.label_names]
+    if have == want or sorted(have) != sorted(want):
+        return False
+    perm = [have.index(n) for n in want]  # new row i = old row perm[i]
+    layer = _output_layer(model, task.num_labels)
+    probe = {"input_ids": torch.tensor([[1, 2, 3, 4]], device=model.device)}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            before = model(**probe).logits
+            if layer is not None:
+                index = torch.tensor(perm, device=layer.weight.device)
+                layer.weight.copy_(layer.weight[index])
+                if layer.bias is not None:
+                    layer.bias.copy_(layer.bias[index])
+                after = model(**probe).logits
+    finally:
+        model.train(was_training)
+    if layer is None or not torch.allclose(after, before[:, perm], atol=1e-5):
+        raise ValueError(f"model {name_or_path!r} labels its outputs {[id2label[i] for i in range(task.num_labels)]}, "
+                         f"but task {task.name!r} numbers them {list(task.label_names)} (as nyu-mll/glue) and its "
+                         "output layer could not be reordered; fine-tune a new head instead")
+    model.config.id2label = dict(enumerate(task.label_names))
+    model.config.label2id = {n: i for i, n in enumerate(task.label_names)}
+    logger.info("%s: output layer reordered from %s to the GLUE label order %s", name_or_path, have, want)
+    return True
+
+
 def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
     """Load `name_or_path` as a sequence classifier for `task` (tokenizer too).
 
-    A checkpoint whose classification head has the task's label count is loaded as it is. A base model (no head) or
+    A checkpoint whose classification head has the task's label count is loaded as it is (its output rows reordered
+    when its label names are the task's in another order, see `align_labels`). A base model (no head) or
     a head of another size gets a new head of the right size only when `allow_new_head` (the recipe fine-tunes
     first); otherwise this is an error, since an untrained head's accuracy means nothing. Folders saved after
     `hfprune.prune` are loaded with `hfprune.load_pruned`.
@@ -56,9 +114,12 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
         if not fits:
             raise ValueError(f"model {name_or_path!r} was pruned with a head of {config.num_labels} labels; task "
                              f"{task.name!r} needs {task.num_labels}, and a pruned model cannot get a new head here")
-        return load_pruned(name_or_path), tokenizer, "loaded"
+        model = load_pruned(name_or_path)
+        align_labels(model, task, name_or_path)
+        return model, tokenizer, "loaded"
     if fits:
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True)
+        align_labels(model, task, name_or_path)  # a head trained with another label order (roberta-large-mnli)
         if labels and set(model.config.id2label.values()) == {f"LABEL_{i}" for i in range(task.num_labels)}:
             model.config.update(labels)  # generic names only: name them after the task for the model card
         return model, tokenizer, "loaded"
