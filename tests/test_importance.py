@@ -348,3 +348,23 @@ def test_unknown_criterion_and_bad_limits():
         hfprune.head_importance(model, _batches(model), max_batches=0, show_progress=False)
     with pytest.raises(ValueError, match="method"):
         hfprune.layer_importance(model, [], method="drop")
+
+
+def test_scoring_under_a_plan_masks_all_of_its_units():
+    # `plan=` used to mask only the unit kind being scored: neuron scores "under a plan" ignored its heads and layers.
+    plan = hfprune.PruningPlan(heads={0: [0, 1], 1: [2]}, neurons={0: list(range(8))}, layers=[2])
+    dense = make_model("bert")
+    batches = _batches(dense)
+    neurons = hfprune.neuron_importance(dense, batches, plan=plan, show_progress=False)
+    heads = hfprune.head_importance(dense, batches, plan=plan, normalize_layers=False, normalize_global=False,
+                                    show_progress=False)
+    without_heads = hfprune.prune(make_model("bert"), hfprune.PruningPlan(heads=plan.heads, layers=plan.layers))
+    expected = hfprune.neuron_importance(without_heads, batches, plan=hfprune.PruningPlan(neurons=plan.neurons),
+                                         show_progress=False)
+    assert close(neurons[0], expected[0]) and close(neurons[1], expected[1])
+    assert not neurons[2].any()  # a masked layer passes the residual stream through: its neurons do not matter
+    without_rest = hfprune.prune(make_model("bert"), hfprune.PruningPlan(neurons=plan.neurons, layers=plan.layers))
+    expected = hfprune.head_importance(without_rest, batches, plan=hfprune.PruningPlan(heads=plan.heads),
+                                       normalize_layers=False, normalize_global=False, show_progress=False)
+    assert close(heads[:2], expected)
+    assert not heads[2].any()

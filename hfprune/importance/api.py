@@ -69,7 +69,8 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         return_entropy (`bool`, defaults to `False`): "michel" only: also return the mean attention entropy per
             head (switches to eager attention for the pass, the only kind that returns attention probabilities).
         seed (`int`, *optional*): seed of the "random" criterion.
-        plan (`PruningPlan`, *optional*): score under this mask (its heads' gates are 0), as in iterative pruning.
+        plan (`PruningPlan`, *optional*): score under this mask (its heads' gates are 0, its neurons and layers
+            masked too), as in iterative pruning.
         distributed (`bool`, defaults to `True`): reduce over processes when torch.distributed is initialised.
 
     Returns:
@@ -134,7 +135,7 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         normalize_layers (`bool`, defaults to `False`): divide each layer's scores by their L2 norm (makes a global
             selection compare layers by their relative, not absolute, scores).
         seed (`int`, *optional*): seed of the "random" criterion.
-        plan (`PruningPlan`, *optional*): score under this mask.
+        plan (`PruningPlan`, *optional*): score under this mask (heads, neurons and layers).
         distributed (`bool`, defaults to `True`): reduce over processes when torch.distributed is initialised.
 
     Returns:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..masking import Gates, attach_gates
+from ..masking import Gates, attach_gates, mask
 from ..plan import PruningPlan
 from .common import TokenCounter, check_model, eager_attention, iter_batches, model_loss, scoring_mode
 
@@ -71,6 +71,19 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
     with scoring_mode(model), eager_attention(model, output_attentions):
         gates = attach_gates(model, heads=units == "heads", neurons=units == "neurons", layers=units == "layers",
                              requires_grad=True, plan=plan)
+        # The plan's other unit kinds are masked too (fixed gates), so scores are those of the model under the
+        # whole plan, e.g. neurons scored as if the plan's heads and layers were already removed.
+        others = None
+        if plan is not None:
+            rest = PruningPlan(heads={} if units == "heads" else plan.heads,
+                               neurons={} if units == "neurons" else plan.neurons,
+                               layers=[] if units == "layers" else plan.layers)
+            if not rest.is_empty():
+                try:
+                    others = mask(model, rest)
+                except Exception:
+                    gates.remove()
+                    raise
         counter = TokenCounter(model, adapter)
         handles = []
         store: dict[int, torch.Tensor] = {}
@@ -79,8 +92,8 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
                 blocks = adapter.layers(model)
                 owner = gates.head_gates if units == "heads" else gates.neuron_gates
                 for idx, gate in owner.items():
-                    if gate.numel() == 0:
-                        continue  # a layer with no FFN neuron left: nothing to score, and no activation to split
+                    if gate.numel() == 0 or (plan is not None and idx in plan.layers):
+                        continue  # no FFN neuron left, or a masked layer (no gradient reaches it): scores stay 0
                     module = adapter.out_proj(blocks[idx]) if units == "heads" else adapter.ffn_out(blocks[idx])
                     handles.append(module.register_forward_pre_hook(_keep_activation(store, idx)))
             kwargs = {"output_attentions": True} if output_attentions else {}
@@ -105,6 +118,8 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
             counter.remove()
             gates.zero_grad()
             gates.remove()
+            if others is not None:
+                others.remove()
     return total_tokens
 
 

@@ -44,7 +44,9 @@ def michel_head_stats(model: nn.Module, dataloader: Iterable, *, plan: PruningPl
 
     def on_batch(view: BatchView) -> None:
         for layer, gate in view.gates.head_gates.items():
-            grad = gate.grad.detach().abs().double()
+            # No gradient reaches the gates of a layer the plan masks as a whole: they score 0.
+            grad = torch.zeros_like(gate) if gate.grad is None else gate.grad.detach()
+            grad = grad.abs().double()
             sums[layer] = sums[layer] + grad if layer in sums else grad
         if return_entropy:
             attentions = getattr(view.outputs, "attentions", None) or ()
