@@ -227,6 +227,25 @@ def test_head_with_another_label_order_is_reordered_to_glue_ids(tiny, tmp_path, 
     assert json.loads(stdout)["metrics"]["validation_matched"]["accuracy"] == 1.0
 
 
+def test_eval_of_a_compressed_sparse_folder(tiny, tmp_path, capsys):
+    # save_compressed writes no model.safetensors: eval must load it with load_pruned, like the dense save.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny / "base")
+    hfprune.sparsify(model, 0.5).finalize()
+    tokenizer = AutoTokenizer.from_pretrained(tiny / "base")
+    hfprune.save_compressed(model, tmp_path / "sparse", tokenizer=tokenizer)
+    model.save_pretrained(tmp_path / "dense")
+    tokenizer.save_pretrained(tmp_path / "dense")
+    scores = []
+    for folder in ("sparse", "dense"):
+        rc, stdout, stderr = _run(["eval", "--model", tmp_path / folder, "--task", "sst2", "--data-dir", tiny / "glue",
+                                   "--json", "--quiet"], capsys)
+        assert rc == 0, stderr
+        scores.append(json.loads(stdout)["metrics"]["validation"])
+    assert scores[0] == scores[1]
+
+
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     from hfprune.data import get_task
     from hfprune.recipes.modeling import load_classifier

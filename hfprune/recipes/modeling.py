@@ -92,6 +92,7 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from ..export import load_pruned
+    from ..sparsity.compressed import MANIFEST_NAME
     from ..structure import get_record
 
     try:
@@ -110,7 +111,9 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
     labels = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
                                             "label2id": {n: i for i, n in enumerate(task.label_names)}}
     problem = "regression" if task.is_regression else "single_label_classification"
-    if get_record(config) is not None:
+    # A save_compressed folder (bitmask + values, no model.safetensors) loads only through load_pruned too.
+    compressed = (Path(name_or_path) / MANIFEST_NAME).is_file()
+    if get_record(config) is not None or compressed:
         if not fits:
             raise ValueError(f"model {name_or_path!r} was pruned with a head of {config.num_labels} labels; task "
                              f"{task.name!r} needs {task.num_labels}, and a pruned model cannot get a new head here")
