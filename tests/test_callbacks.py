@@ -257,3 +257,17 @@ def test_layerdrop_restores_the_full_model_before_any_callbacks_step_end(tmp_pat
             callbacks=[probe, layerdrop]).train()
     assert probe.dropped_in_step > 0  # layers were skipped during the steps
     assert probe.dropped_at_step_end == 0
+
+
+def test_random_criterion_without_seed_is_refused_before_training():
+    # It used to fail only when scoring, i.e. after the training run up to at_step / its end.
+    with pytest.raises(ValueError, match="criterion='random' needs a seed"):
+        hfprune.PruningCallback(heads_ratio=0.5, criterion="random")
+    with pytest.raises(ValueError, match="neuron_criterion='random' needs a seed"):
+        hfprune.PruningCallback(neurons_ratio=0.5, neuron_criterion="random")
+    with pytest.raises(ValueError, match="needs a seed"):
+        hfprune.HeadImportanceCallback(criterion="random")
+    with pytest.raises(ValueError, match="needs a seed"):
+        hfprune.NeuronImportanceCallback(criterion="random")
+    assert hfprune.PruningCallback(heads_ratio=0.5, criterion="random", seed=0).config.seed == 0
+    hfprune.PruningCallback(neurons_ratio=0.5, criterion="random")  # the head criterion is unused here

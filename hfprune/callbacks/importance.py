@@ -39,6 +39,8 @@ class HeadScoringConfig(ScoringConfig):
     def __post_init__(self):
         super().__post_init__()
         check_choice("HeadScoringConfig", "criterion", self.criterion, HEAD_CRITERIA)
+        if self.criterion == "random" and self.seed is None:
+            raise ValueError("HeadScoringConfig: criterion='random' needs a seed, e.g. seed=0")
 
 
 @dataclass
@@ -49,6 +51,8 @@ class NeuronScoringConfig(ScoringConfig):
     def __post_init__(self):
         super().__post_init__()
         check_choice("NeuronScoringConfig", "criterion", self.criterion, NEURON_CRITERIA)
+        if self.criterion == "random" and self.seed is None:
+            raise ValueError("NeuronScoringConfig: criterion='random' needs a seed, e.g. seed=0")
 
 
 @dataclass

@@ -73,6 +73,11 @@ class PruningConfig:
             raise ValueError(f"{owner}: layers (a count) must be >= 0, got {self.layers}")
         if self.heads_ratio is None and self.neurons_ratio is None and not self.layers:
             raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio and/or layers")
+        # Checked now rather than when scoring, which may be at the end of a long training run.
+        for name, used in (("criterion", self.heads_ratio is not None), ("neuron_criterion",
+                                                                         self.neurons_ratio is not None)):
+            if used and getattr(self, name) == "random" and self.seed is None:
+                raise ValueError(f"{owner}: {name}='random' needs a seed, e.g. seed=0")
 
 
 class PruningCallback(TrainerCallback):
