@@ -246,6 +246,20 @@ def test_eval_of_a_compressed_sparse_folder(tiny, tmp_path, capsys):
     assert scores[0] == scores[1]
 
 
+def test_pickle_only_checkpoint_is_one_error_line(tiny, tmp_path, capsys):
+    from transformers import AutoConfig
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    AutoConfig.from_pretrained(tiny / "base").save_pretrained(folder)
+    torch.save({}, folder / "pytorch_model.bin")
+    out = tmp_path / "out"
+    _error(["eval", "--model", folder, "--task", "sst2", "--data-dir", tiny / "glue", "--quiet"], capsys, None,
+           "safetensors weights only")
+    _error(["prune", "--model", folder, "--task", "sst2", "--data-dir", tiny / "glue", "--heads", 0.5, "--output",
+            out, "--quiet"], capsys, out, "safetensors weights only")
+
+
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     from hfprune.data import get_task
     from hfprune.recipes.modeling import load_classifier

@@ -120,14 +120,19 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
         model = load_pruned(name_or_path)
         align_labels(model, task, name_or_path)
         return model, tokenizer, "loaded"
+    def from_pretrained(**kwargs):
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+        except OSError as err:  # e.g. pickle-only weights (pytorch_model.bin): hfprune reads safetensors only
+            raise FileNotFoundError(f"cannot load the weights of {name_or_path!r}: {str(err).splitlines()[0]} "
+                                    "(hfprune loads safetensors weights only)") from None
+
     if fits:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True)
+        model = from_pretrained()
         align_labels(model, task, name_or_path)  # a head trained with another label order (roberta-large-mnli)
         if labels and set(model.config.id2label.values()) == {f"LABEL_{i}" for i in range(task.num_labels)}:
             model.config.update(labels)  # generic names only: name them after the task for the model card
         return model, tokenizer, "loaded"
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=task.num_labels, problem_type=problem, ignore_mismatched_sizes=True,
-        use_safetensors=True, **labels)
+    model = from_pretrained(num_labels=task.num_labels, problem_type=problem, ignore_mismatched_sizes=True, **labels)
     logger.info("%s: new %d-label classification head for %s", name_or_path, task.num_labels, task.name)
     return model, tokenizer, "new"
