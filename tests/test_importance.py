@@ -267,7 +267,7 @@ def test_entropy_of_a_model_with_a_headless_layer_belongs_to_the_right_layer(fam
     assert torch.allclose(entropy[2], masked[2], atol=1e-5)
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "fisher"])
+@pytest.mark.parametrize("criterion", ["taylor", "fisher", "magnitude"])
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_neuron_scores_of_a_model_with_an_empty_ffn(family, criterion):
     # prune() supports a layer with every FFN neuron removed; its scores are an empty vector, the others equal the

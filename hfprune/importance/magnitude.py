@@ -23,7 +23,7 @@ def _weight_out_in(module: nn.Module) -> torch.Tensor:
 def _rows_l1(module: nn.Module, units: int, size: int, offset: int = 0) -> torch.Tensor:
     """`[units]`: L1 norm of consecutive blocks of `size` output rows, starting at row `offset`."""
     w = _weight_out_in(module)[offset:offset + units * size]
-    return w.abs().float().reshape(units, -1).sum(1)
+    return w.abs().float().reshape(units, size * w.shape[1]).sum(1)  # explicit width: units may be 0
 
 
 def _cols_l1(module: nn.Module, units: int, size: int) -> torch.Tensor:
