@@ -368,3 +368,20 @@ def test_scoring_under_a_plan_masks_all_of_its_units():
                                        normalize_layers=False, normalize_global=False, show_progress=False)
     assert close(heads[:2], expected)
     assert not heads[2].any()
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_gradient_scorers_work_inside_no_grad(context):
+    # Called from evaluation code under no_grad, scoring used to fail with "the loss does not depend on the heads
+    # gates (does the model's forward reach the projections the adapter names?)", blaming the adapter.
+    model = make_model("bert")
+    batches = _batches(model)
+    heads = hfprune.head_importance(model, batches, show_progress=False)
+    neurons = hfprune.neuron_importance(model, batches, show_progress=False)
+    layers = hfprune.layer_importance(model, batches, method="gate", show_progress=False)
+    with context():
+        assert torch.equal(hfprune.head_importance(model, batches, show_progress=False), heads)
+        assert all(torch.equal(a, b) for a, b in zip(hfprune.neuron_importance(model, batches, show_progress=False),
+                                                     neurons))
+        assert torch.equal(hfprune.layer_importance(model, batches, method="gate", show_progress=False), layers)
+        assert not torch.is_grad_enabled()

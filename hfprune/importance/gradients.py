@@ -68,7 +68,9 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
     device = check_model(model)
     adapter = get_adapter(model)
     total_tokens = 0
-    with scoring_mode(model), eager_attention(model, output_attentions):
+    # Gradients are the point here, also when the caller is inside `torch.no_grad()` / `torch.inference_mode()`.
+    with torch.inference_mode(False), torch.enable_grad(), scoring_mode(model), eager_attention(model,
+                                                                                                  output_attentions):
         gates = attach_gates(model, heads=units == "heads", neurons=units == "neurons", layers=units == "layers",
                              requires_grad=True, plan=plan)
         # The plan's other unit kinds are masked too (fixed gates), so scores are those of the model under the
