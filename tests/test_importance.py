@@ -385,3 +385,20 @@ def test_gradient_scorers_work_inside_no_grad(context):
                                                      neurons))
         assert torch.equal(hfprune.layer_importance(model, batches, method="gate", show_progress=False), layers)
         assert not torch.is_grad_enabled()
+
+
+def test_dataloader_over_an_iterable_dataset_has_no_length_and_still_scores():
+    # A streaming (Iterable) dataset's DataLoader raises TypeError on len(); scoring used to crash on it.
+    model = make_model("bert")
+    batches = _batches(model)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(batches)
+
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=None)
+    expected = hfprune.head_importance(model, batches, show_progress=False)
+    assert torch.equal(hfprune.head_importance(model, loader, show_progress=False), expected)
+    assert torch.equal(hfprune.head_importance(model, loader, max_batches=2, show_progress=False),
+                       hfprune.head_importance(model, batches[:2], show_progress=False))
+    assert hfprune.layer_importance(model, loader, show_progress=False).shape == (3,)

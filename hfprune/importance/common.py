@@ -110,7 +110,10 @@ def iter_batches(dataloader: Iterable, device: torch.device, *, max_batches: int
         raise TypeError("got a single batch dict; pass an iterable of batches, e.g. [batch]")
     check_limit("max_batches", max_batches)
     check_limit("num_samples", num_samples)
-    total = len(dataloader) if hasattr(dataloader, "__len__") else None
+    try:
+        total = len(dataloader)
+    except TypeError:  # a generator, or a DataLoader over an IterableDataset (streaming) that has no length
+        total = None
     if max_batches is not None:
         total = max_batches if total is None else min(total, max_batches)
     from tqdm.auto import tqdm
