@@ -146,3 +146,41 @@ def test_gradual_callback_reaches_final_sparsity_and_logs(tmp_path):
     assert not handle.active  # finalized on train end
     for t in handle.targets:
         assert abs(int((t.weight == 0).sum()) - 0.8 * t.weight.numel()) <= 1, t.key
+
+
+def _taylor_masks(batches) -> dict[str, torch.Tensor]:
+    model = make_model("bert")
+    return {k: v.to(torch.uint8) for k, v in sparsify(model, 0.5, criterion="taylor", dataloader=batches).masks.items()}
+
+
+def _taylor_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = make_model("bert")
+        save_file(_taylor_masks([_batch(model, 40 + i) for i in range(4)][rank::2]),
+                  os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip the slow interpreter teardown; the masks are on disk
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_taylor_masks_agree_across_processes(tmp_path):
+    """Under DDP each process scores its own shard; the masks must be those of all shards, the same on every rank,
+    or the replicas zero different weights and drift apart."""
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    mp.spawn(_taylor_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    model = make_model("bert")
+    single = _taylor_masks([_batch(model, 40 + i) for i in range(4)])
+    for rank in range(2):
+        got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        differing = sum(int((got[k] != single[k]).sum()) for k in single)
+        assert differing <= 4, (rank, differing)  # summation order may flip an exact tie, nothing more

@@ -40,6 +40,9 @@ def taylor_scores(model: nn.Module, targets: list[Target], dataloader: Iterable,
                   max_batches: int | None = None) -> dict[str, torch.Tensor]:
     """Sum over batches of |w * dL/dw| for every target weight (eval mode, so dropout does not add noise).
 
+    Under torch.distributed the sums are added over processes, so every process gets the same scores (and masks);
+    call it on every process then.
+
     Args:
         model (`nn.Module`): a model that returns `.loss` when its batch carries labels.
         targets (`list[Target]`): the weights to score.
@@ -77,9 +80,32 @@ def taylor_scores(model: nn.Module, targets: list[Target], dataloader: Iterable,
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
+    batches = _sum_over_processes(scores, batches)
     if batches == 0:
         raise ValueError("taylor scoring: the dataloader yielded no batches")
     return {t.name: s for t, s in zip(targets, scores)}
+
+
+def _sum_over_processes(scores: list[torch.Tensor], batches: int) -> int:
+    """Under torch.distributed, sum the scores (in place) and batch counts over processes; returns the total count.
+
+    Each process scores its own shard of the data (a DDP / `accelerate` dataloader), so without this every process
+    would pick different masks and the replicas would drift apart: DDP averages the gradients, but each process would
+    zero different weights after every step.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return batches
+    device = scores[0].device
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    for score in scores:  # one tensor at a time: no second copy of every weight's score
+        buffer = score.to(device)
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+        score.copy_(buffer)
+    count = torch.tensor([batches], dtype=torch.int64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.SUM)
+    return int(count.item())
 
 
 def compute_scores(model: nn.Module, targets: list[Target], criterion: str, dataloader: Iterable | None = None,
