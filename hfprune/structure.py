@@ -66,14 +66,41 @@ def sync_config(model: nn.Module, adapter, plan=None) -> dict:
     heads, kv, ffn = set(structure["heads"]), set(structure["kv_heads"]), set(structure["ffn"])
     if adapter.config_heads_key and len(heads) == 1 and len(kv) == 1 and 0 not in heads:
         # The head size must stay what it is when the head count changes, so write it down explicitly.
-        config.head_dim = adapter.head_dim(model)
-        setattr(config, adapter.config_heads_key, heads.pop())
+        updates = {"head_dim": adapter.head_dim(model), adapter.config_heads_key: heads.pop()}
         if adapter.config_kv_heads_key:
-            setattr(config, adapter.config_kv_heads_key, kv.pop())
+            updates[adapter.config_kv_heads_key] = kv.pop()
+        _set_if_valid(config, updates)
     if adapter.config_ffn_key and len(ffn) == 1 and 0 not in ffn:
-        setattr(config, adapter.config_ffn_key, ffn.pop())
+        _set_if_valid(config, {adapter.config_ffn_key: ffn.pop()})
     setattr(config, RECORD_KEY, record)
     return record
+
+
+_MISSING = object()
+
+
+def _set_if_valid(config, updates: dict) -> bool:
+    """Set plain config keys unless the config class's own validation rejects the result (then nothing changes).
+
+    E.g. `LlamaConfig` requires `hidden_size % num_attention_heads == 0`, so 3 heads of a 32-wide model cannot be
+    written there: the config would refuse to save. The `hfprune` record still holds the real structure.
+    """
+    previous = {key: getattr(config, key, _MISSING) for key in updates}
+    for key, value in updates.items():
+        setattr(config, key, value)
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return True
+    try:
+        validate()
+        return True
+    except Exception:  # noqa: BLE001  (huggingface_hub's StrictDataclassError, ValueError, ... depending on version)
+        for key, value in previous.items():
+            if value is _MISSING:
+                delattr(config, key)
+            else:
+                setattr(config, key, value)
+        return False
 
 
 def config_builds_record(config, record: dict) -> bool:

@@ -133,3 +133,18 @@ def test_half_precision_model_reloads_in_its_saved_dtype(dtype, tmp_path):
     assert reloaded.dtype == torch.bfloat16
     assert torch.equal(logits_of(reloaded, inputs), logits_of(model, inputs))
     assert hfprune.load_pruned(tmp_path / "out", dtype=torch.float32).dtype == torch.float32
+
+
+def test_uniform_head_count_the_config_class_rejects_still_saves(tmp_path):
+    # 3 heads in every layer of a 32-wide Llama: writing num_attention_heads=3 made LlamaConfig's own validation
+    # (hidden_size % num_attention_heads == 0) refuse save_pretrained, so the pruned model could not be saved.
+    model = make_model("llama")
+    inputs = make_inputs(model)
+    hfprune.prune(model, PruningPlan(heads={i: [1] for i in range(3)}, neurons={i: [0] for i in range(3)}))
+    assert model.config.num_attention_heads == 4  # left as it was; the record carries the 3 heads
+    assert model.config.intermediate_size == 47  # what the config can express is still written
+    assert [s["heads"] for s in model.config.hfprune["layers"]] == [3, 3, 3]
+    hfprune.save_pruned(model, tmp_path / "out")
+    reloaded = hfprune.load_pruned(tmp_path / "out", attn_implementation="eager")
+    assert hfprune.model_structure(reloaded) == hfprune.model_structure(model)
+    assert torch.equal(logits_of(reloaded, inputs), logits_of(model, inputs))
