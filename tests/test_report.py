@@ -119,6 +119,28 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_only_an_earlier_hfprune_output_may_be_replaced(tmp_path):
+    import json
+
+    from hfprune.report import check_output_dir
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "results.json").write_text(json.dumps({"hfprune_version": "0", "task": "sst2"}))
+    (earlier / "model.safetensors").write_bytes(b"")
+    check_output_dir(earlier)  # may be replaced
+    # A project folder that happens to hold a results.json of its own would be deleted whole by the final move.
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "results.json").write_text(json.dumps({"hfprune_version": "0"}))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"accuracy": 0.9}))
+    for folder in (project, other):
+        with pytest.raises(FileExistsError, match="not written by hfprune"):
+            check_output_dir(folder)
+
+
 def test_push_offline_is_a_clear_error(tmp_path, monkeypatch):
     from hfprune.report import push_outputs
 

@@ -17,12 +17,23 @@ logger = logging.getLogger("hfprune")
 _MARKER = "results.json"
 
 
+def _written_by_hfprune(out_dir: Path) -> bool:
+    """An earlier run's folder: flat (hfprune writes no subfolders) with hfprune's results.json."""
+    if any(p.is_dir() for p in out_dir.iterdir()):
+        return False  # a project folder (src/, .git/ ...) that merely holds some results.json
+    try:
+        results = json.loads((out_dir / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and (not results or "hfprune_version" in results)
+
+
 def check_output_dir(out_dir: str | Path) -> None:
     """Refuse an output folder that exists and was not written by hfprune (checked before any work starts)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output {out_dir} is a file, not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / _MARKER).exists():
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _written_by_hfprune(out_dir):
         raise FileExistsError(f"output folder {out_dir} exists and holds files not written by hfprune; "
                               "choose another --output")
 
