@@ -271,3 +271,23 @@ def test_random_criterion_without_seed_is_refused_before_training():
         hfprune.NeuronImportanceCallback(criterion="random")
     assert hfprune.PruningCallback(heads_ratio=0.5, criterion="random", seed=0).config.seed == 0
     hfprune.PruningCallback(neurons_ratio=0.5, criterion="random")  # the head criterion is unused here
+
+
+def test_layerdrop_retrain_after_an_interrupted_run_leaves_no_stale_gates():
+    # trainer.train() interrupted mid-step (KeyboardInterrupt, OOM) never reaches on_train_end: the step's dropped
+    # layers keep gate 0. Training again used to attach a second set of gates on top, so those layers stayed skipped.
+    model = _layerdrop_model().eval()
+    batch = Synthetic(8, 1, vocab=30).batch()
+    with torch.no_grad():
+        full = model(**batch).logits
+    layerdrop = hfprune.LayerDropCallback(p=0.9, seed=0)
+    layerdrop.on_train_begin(None, None, None, model=model)
+    model.train()
+    layerdrop.on_step_begin(None, None, None, model=model)
+    assert layerdrop.dropped  # ... and the run dies here
+    layerdrop.on_train_begin(None, None, None, model=model)  # the next trainer.train()
+    layerdrop.on_train_end(None, None, None)
+    model.eval()
+    assert not any(m._forward_hooks for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, full)

@@ -61,6 +61,9 @@ class LayerDropCallback(TrainerCallback):
         self._generator: torch.Generator | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # A run that raised mid-step (no on_train_end) left its gates on, some at 0: take them off before re-attaching,
+        # or those layers would stay skipped for good.
+        self.on_train_end(args, state, control)
         self._gates = attach_gates(model, layers=True)
         seed = self.config.seed if self.config.seed is not None else args.seed
         self._generator = torch.Generator().manual_seed(int(seed))
