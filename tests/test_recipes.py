@@ -56,6 +56,8 @@ def test_values_are_coerced_only_where_safe():
     (_with(model={"name_or_path": ""}), r"model\.name_or_path is required"),
     (_with(recover={"steps": 5}), r"recover\.steps > 0 but nothing is pruned"),
     (_with(prune={"sweep": [0.5, 1.0]}), r"prune\.sweep must be a fraction"),
+    (_with(prune={"sweep": ["a", 0.5]}), r"prune\.sweep must be a list of fractions in \[0, 1\), got 'a'"),
+    (_with(prune={"sweep": [None]}), r"prune\.sweep must be a list of fractions"),
     (_with(output={"push_to_hub": "noslash"}), r"output\.push_to_hub must be a repo id"),
     (_with(prune=[1, 2]), r"section 'prune' must be a mapping"),
 ])

@@ -115,6 +115,8 @@ class PruneConfig:
         _check(self.round_ffn_to >= 1, f"round_ffn_to must be >= 1, got {self.round_ffn_to}")
         _check(self.score_batches >= 1, f"score_batches must be >= 1, got {self.score_batches}")
         for value in self.sweep:
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                   f"sweep must be a list of fractions in [0, 1), got {value!r}")
             _fraction("sweep", value)
         self.sweep = sorted(float(v) for v in self.sweep)
 
