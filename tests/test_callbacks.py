@@ -291,3 +291,16 @@ def test_layerdrop_retrain_after_an_interrupted_run_leaves_no_stale_gates():
     assert not any(m._forward_hooks for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, full)
+
+
+def test_data_free_criteria_score_without_any_data(tmp_path):
+    # "magnitude" / "random" read no data, but the callbacks demanded some and failed at train end without it.
+    model = make_model("bert").train()
+    heads = hfprune.HeadImportanceCallback(criterion="magnitude")
+    neurons = hfprune.NeuronImportanceCallback(criterion="random", seed=0)
+    Trainer(model=model, args=_args(tmp_path, 2), train_dataset=Synthetic(32, 0, vocab=90),
+            callbacks=[heads, neurons]).train()
+    assert torch.equal(heads.scores, hfprune.head_importance(model, criterion="magnitude", show_progress=False))
+    assert [n.numel() for n in neurons.scores] == [48, 48, 48]
+    saved = json.loads((tmp_path / "out" / "importance.json").read_text())
+    assert set(saved) == {"heads", "neurons"}

@@ -85,7 +85,10 @@ class _ScoringCallback(TrainerCallback):
         raise NotImplementedError
 
     def _run(self, args, state, kwargs) -> None:
-        dataloader = dataloader_for(type(self).__name__, self.dataset, self.trainer, kwargs, args)
+        # "magnitude" and "random" read no data: do not demand (or build) a dataloader for them.
+        data_free = getattr(self.config, "criterion", None) in ("magnitude", "random")
+        dataloader = None if data_free else dataloader_for(type(self).__name__, self.dataset, self.trainer, kwargs,
+                                                           args)
         self.scores = self._compute(kwargs["model"], dataloader)
         self.history.append({"step": state.global_step, "scores": self.scores})
         if state.is_world_process_zero:
