@@ -99,3 +99,35 @@ def test_every_field_has_help():
         for f in fields(cls):
             assert len(field_help(f"{section}.{f.name}")) > 10, f"{section}.{f.name}"
     assert all(f.metadata.get("help") for f in fields(Recipe))
+
+
+@pytest.mark.parametrize("name", ["mnli", "stsb", "layerdrop-sst2"])  # two eval splits, regression, layer removal
+def test_shipped_recipes_run_on_the_original_glue_layout(name, tmp_path, capsys):
+    """The shipped recipe end to end (1 step per stage, a tiny model) on files in the task's original GLUE layout."""
+    import json
+
+    import torch
+
+    from hfprune.cli.main import main
+    from hfprune.demo import build_base
+    from tests.test_data_glue import _write
+
+    build_base(tmp_path / "base", seed=0)
+    task = load_recipe(RECIPES / f"{name}.yaml").data.task
+    _write(tmp_path / "glue", task)
+    tiny = ["finetune.steps=1", "recover.steps=1", "prune.score_batches=1", "prune.sweep=[0.5]", "finetune.batch_size=2",
+            "recover.batch_size=2", "eval.latency_repeats=1", "eval.latency_seq_len=16", "eval.latency_batch_size=2",
+            "output.plots=false", f"model.name_or_path={tmp_path / 'base'}", f"data.data_dir={tmp_path / 'glue'}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["run", str(RECIPES / f"{name}.yaml"), "--output", str(tmp_path / "out"), "--quiet",
+                   *[arg for item in tiny for arg in ("--set", item)]])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    spec = GLUE_TASKS[task]
+    assert set(results["pruned"]["metrics"]) == set(spec.eval_splits)
+    assert list(results["pruned"]["metrics"][spec.eval_splits[0]])[:len(spec.metrics)] == list(spec.metrics)
+    assert results["pruned"]["params"] < results["dense"]["params"]
