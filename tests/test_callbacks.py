@@ -304,3 +304,14 @@ def test_data_free_criteria_score_without_any_data(tmp_path):
     assert [n.numel() for n in neurons.scores] == [48, 48, 48]
     saved = json.loads((tmp_path / "out" / "importance.json").read_text())
     assert set(saved) == {"heads", "neurons"}
+
+
+def test_explicit_layer_indices_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="negative"):
+        hfprune.PruningCallback(layers=[-1])
+    pruning = hfprune.PruningCallback(layers=[5], at_step=1)
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 2),
+                      train_dataset=Synthetic(32, 0, vocab=90), callbacks=[pruning])
+    with pytest.raises(ValueError, match="layer 5 is out of range"):
+        trainer.train()
+    assert trainer.state.global_step == 0  # refused before the first step, not after training up to at_step

@@ -71,6 +71,8 @@ class PruningConfig:
             raise ValueError(f"{owner}: layers must be a count, a list of layer indices or None, got {self.layers!r}")
         if isinstance(self.layers, int) and self.layers < 0:
             raise ValueError(f"{owner}: layers (a count) must be >= 0, got {self.layers}")
+        if isinstance(self.layers, list):
+            PruningPlan(layers=self.layers)  # negative / duplicate / non-integer indices: an error naming them now
         if self.heads_ratio is None and self.neurons_ratio is None and not self.layers:
             raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio and/or layers")
         # Checked now rather than when scoring, which may be at the end of a long training run.
@@ -172,6 +174,11 @@ class PruningCallback(TrainerCallback):
                 "state": {"global_step": state.global_step, "epoch": state.epoch, "pruned": self.pruned},
                 "scores": self.scores, "plan": self.plan.to_dict() if self.plan else None,
             })
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # Explicit layer indices are checked against the model before training, not at the scoring step.
+        if self.plan is None and isinstance(self.config.layers, list) and model is not None:
+            PruningPlan(layers=self.config.layers).validate(model)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.plan is None and self.config.at_step is not None and state.global_step >= self.config.at_step:
