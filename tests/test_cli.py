@@ -260,6 +260,35 @@ def test_pickle_only_checkpoint_is_one_error_line(tiny, tmp_path, capsys):
             out, "--quiet"], capsys, out, "safetensors weights only")
 
 
+def test_decoder_classifier_whose_tokenizer_has_no_pad_token(tiny, tmp_path, capsys):
+    # GPT-2 / Llama tokenizers have no pad token; GLUE batches are padded, and the classifier needs the pad id.
+    import transformers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    base_tok = AutoTokenizer.from_pretrained(tiny / "base")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base_tok.backend_tokenizer, eos_token="[SEP]",
+                                        unk_token="[UNK]")
+    assert tokenizer.pad_token is None
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=base_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48, num_labels=2,
+                                      max_position_embeddings=64)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    out = tmp_path / "out"
+    data = ["--task", "sst2", "--data-dir", tiny / "glue"]
+    rc, _, stderr = _run(["prune", "--model", tmp_path / "llama", *data, "--heads", 0.5, "--score-batches", 1,
+                          "--batch-size", 4, "--output", out, "--set", "output.plots=false", *FAST], capsys)
+    assert rc == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["removed"]["heads"] == 4
+    assert json.loads((out / "config.json").read_text())["pad_token_id"] == tokenizer.convert_tokens_to_ids("[SEP]")
+    rc, stdout, stderr = _run(["eval", "--model", out, *data, "--json", "--quiet"], capsys)
+    assert rc == 0, stderr
+    assert json.loads(stdout)["metrics"]["validation"]["accuracy"] == pytest.approx(
+        results["pruned"]["metrics"]["validation"]["accuracy"])
+
+
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
     from hfprune.data import get_task
     from hfprune.recipes.modeling import load_classifier

@@ -74,6 +74,13 @@ def align_labels(model, task: TaskSpec, name_or_path: str = "model") -> bool:
     return True
 
 
+def _with_pad_id(model, tokenizer):
+    # *ForSequenceClassification of decoders reads the logits at the last non-pad token: it needs the pad id.
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
 def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
     """Load `name_or_path` as a sequence classifier for `task` (tokenizer too).
 
@@ -108,6 +115,8 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
                          "fine-tune from it (--finetune-steps N) to create a new head of the right size, or pass a "
                          f"checkpoint fine-tuned on {task.name}")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers (GPT-2, Llama) have none; batches are padded
     labels = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
                                             "label2id": {n: i for i, n in enumerate(task.label_names)}}
     problem = "regression" if task.is_regression else "single_label_classification"
@@ -119,7 +128,7 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
                              f"{task.name!r} needs {task.num_labels}, and a pruned model cannot get a new head here")
         model = load_pruned(name_or_path)
         align_labels(model, task, name_or_path)
-        return model, tokenizer, "loaded"
+        return _with_pad_id(model, tokenizer), tokenizer, "loaded"
     def from_pretrained(**kwargs):
         try:
             return AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
@@ -132,7 +141,7 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
         align_labels(model, task, name_or_path)  # a head trained with another label order (roberta-large-mnli)
         if labels and set(model.config.id2label.values()) == {f"LABEL_{i}" for i in range(task.num_labels)}:
             model.config.update(labels)  # generic names only: name them after the task for the model card
-        return model, tokenizer, "loaded"
+        return _with_pad_id(model, tokenizer), tokenizer, "loaded"
     model = from_pretrained(num_labels=task.num_labels, problem_type=problem, ignore_mismatched_sizes=True, **labels)
     logger.info("%s: new %d-label classification head for %s", name_or_path, task.num_labels, task.name)
-    return model, tokenizer, "new"
+    return _with_pad_id(model, tokenizer), tokenizer, "new"
