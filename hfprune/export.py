@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,7 +45,9 @@ def atomic_dir(output_dir: str | os.PathLike):
     """
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    # Not tempfile.mkdtemp: its folder is owner-only (0700), and it becomes the output; mkdir follows the umask.
+    tmp = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         yield tmp
         replace_dir(tmp, output_dir)

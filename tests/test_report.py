@@ -119,6 +119,26 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_folders_follow_the_umask(tmp_path):
+    """Folders written through atomic_dir (save_pruned, save_compressed, CLI outputs) are normal folders, not the
+    owner-only (0700) temporary folders they start as: a server or teammate must be able to read them."""
+    import os
+
+    from hfprune.export import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "config.json").write_text("{}")
+        model = make_model("bert")
+        hfprune.save_pruned(hfprune.prune(model, hfprune.PruningPlan(heads={0: [0]})), tmp_path / "pruned")
+        hfprune.save_compressed(model, tmp_path / "compressed")
+    finally:
+        os.umask(old)
+    for name in ("out", "pruned", "compressed"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o755, name
+
+
 def test_only_an_earlier_hfprune_output_may_be_replaced(tmp_path):
     import json
 
