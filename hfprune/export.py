@@ -178,6 +178,21 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=False)
 
 
+def _device_from(device, device_map):
+    """One device for the whole model: `device`, or a `device_map` that names a single device ("auto": the GPU if
+    there is one). Sharding a pruned model over devices is not supported, and saying so beats ignoring it."""
+    if device_map is None:
+        return device
+    if device is not None:
+        raise ValueError("load_pruned: pass either device or device_map, not both")
+    if isinstance(device_map, (str, torch.device)):
+        if str(device_map) == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return device_map
+    raise ValueError(f"load_pruned: device_map={device_map!r} is not supported; use device='cuda' (or 'cpu', 'auto'), "
+                     "the whole model goes to one device")
+
+
 def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.Module:
     """Load a model saved after `hfprune.prune` (local folder or Hub id), rebuilding its pruned shapes.
 
@@ -186,7 +201,7 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     Args:
         path_or_id (`str` or `os.PathLike`): a folder written by `save_pretrained` / `save_pruned`, or a Hub repo id.
         from_pretrained_kwargs: `revision`, `token`, `cache_dir`, `local_files_only` (Hub), `dtype` /
-            `torch_dtype` (default and `"auto"`: the dtype it was saved in), `device` (str), `attn_implementation`,
+            `torch_dtype` (default and `"auto"`: the dtype it was saved in), `device` (str) or a one-device `device_map` ("auto", "cuda", ...), `attn_implementation`,
             and config overrides (as for `AutoConfig`).
 
     Returns:
@@ -205,7 +220,7 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
 
     kwargs = dict(from_pretrained_kwargs)
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-    device = kwargs.pop("device", None)
+    device = _device_from(kwargs.pop("device", None), kwargs.pop("device_map", None))
     hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     folder = resolve_folder(path_or_id, **hub_kwargs)
     # --- hook for hfprune.sparsity: a compressed sparse folder carries this marker; importing the package

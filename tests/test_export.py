@@ -148,3 +148,14 @@ def test_uniform_head_count_the_config_class_rejects_still_saves(tmp_path):
     reloaded = hfprune.load_pruned(tmp_path / "out", attn_implementation="eager")
     assert hfprune.model_structure(reloaded) == hfprune.model_structure(model)
     assert torch.equal(logits_of(reloaded, inputs), logits_of(model, inputs))
+
+
+def test_device_map_names_one_device_or_is_refused(tmp_path):
+    model = make_model("bert")
+    hfprune.prune(model, PruningPlan(heads={0: [1]}))
+    model.save_pretrained(tmp_path)
+    assert next(hfprune.load_pruned(tmp_path, device_map="cpu").parameters()).device.type == "cpu"
+    assert next(hfprune.load_pruned(tmp_path, device_map="auto").parameters()).device.type == (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device_map=.*not supported"):
+        hfprune.load_pruned(tmp_path, device_map={"": 0})

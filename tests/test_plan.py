@@ -91,3 +91,10 @@ def test_malformed_layer_lists_are_named_as_layer_lists(layers, error, message):
     with pytest.raises(error, match=message):
         PruningPlan(layers=layers)
     assert PruningPlan(layers=(3, 1)).layers == [1, 3]
+
+
+def test_removing_every_layer_is_refused():
+    model = make_model("bert")
+    with pytest.raises(ValueError, match="removes all 3 layers"):
+        hfprune.prune(model, PruningPlan(layers=[0, 1, 2]))
+    assert hfprune.model_structure(model)["num_layers"] == 3
