@@ -201,8 +201,8 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     Args:
         path_or_id (`str` or `os.PathLike`): a folder written by `save_pretrained` / `save_pruned`, or a Hub repo id.
         from_pretrained_kwargs: `revision`, `token`, `cache_dir`, `local_files_only` (Hub), `dtype` /
-            `torch_dtype` (default and `"auto"`: the dtype it was saved in), `device` (str) or a one-device `device_map` ("auto", "cuda", ...), `attn_implementation`,
-            and config overrides (as for `AutoConfig`).
+            `torch_dtype` (default and `"auto"`: the dtype it was saved in), `device` (str) or a one-device
+            `device_map` ("auto", "cuda", ...), `attn_implementation`, and config overrides (as for `AutoConfig`).
 
     Returns:
         The pruned model, in eval mode, with the same logits as when it was saved.
