@@ -41,7 +41,8 @@ def gradual(args, train, collate, sparsity, out_dir) -> tuple[torch.nn.Module, f
     model = load(args.model)
     end = int(args.prune_fraction * args.steps)
     callback = GradualPruningCallback(sparsity, start_step=0, end_step=end, frequency=max(1, end // 8))
-    targs = TrainingArguments(output_dir=str(out_dir), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+    targs = TrainingArguments(output_dir=str(out_dir), max_steps=args.steps,
+                              per_device_train_batch_size=args.batch_size,
                               learning_rate=args.lr, weight_decay=0.01, warmup_steps=0, logging_steps=20,
                               save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=0)
     Trainer(model=model, args=targs, train_dataset=train, data_collator=collate, callbacks=[callback]).train()

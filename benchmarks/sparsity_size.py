@@ -85,8 +85,10 @@ def main(argv=None):
 
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {platform.machine()}, torch {torch.__version__}, "
-          f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, total {time.time() - started:.0f}s")
-    print(f"model: BertForSequenceClassification({'small' if args.small else 'bert-base'} config), {n_params / 1e6:.1f}M "
+          f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"total {time.time() - started:.0f}s")
+    size = "small" if args.small else "bert-base"
+    print(f"model: BertForSequenceClassification({size} config), {n_params / 1e6:.1f}M "
           f"parameters; pruned: {len(keys)} encoder Linear weights, {pruned_params / 1e6:.1f}M parameters "
           f"({pruned_params / n_params:.0%} of the model) at {args.sparsity:.0%} (magnitude, layer-wise, "
           f"{sparsify_s:.1f}s)")

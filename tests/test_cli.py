@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, capsys):
 
 def test_mnli_from_csv_files_runs_and_evaluates(tiny, tmp_path, capsys):
     # MNLI has two eval splits; CSV files give only the matched one, which must be enough for prune and eval.
-    for split, seed in (("train", 0), ("dev", 1)):
+    for split, _seed in (("train", 0), ("dev", 1)):
         rows = [line.split(",") for line in (tiny / f"{split}.csv").read_text().splitlines()[1:]]
         labels = ("entailment", "neutral", "contradiction")
         (tmp_path / f"mnli_{split}.csv").write_text("premise,hypothesis,label\n" + "".join(

@@ -36,7 +36,10 @@ def test_stsb_correlations_by_hand():
     refs = rng.uniform(0, 5, 50)
     preds = refs + rng.normal(0, 1, 50)
     pearson = np.corrcoef(preds, refs)[0, 1]
-    rank = lambda x: np.argsort(np.argsort(x))  # no ties in continuous data
+
+    def rank(x):
+        return np.argsort(np.argsort(x))  # no ties in continuous data
+
     spearman = np.corrcoef(rank(preds), rank(refs))[0, 1]
     out = glue_metrics("stsb", preds, refs)
     assert out["pearson"] == pytest.approx(pearson) and out["spearmanr"] == pytest.approx(spearman)

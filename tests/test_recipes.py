@@ -115,7 +115,8 @@ def test_shipped_recipes_run_on_the_original_glue_layout(name, tmp_path, capsys)
     build_base(tmp_path / "base", seed=0)
     task = load_recipe(RECIPES / f"{name}.yaml").data.task
     _write(tmp_path / "glue", task)
-    tiny = ["finetune.steps=1", "recover.steps=1", "prune.score_batches=1", "prune.sweep=[0.5]", "finetune.batch_size=2",
+    tiny = ["finetune.steps=1", "recover.steps=1", "prune.score_batches=1", "prune.sweep=[0.5]",
+            "finetune.batch_size=2",
             "recover.batch_size=2", "eval.latency_repeats=1", "eval.latency_seq_len=16", "eval.latency_batch_size=2",
             "output.plots=false", f"model.name_or_path={tmp_path / 'base'}", f"data.data_dir={tmp_path / 'glue'}"]
     threads = torch.get_num_threads()

@@ -61,7 +61,8 @@ def _results(tmp_path: Path) -> dict:
               "output": {"push_to_hub": "user/tiny-mrpc"}}
     return {
         "task": "mrpc", "metric": "f1", "metrics": ["f1", "accuracy"], "eval_split": "validation",
-        "model": "org/base-model", "date_utc": "2026-01-01 00:00:00", "hfprune_version": "0", "transformers_version": "5",
+        "model": "org/base-model", "date_utc": "2026-01-01 00:00:00", "hfprune_version": "0",
+        "transformers_version": "5",
         "machine": {"cpu_count": 2, "torch_threads": 2},
         "dense": {"metrics": metrics, "params": 3000, "flops": 27000, "latency_ms": 10.0},
         "pruned": {"metrics": metrics, "metrics_before_recovery": metrics, "params": 1000, "flops": 8000,

@@ -69,5 +69,6 @@ def main(args: argparse.Namespace) -> int:
     for i, step in enumerate(info["history"]):
         heads = {k: v for k, v in step.get("heads", {}).items()}
         n_neurons = sum(len(v) for v in step.get("neurons", {}).values())
-        print(f"removed (step {i + 1}): heads {heads or '{}'}; {n_neurons} FFN neurons; layers {step.get('layers', [])}")
+        layers = step.get("layers", [])
+        print(f"removed (step {i + 1}): heads {heads or '{}'}; {n_neurons} FFN neurons; layers {layers}")
     return 0

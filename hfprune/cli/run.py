@@ -24,7 +24,8 @@ def print_summary(results: dict, out_dir) -> None:
 
     split, metric = results["eval_split"], results["metric"]
     print(f"{results['task']} {split} {metric}: dense {_num(results['dense']['metric'])} -> pruned "
-          f"{_num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, FLOPs {results['flops_ratio']:.1%}, "
+          f"{_num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, "
+          f"FLOPs {results['flops_ratio']:.1%}, "
           f"CPU speedup {results['speedup']:.2f}x; wall {results['wall_seconds']:.0f} s")
     print(f"outputs in {out_dir}: {', '.join(results['files'])}")
 

@@ -193,7 +193,7 @@ def apply_structure(model: nn.Module, record: dict) -> None:
     specs = record["layers"]
     if len(specs) != len(layers):
         raise ValueError(f"hfprune record lists {len(specs)} layers but the config builds {len(layers)}")
-    for idx, (block, spec) in enumerate(zip(layers, specs)):
+    for block, spec in zip(layers, specs):
         heads, kv = int(spec["heads"]), int(spec["kv_heads"])
         if (heads, kv) != (adapter.num_heads(model, block), adapter.num_kv_heads(model, block)):
             base_kv = adapter.num_kv_heads(model, block)
