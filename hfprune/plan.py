@@ -113,8 +113,6 @@ class PruningPlan:
         for layer in self.layers:
             if layer >= n_layers:
                 raise ValueError(f"PruningPlan.layers: layer {layer} is out of range (model has {n_layers} layers)")
-        if n_layers and len(self.layers) >= n_layers:
-            raise ValueError(f"PruningPlan.layers removes all {n_layers} layers; at least one must stay")
         for name, mapping, size_of in (
             ("heads", self.heads, lambda blk: adapter.num_heads(model, blk)),
             ("neurons", self.neurons, adapter.intermediate_size),

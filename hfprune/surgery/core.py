@@ -140,6 +140,9 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """
     adapter = get_adapter(model)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
+    n_layers = len(adapter.layers(model))
+    if plan.layers and len(plan.layers) >= n_layers:  # masking them all is a fine "what if"; removing them is not
+        raise ValueError(f"PruningPlan.layers removes all {n_layers} layers; at least one must stay")
     _refuse_attached_gates(model, adapter, plan)
     sync_config(model, adapter, plan=None)  # make sure a record of the structure *before* this plan exists
     layers = adapter.layers(model)
