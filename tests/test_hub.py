@@ -25,6 +25,13 @@ def _one_line(err) -> str:
     return text
 
 
+def _online(monkeypatch):
+    """Take offline mode off, so the code under test really tries the (unreachable or mocked) endpoint."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 def test_offline_mode_gives_a_clear_error(folder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubUnavailableError) as err:
@@ -34,9 +41,7 @@ def test_offline_mode_gives_a_clear_error(folder, monkeypatch):
 
 def test_unreachable_endpoint_gives_a_clear_error(folder, monkeypatch):
     # Port 9 (discard) is closed here: the connection is refused at once, nothing leaves the machine.
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _online(monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(HubUnavailableError) as err:
         push_folder_to_hub(folder, "someone/pruned", token="hf_test")
@@ -44,9 +49,7 @@ def test_unreachable_endpoint_gives_a_clear_error(folder, monkeypatch):
 
 
 def test_missing_token_gives_a_clear_error(folder, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _online(monkeypatch)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(PermissionError) as err:
         push_folder_to_hub(folder, "someone/pruned")
@@ -54,9 +57,7 @@ def test_missing_token_gives_a_clear_error(folder, monkeypatch):
 
 
 def test_upload_calls(folder, monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _online(monkeypatch)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_saved_login")
     calls = []
 
