@@ -16,6 +16,7 @@ from torch import nn
 
 from .importance.common import ImportanceResult, check_ratio
 from .plan import PruningPlan
+from .selection_uniform import contiguous_block, uniform_heads, uniform_neurons
 
 _SCOPES = ("global", "layer")
 
@@ -98,11 +99,14 @@ def _meta(what: str, **options) -> dict:
 
 
 def select_heads(scores, *, ratio: float | None = None, count: int | None = None, scope: str = "global",
-                 min_per_layer: int = 1, model: nn.Module | None = None) -> PruningPlan:
+                 min_per_layer: int = 1, model: nn.Module | None = None, uniform: bool = False,
+                 group_mode: str = "whole", num_kv_heads: int | list[int] | None = None) -> PruningPlan:
     """Remove the attention heads with the lowest importance.
 
     Michel et al. (2019) prune globally by normalised importance; per-layer selection is the alternative they
-    compare against.
+    compare against. `uniform=True` removes the same number of query heads in every layer, consistently with the
+    KV heads (Minitron, Muralidharan et al. 2024), so a pruned decoder has a plain config (see
+    `hfprune.selection_uniform`).
 
     Args:
         scores (`torch.Tensor` `[num_layers, max_heads]`, `ImportanceResult` or list of vectors): NaN = no such head.
@@ -111,7 +115,14 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
         scope (`str`, defaults to `"global"`): "global" ranks all heads together, "layer" within each layer.
         min_per_layer (`int`, defaults to 1): heads kept in every layer (0 lets a layer lose all its heads).
         model (`PreTrainedModel`, *optional*): check the scores' shape against it and record its structure in the
-            plan, so the plan refuses to apply to a different model.
+            plan, so the plan refuses to apply to a different model. With `uniform=True` it also gives the KV layout.
+        uniform (`bool`, defaults to `False`): the same number of heads removed in every layer (`scope` is then
+            per layer; `count` is per layer; the scores must cover the same number of heads in every layer).
+        group_mode (`str`, defaults to `"whole"`): with `uniform=True` and grouped-query attention: "whole" removes
+            whole KV groups (query heads in multiples of the group size, each group's KV head with it; `ratio` is
+            rounded to whole groups), "even" removes the same number of query heads from every group (KV heads stay).
+        num_kv_heads (`int` or `list[int]`, *optional*): the KV heads per layer, when `uniform=True` without
+            `model` (default: as many as query heads, i.e. no GQA).
 
     Returns:
         `PruningPlan` with `heads` set.
@@ -124,7 +135,9 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
         ```
     """
     rows = _as_rows(scores, "heads")
-    meta = _meta("heads", ratio=ratio, count=count, scope=scope, min_per_layer=min_per_layer)
+    meta = _meta("heads", ratio=ratio, count=count, scope=scope, min_per_layer=min_per_layer,
+                 uniform=uniform or None, group_mode=group_mode if uniform else None)
+    structure = None
     if model is not None:
         from .structure import model_structure
 
@@ -134,7 +147,18 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
             raise ValueError(f"select_heads: scores cover heads per layer {have}, but the model has "
                              f"{structure['heads']}; were the scores computed on this model?")
         meta["model_structure"] = structure
-    picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
+    if uniform:
+        _check_amount(ratio, count, "heads")
+        if structure is not None:
+            kv = structure["kv_heads"]
+        elif num_kv_heads is None:
+            kv = [int((~torch.isnan(r)).sum()) for r in rows]
+        else:
+            kv = [num_kv_heads] * len(rows) if isinstance(num_kv_heads, int) else list(num_kv_heads)
+        picked = uniform_heads(rows, kv, ratio=ratio, count=count, group_mode=group_mode,
+                               min_per_layer=min_per_layer)
+    else:
+        picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
     return PruningPlan(heads={i: p for i, p in enumerate(picked) if p}, meta=meta)
 
 
@@ -148,7 +172,7 @@ def _round_kept(size: int, removed: int, round_to: int, min_keep: int) -> int:
 
 
 def select_neurons(scores, *, ratio: float | None = None, count: int | None = None, scope: str = "global",
-                   min_per_layer: int = 1, round_to: int | None = None) -> PruningPlan:
+                   min_per_layer: int = 1, round_to: int | None = None, uniform: bool = False) -> PruningPlan:
     """Remove the FFN neurons with the lowest importance.
 
     Args:
@@ -159,7 +183,9 @@ def select_neurons(scores, *, ratio: float | None = None, count: int | None = No
         min_per_layer (`int`, defaults to 1): neurons kept in every layer.
         round_to (`int`, *optional*): make every kept FFN width a multiple of this (e.g. 8 or 64, for fast kernels);
             each layer's kept width goes to the nearest multiple, so the removed total is close to, not exactly,
-            what `ratio` / `count` asks.
+            what `ratio` / `count` asks. With `uniform=True` it defaults to 64 (`round_to=1`: no rounding).
+        uniform (`bool`, defaults to `False`): the same FFN width kept in every layer (Minitron), so a decoder's
+            config can say it; `count` is per layer; every layer must have the same width now.
 
     Returns:
         `PruningPlan` with `neurons` set.
@@ -173,6 +199,13 @@ def select_neurons(scores, *, ratio: float | None = None, count: int | None = No
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to <= 0):
         raise ValueError(f"select_neurons: round_to must be a positive integer, got {round_to!r}")
     rows = _as_rows(scores, "neurons")
+    if uniform:
+        _check_amount(ratio, count, "neurons")
+        round_to = 64 if round_to is None else round_to
+        picked = uniform_neurons(rows, ratio=ratio, count=count, round_to=round_to, min_per_layer=min_per_layer)
+        meta = _meta("neurons", ratio=ratio, count=count, min_per_layer=min_per_layer, round_to=round_to,
+                     uniform=True)
+        return PruningPlan(neurons={i: p for i, p in enumerate(picked) if p}, meta=meta)
     picked = _lowest(rows, ratio, count, scope, min_per_layer, "neurons")
     if round_to is not None:
         for layer, row in enumerate(rows):
@@ -183,13 +216,17 @@ def select_neurons(scores, *, ratio: float | None = None, count: int | None = No
     return PruningPlan(neurons={i: p for i, p in enumerate(picked) if p}, meta=meta)
 
 
-def select_layers(scores, *, count: int | None = None, ratio: float | None = None) -> PruningPlan:
+def select_layers(scores, *, count: int | None = None, ratio: float | None = None,
+                  contiguous: bool = False) -> PruningPlan:
     """Remove the whole blocks with the lowest importance (from `layer_importance`; higher = more important).
 
     Args:
         scores (`torch.Tensor` `[num_layers]`): layer scores.
         count (`int`, *optional*): number of layers to remove.
         ratio (`float`, *optional*): fraction of the layers to remove, in [0, 1] (rounded half up).
+        contiguous (`bool`, defaults to `False`): remove one block of consecutive layers, the one whose scores sum
+            lowest (Gromov et al. 2024; with `layer_importance(method="angular", n=count)` that is the block whose
+            input and output are closest in angle).
 
     Returns:
         `PruningPlan` with `layers` set.
@@ -211,8 +248,11 @@ def select_layers(scores, *, count: int | None = None, ratio: float | None = Non
     n = _round(ratio * n_layers) if ratio is not None else count
     if n >= n_layers:
         raise ValueError(f"select_layers: cannot remove {n} of {n_layers} layers (at least one must stay)")
+    meta = _meta("layers", ratio=ratio, count=count, contiguous=contiguous or None)
+    if contiguous:
+        return PruningPlan(layers=contiguous_block(row, n) if n else [], meta=meta)
     order = sorted(range(n_layers), key=lambda i: (float(row[i]), i))
-    return PruningPlan(layers=sorted(order[:n]), meta=_meta("layers", ratio=ratio, count=count))
+    return PruningPlan(layers=sorted(order[:n]), meta=meta)
 
 
 def _merge(plan: PruningPlan, heads: dict[int, list[int]]) -> PruningPlan:

@@ -40,6 +40,15 @@ def _scores(batches_for) -> dict[str, torch.Tensor]:
         if family == "bert":
             out["bert.taylor"] = torch.cat(hfprune.neuron_importance(model, batches, show_progress=False))
             out["bert.layer_gate"] = hfprune.layer_importance(model, batches, method="gate", show_progress=False)
+        else:  # the forward-only criteria (Minitron activations, block influence, angular distance)
+            out["llama.act_heads"] = hfprune.head_importance(model, batches, criterion="activation",
+                                                             normalize_layers=False, normalize_global=False,
+                                                             show_progress=False)
+            out["llama.act_neurons"] = torch.cat(hfprune.neuron_importance(model, batches, criterion="activation",
+                                                                           show_progress=False))
+            out["llama.bi"] = hfprune.layer_importance(model, batches, method="block_influence", show_progress=False)
+            out["llama.angular"] = hfprune.layer_importance(model, batches, method="angular", n=2,
+                                                            show_progress=False)
     return {k: v.contiguous() for k, v in out.items()}
 
 
