@@ -26,6 +26,33 @@ def _random(sizes: list[int], seed: int | None) -> list[torch.Tensor]:
     return [torch.rand(n, generator=generator) for n in sizes]
 
 
+def check_options(fn, options: dict, where: str) -> None:
+    """Refuse an option the criterion function does not name (its `**common` would swallow a typo silently)."""
+    import inspect
+
+    named = {p.name for p in inspect.signature(fn).parameters.values()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - named)
+    if unknown:
+        raise ValueError(f"{where} has no option {unknown}")
+
+
+def _registered(unit: str, criterion: str, caller: str, model: nn.Module, dataloader, options: dict,
+                **common) -> list[torch.Tensor]:
+    """Run a criterion that lives only in the registry (`hfprune/criteria/`), e.g. "activation"."""
+    from ..criteria import criterion_names, get_criterion
+
+    builtin = HEAD_CRITERIA if unit == "heads" else NEURON_CRITERIA
+    if criterion not in criterion_names(unit):
+        raise ValueError(f"{caller}: criterion must be one of {builtin + criterion_names(unit)}, got {criterion!r}")
+    found = get_criterion(criterion, unit, caller=caller)
+    check_options(found.fn, options, f"{caller}: criterion={criterion!r}")
+    if found.needs_data and dataloader is None:
+        raise ValueError(f"{caller}: criterion={criterion!r} needs data: pass a DataLoader or a list of batch dicts")
+    rows = found.fn(model, dataloader, **common, **options)
+    return [torch.as_tensor(r).detach().to("cpu", torch.float32) for r in rows]
+
+
 def _rows(model: nn.Module, per_layer: dict[int, torch.Tensor], size_of) -> list[torch.Tensor]:
     """One vector per layer, in layer order (a layer without units gets an empty vector)."""
     blocks = get_adapter(model).layers(model)
@@ -40,7 +67,7 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
                     normalize_layers: bool = True, normalize_global: bool = True, max_batches: int | None = None,
                     num_samples: int | None = None, show_progress: bool = True, return_entropy: bool = False,
                     seed: int | None = None, plan: PruningPlan | None = None,
-                    distributed: bool = True) -> torch.Tensor | ImportanceResult:
+                    distributed: bool = True, **options) -> torch.Tensor | ImportanceResult:
     """Score every attention head of `model`.
 
     Michel et al. (2019), "Are Sixteen Heads Really Better than One?": the raw score of head h is the sum over
@@ -60,7 +87,8 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         model (`PreTrainedModel`): a model of a supported family (possibly already pruned).
         dataloader (`DataLoader` or iterable of dicts, *optional*): batches with `labels`; not needed for
             "magnitude" and "random".
-        criterion (`str`, defaults to `"michel"`): one of "michel", "taylor", "magnitude", "fisher", "random".
+        criterion (`str`, defaults to `"michel"`): one of "michel", "taylor", "magnitude", "fisher", "random", or
+            a criterion of the registry, e.g. "activation" (Minitron: forward activations only, no labels).
         normalize_layers (`bool`, defaults to `True`): divide each layer's scores by their L2 norm.
         normalize_global (`bool`, defaults to `True`): min-max scale all scores to [0, 1].
         max_batches (`int`, *optional*): stop after this many batches.
@@ -72,6 +100,7 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         plan (`PruningPlan`, *optional*): score under this mask (its heads' gates are 0, its neurons and layers
             masked too), as in iterative pruning.
         distributed (`bool`, defaults to `True`): reduce over processes when torch.distributed is initialised.
+        options: options of a registry criterion (e.g. `batch_reduce="mean"` for "activation").
 
     Returns:
         `torch.Tensor` `[num_layers, max_heads]` (float32, CPU; NaN where a layer has fewer heads), or an
@@ -85,7 +114,14 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         ```
     """
     if criterion not in HEAD_CRITERIA:
-        raise ValueError(f"head_importance: criterion must be one of {HEAD_CRITERIA}, got {criterion!r}")
+        if return_entropy:
+            raise ValueError("head_importance: return_entropy=True is only available with criterion='michel'")
+        rows = _registered("heads", criterion, "head_importance", model, dataloader, options, plan=plan,
+                           max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
+                           distributed=distributed, seed=seed)
+        return normalize_heads(pad_rows(rows), by_layer=normalize_layers, by_global=normalize_global)
+    if options:
+        raise ValueError(f"head_importance: {sorted(options)} are not options of criterion={criterion!r}")
     if return_entropy and criterion != "michel":
         raise ValueError("head_importance: return_entropy=True is only available with criterion='michel'")
     adapter = get_adapter(model)
@@ -116,7 +152,7 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
 def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, criterion: str = "taylor",
                       max_batches: int | None = None, num_samples: int | None = None, show_progress: bool = True,
                       normalize_layers: bool = False, seed: int | None = None, plan: PruningPlan | None = None,
-                      distributed: bool = True) -> list[torch.Tensor]:
+                      distributed: bool = True, **options) -> list[torch.Tensor]:
     """Score every FFN neuron (intermediate channel) of `model`, one vector per layer.
 
     Criteria: "taylor" (Molchanov et al., 2017: |sum over tokens of activation x gradient| at the down-projection
@@ -128,7 +164,8 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
     Args:
         model (`PreTrainedModel`): a model of a supported family (possibly already pruned).
         dataloader (`DataLoader` or iterable of dicts, *optional*): batches with `labels` ("taylor", "fisher").
-        criterion (`str`, defaults to `"taylor"`): one of "taylor", "magnitude", "fisher", "random".
+        criterion (`str`, defaults to `"taylor"`): one of "taylor", "magnitude", "fisher", "random", or a
+            criterion of the registry, e.g. "activation" (Minitron: mean |activation| at the down-projection input).
         max_batches (`int`, *optional*): stop after this many batches.
         num_samples (`int`, *optional*): stop after this many examples.
         show_progress (`bool`, defaults to `True`): tqdm progress bar (main process only).
@@ -137,6 +174,7 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         seed (`int`, *optional*): seed of the "random" criterion.
         plan (`PruningPlan`, *optional*): score under this mask (heads, neurons and layers).
         distributed (`bool`, defaults to `True`): reduce over processes when torch.distributed is initialised.
+        options: options of a registry criterion (e.g. `seq_reduce="l2"` for "activation").
 
     Returns:
         `list[torch.Tensor]`: per layer, a float32 CPU vector of length `intermediate_size` of that layer.
@@ -147,11 +185,15 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         >>> plan = hfprune.select_neurons(scores, ratio=0.3, round_to=8)
         ```
     """
-    if criterion not in NEURON_CRITERIA:
-        raise ValueError(f"neuron_importance: criterion must be one of {NEURON_CRITERIA}, got {criterion!r}")
     adapter = get_adapter(model)
     blocks = adapter.layers(model)
-    if criterion == "random":
+    if criterion not in NEURON_CRITERIA:
+        rows = _registered("neurons", criterion, "neuron_importance", model, dataloader, options, plan=plan,
+                           max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
+                           distributed=distributed, seed=seed)
+    elif options:
+        raise ValueError(f"neuron_importance: {sorted(options)} are not options of criterion={criterion!r}")
+    elif criterion == "random":
         rows = _random([adapter.intermediate_size(b) for b in blocks], seed)
     elif criterion == "magnitude":
         check_model(model, needs_grad=False)

@@ -85,7 +85,8 @@ def _gate(model: nn.Module, dataloader: Iterable, distributed: bool, **limits) -
 
 def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "ablation",
                      max_batches: int | None = None, num_samples: int | None = None, show_progress: bool = True,
-                     metric_fn: Callable | None = None, distributed: bool = True) -> torch.Tensor:
+                     metric_fn: Callable | None = None, distributed: bool = True, plan=None,
+                     **options) -> torch.Tensor:
     """Score every block of `model`; higher means more important.
 
     Fan et al. (2020), "Reducing Transformer Depth on Demand with Structured Dropout" (skipping blocks); the "gate"
@@ -95,13 +96,19 @@ def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "a
         model (`PreTrainedModel`): a model of a supported family; its weights are not changed.
         dataloader (`DataLoader` or iterable of dicts): batches with `labels`.
         method (`str`, defaults to `"ablation"`): "ablation" (loss increase when each block is skipped; one forward
-            per layer per batch) or "gate" (|dL/dg| of a per-block gate; one forward + backward per batch).
+            per layer per batch), "gate" (|dL/dg| of a per-block gate; one forward + backward per batch), or a
+            forward-only criterion of the registry without labels: "block_influence" (ShortGPT, Men et al. 2024:
+            1 - cos(block input, block output) over the non-padding tokens) or "angular" (Gromov et al. 2024:
+            angular distance between the inputs of layers l and l + n; pass `n=` and remove the block with
+            `select_layers(scores, count=n, contiguous=True)`).
         max_batches (`int`, *optional*): stop after this many batches.
         num_samples (`int`, *optional*): stop after this many examples.
         show_progress (`bool`, defaults to `True`): show a tqdm progress bar.
         metric_fn (`Callable[[outputs, batch], float]`, *optional*): ablation only: score the drop of this metric
             (higher is better, e.g. batch accuracy) instead of the loss increase; then batches need no labels.
         distributed (`bool`, defaults to `True`): sum statistics over processes when torch.distributed is running.
+        plan (`PruningPlan`, *optional*): registry criteria only: score under this mask.
+        options: options of a registry criterion (`n=`, `tokens=` for "angular").
 
     Returns:
         `torch.Tensor`: `[num_layers]` float32 on CPU.
@@ -113,7 +120,24 @@ def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "a
         ```
     """
     if method not in _METHODS:
-        raise ValueError(f"layer_importance: method must be one of {_METHODS}, got {method!r}")
+        from ..criteria import criterion_names, get_criterion
+        from .api import check_options
+
+        if method not in criterion_names("layers"):
+            raise ValueError(f"layer_importance: method must be one of {_METHODS + criterion_names('layers')}, "
+                             f"got {method!r}")
+        found = get_criterion(method, "layers", caller="layer_importance")
+        check_options(found.fn, options, f"layer_importance: method={method!r}")
+        if metric_fn is not None:
+            raise ValueError("layer_importance: metric_fn is only used by method='ablation'")
+        if found.needs_data and dataloader is None:
+            raise ValueError(f"layer_importance: method={method!r} needs data: pass a list of batch dicts")
+        scores = found.fn(model, dataloader, plan=plan, max_batches=max_batches, num_samples=num_samples,
+                          show_progress=show_progress, distributed=distributed, seed=None, **options)
+        return torch.as_tensor(scores).detach().to("cpu", torch.float32)
+    if options or plan is not None:
+        raise ValueError(f"layer_importance: {sorted(options) + (['plan'] if plan is not None else [])} are not "
+                         f"options of method={method!r}")
     if metric_fn is not None and method != "ablation":
         raise ValueError("layer_importance: metric_fn is only used by method='ablation'")
     limits = {"max_batches": max_batches, "num_samples": num_samples, "show_progress": show_progress}
