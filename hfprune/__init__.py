@@ -38,6 +38,8 @@ _LAZY = {
     "save_compressed": "hfprune.sparsity",
     "quantize_dynamic_int8": "hfprune.sparsity",
     "add_remote_code": "hfprune.export_remote",
+    "calibration_batches": "hfprune.calibration",
+    "perplexity": "hfprune.lm_perplexity",
     "push_folder_to_hub": "hfprune.export_remote",
 }
 
@@ -58,8 +60,8 @@ __all__ += list(_LAZY)
 
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
-_SUBMODULES = ("callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote", "report",
-               "selection", "sparsity")
+_SUBMODULES = ("calibration", "callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes",
+               "remote", "report", "selection", "sparsity")
 
 
 def __getattr__(name: str):
