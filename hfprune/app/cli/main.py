@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hfprune",
         description="Structured pruning for Hugging Face Transformers: score, prune, recover, evaluate, save.",
     )
-    from .. import __version__
+    from ... import __version__
 
     parser.add_argument("--version", action="version", version=f"hfprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ...flops import measure_latency, model_costs
+from ...plan import PruningPlan
+from ...structure import get_record, model_structure
 from ..data import get_task, load_task_data, tokenize
-from ..flops import measure_latency, model_costs
-from ..plan import PruningPlan
 from ..report.outputs import check_output_dir, push_outputs, write_outputs
 from ..report.progress import StageLog, quiet_libraries
-from ..structure import get_record, model_structure
 from .config import Recipe, TrainConfig
 from .modeling import load_classifier
 from .training import evaluate_splits, make_trainer, scoring_batches, train_stage
