@@ -18,7 +18,7 @@ import sys
 MOVED = {
     "cli": "hfprune.app.cli",
     "data": "hfprune.app.data",
-    "demo": "hfprune.app.demo",
+    "demo": "hfprune.app.cli.demo",
     "metrics": "hfprune.app.metrics",
     "recipes": "hfprune.app.recipes",
     "report": "hfprune.app.report",

@@ -1,4 +1,4 @@
-"""The `hfprune` command line (entry point `hfprune.cli.main:main`)."""
+"""The `hfprune` command line (entry point `hfprune.app.cli.main:main`; also `python -m hfprune`)."""
 
 from .main import build_parser, main
 
