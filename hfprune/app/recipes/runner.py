@@ -2,7 +2,7 @@
 
 A thin shell over the library stages: `transformers.Trainer` trains and evaluates, `hfprune.head_importance` /
 `neuron_importance` / `layer_importance` score (on the Trainer's own training dataloader), `select_*` turn scores into
-a `PruningPlan`, `hfprune.prune` removes the units, and `hfprune.report` writes the outputs atomically.
+a `PruningPlan`, `hfprune.prune` removes the units, and `hfprune.app.report` writes the outputs atomically.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
 
     Example:
         ```python
-        >>> from hfprune.recipes import load_recipe, run_recipe
+        >>> from hfprune.app.recipes import load_recipe, run_recipe
         >>> results = run_recipe(load_recipe("recipes/sst2.yaml", ["data.data_dir=../shared/data/glue"]))
         >>> results["pruned"]["metrics"]["validation"]["accuracy"]
         ```

@@ -59,7 +59,7 @@ def machine_info() -> dict:
 
 
 def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
-    """Assemble results.json from the runner's state (see `hfprune.recipes.runner.run_recipe`)."""
+    """Assemble results.json from the runner's state (see `hfprune.app.recipes.runner.run_recipe`)."""
     import transformers
 
     from ... import __version__
