@@ -1,4 +1,4 @@
-"""`hfprune demo`: the whole workflow on a built-in task, no download, about a minute.
+"""`hfprune demo`: the whole workflow on a built-in task, no download, about 15 s of CPU time.
 
 A tiny BERT (built in code, with a word-level tokenizer) learns a synthetic sentiment task (does a sentence hold more
 positive than negative words?), then runs through exactly what `hfprune prune` does: fine-tune with `Trainer`,
