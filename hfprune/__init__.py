@@ -60,6 +60,7 @@ __all__ += list(_LAZY)
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
 _SUBMODULES = ("callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote", "report",
                "selection", "sparsity")
+_SUBMODULES += ("criteria",)  # the criterion registry: hfprune.criteria.criterion_names("heads")
 
 
 def __getattr__(name: str):
