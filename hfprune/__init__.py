@@ -62,7 +62,7 @@ __all__ += list(_LAZY)
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
 # of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
-_SUBMODULES = ("app", "callbacks", "export_remote", "flops", "importance", "remote", "selection", "sparsity",
+_SUBMODULES = ("app", "callbacks", "criteria", "export_remote", "flops", "importance", "remote", "selection", "sparsity",
                *_compat.MOVED)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ...criteria import criterion_names
 from ...flops import measure_latency, model_costs
 from ...plan import PruningPlan
 from ...structure import get_record, model_structure
@@ -52,10 +53,11 @@ def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: Stage
     cfg = recipe.prune
     scores: dict = {}
     with log.stage("score") as note:
-        # Michel et al. score heads with gate gradients; for FFN neurons the same first-order gate criterion is Taylor.
-        neuron_criterion = "taylor" if cfg.criterion == "michel" else cfg.criterion
+        # One name for both unit kinds; a head-only criterion (Michel et al.'s gate gradients) scores neurons with the
+        # same first-order gate criterion, Taylor.
+        neuron_criterion = cfg.criterion if cfg.criterion in criterion_names("neurons") else "taylor"
         common = {"max_batches": cfg.score_batches, "show_progress": not quiet}
-        seed = {"seed": recipe.seed} if cfg.criterion == "random" else {}
+        seed = {"seed": recipe.seed}  # read only by criteria that need one (random); the others ignore it
         if cfg.heads or cfg.sweep:
             scores["heads"] = hfprune.head_importance(model, loader, criterion=cfg.criterion, **common, **seed)
         if cfg.ffn:
