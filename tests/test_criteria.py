@@ -42,9 +42,9 @@ def registered():
 
 def test_registry_holds_every_criterion_with_its_flags():
     # Listed defaults first, baselines last (the order of help texts, choices and error messages).
-    assert criterion_names("heads") == ("michel", "taylor", "magnitude", "fisher", "random")
-    assert criterion_names("neurons") == ("taylor", "magnitude", "fisher", "random")
-    assert criterion_names("layers") == ("ablation", "gate")
+    assert criterion_names("heads") == ("michel", "taylor", "magnitude", "fisher", "activation", "random")
+    assert criterion_names("neurons") == ("taylor", "magnitude", "fisher", "activation", "random")
+    assert criterion_names("layers") == ("ablation", "gate", "block_influence", "angular")
     assert criterion_names("weights") == ("magnitude", "taylor", "random")
     assert hfprune.importance.HEAD_CRITERIA == criterion_names("heads")
     assert hfprune.importance.NEURON_CRITERIA == criterion_names("neurons")

@@ -110,7 +110,7 @@ def test_activation_options_and_plan_masking():
     assert masked[1, 0] == 0 and masked[1, 3] == 0 and masked[1, 1] > 0
     with pytest.raises(ValueError, match="batch_reduce"):
         hfprune.head_importance(model, batches, criterion="activation", batch_reduce="sum", show_progress=False)
-    with pytest.raises(ValueError, match="no option"):
+    with pytest.raises(ValueError, match="seq_reduc"):
         hfprune.neuron_importance(model, batches, criterion="activation", seq_reduc="l2", show_progress=False)
     with pytest.raises(ValueError, match="needs data"):
         hfprune.neuron_importance(model, None, criterion="activation", show_progress=False)

@@ -106,7 +106,7 @@ def _score(model: nn.Module, dataloader: Iterable, units: str, batch_reduce: str
     return [per_layer.get(i, torch.zeros(n)) for i, n in enumerate(sizes)]
 
 
-@register_criterion("activation", units=("heads",), needs_data=True,
+@register_criterion("activation", units=("heads",), order=50, needs_data=True,
                     summary="L2 norm of each head's attention output, forward only (Minitron, Muralidharan 2024)")
 def activation_heads(model: nn.Module, dataloader: Iterable = None, *, batch_reduce: str = "l2",
                      seq_reduce: str = "mean", plan=None, max_batches=None, num_samples=None, show_progress=True,
@@ -124,7 +124,7 @@ def activation_heads(model: nn.Module, dataloader: Iterable = None, *, batch_red
                   max_batches=max_batches, num_samples=num_samples, show_progress=show_progress)
 
 
-@register_criterion("activation", units=("neurons",), needs_data=True,
+@register_criterion("activation", units=("neurons",), order=50, needs_data=True,
                     summary="|activation| at the down-projection input, forward only (Minitron, Muralidharan 2024)")
 def activation_neurons(model: nn.Module, dataloader: Iterable = None, *, batch_reduce: str = "l2",
                        seq_reduce: str = "mean", plan=None, max_batches=None, num_samples=None, show_progress=True,

@@ -107,7 +107,7 @@ def per_layer_scores(distances: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
-@register_criterion("angular", units=("layers",), needs_data=True,
+@register_criterion("angular", units=("layers",), order=40, needs_data=True,
                     summary="angular distance between the inputs of layers l and l+n, forward only (Gromov 2024)")
 def angular(model: nn.Module, dataloader: Iterable = None, *, n: int = 1, tokens: str = "last", plan=None,
             max_batches=None, num_samples=None, show_progress=True, distributed=True, **common) -> torch.Tensor:

@@ -20,7 +20,7 @@ from . import register_criterion
 from ._forward import block_input, block_output, cosine, forward_passes, token_mask
 
 
-@register_criterion("block_influence", units=("layers",), needs_data=True,
+@register_criterion("block_influence", units=("layers",), order=30, needs_data=True,
                     summary="1 - cos(block input, block output) over tokens, forward only (ShortGPT, Men 2024)")
 def block_influence(model: nn.Module, dataloader: Iterable = None, *, plan=None, max_batches=None,
                     num_samples=None, show_progress=True, distributed=True, **common) -> torch.Tensor:
