@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from .causal_lm import add_eval_flags
 from .common import add_data_flags, add_quiet
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model (pruned or not) on a GLUE task", description=__doc__,
-                       epilog="example:\n  hfprune eval --model out/sst2 --task sst2 --data-dir ../shared/data/glue",
+                       epilog="examples:\n  hfprune eval --model out/sst2 --task sst2 --data-dir ../shared/data/glue\n"
+                              "  hfprune eval --model out/lm --task perplexity --text-file held_out.txt",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="PATH_OR_ID",
                    help="a folder written by hfprune (loaded with load_pruned) or a fine-tuned checkpoint")
@@ -18,11 +20,20 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per evaluation batch")
     p.add_argument("--max-length", type=int, default=128, help="maximum tokens per example")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_eval_flags(p)
     add_quiet(p)
     p.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    from .causal_lm import PERPLEXITY_TASK, eval_main
+
+    if args.data__task == PERPLEXITY_TASK:
+        return eval_main(args)
+    for flag, value in (("--text-file", args.text_file), ("--gguf-file", args.gguf_file),
+                        ("--lm-eval-tasks", args.lm_eval_tasks)):
+        if value is not None:
+            raise ValueError(f"{flag} only applies to --task {PERPLEXITY_TASK}")
     from ..data import get_task, load_task_data, tokenize
     from ..recipes.modeling import load_classifier
     from ..recipes.training import evaluate_splits, make_trainer

@@ -6,11 +6,17 @@ import argparse
 
 from ...criteria import criterion_names
 from ..recipes.config import SCOPES
+from .causal_lm import add_prune_flags as add_causal_lm_flags
 from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
 
 EXAMPLE = """example:
   hfprune prune --model ../shared/models/all-MiniLM-L6-v2 --task sst2 --data-dir ../shared/data/glue \\
       --heads 0.5 --criterion michel --finetune-steps 200 --recover-steps 100 --output out/sst2
+  hfprune prune --task causal-lm --model DIR --text-file train.txt --layers 6 --layer-method block_influence \
+      --output out/lm
+  hfprune prune --task causal-lm --model DIR --text-file train.txt --heads 0.25 --ffn 0.25 --criterion activation \
+      --uniform --output out/lm
+  hfprune prune --task causal-lm --model DIR --text-file train.txt --sparsity 0.5 --criterion wanda --output out/lm
 """
 
 
@@ -28,7 +34,9 @@ def add_parser(sub) -> None:
     add_flag(p, "--heads", "prune.heads", type=float, metavar="R")
     add_flag(p, "--ffn", "prune.ffn", type=float, metavar="R")
     add_flag(p, "--layers", "prune.layers", type=int, metavar="N")
-    add_flag(p, "--criterion", "prune.criterion", choices=criterion_names("heads"))  # the registry's, as recipes
+    # The registry's, as recipes; --task causal-lm also takes the weight criteria (wanda, sparsegpt) with --sparsity.
+    add_flag(p, "--criterion", "prune.criterion",
+             choices=tuple(dict.fromkeys(criterion_names("heads") + criterion_names("weights"))))
     add_flag(p, "--layer-method", "prune.layer_method", choices=criterion_names("layers"))
     add_flag(p, "--scope", "prune.scope", choices=SCOPES)
     add_flag(p, "--score-batches", "prune.score_batches", type=int, metavar="N")
@@ -44,12 +52,18 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the data subset, new head and training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe field, e.g. --set recover.learning_rate=1e-4 (repeatable)")
+    add_causal_lm_flags(p)
     add_quiet(p)
     p.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..recipes.loader import apply_overrides, recipe_from_dict
+    from .causal_lm import CAUSAL_LM_TASK, prune_main, refuse_lm_flags_for_glue
+
+    if args.data__task == CAUSAL_LM_TASK:
+        return prune_main(args)
+    refuse_lm_flags_for_glue(args)
 
     data = flags_to_dict(args)
     if args.sweep is not None:

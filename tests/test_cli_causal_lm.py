@@ -1,0 +1,151 @@
+"""`hfprune prune --task causal-lm` and `hfprune eval --task perplexity` on a tiny Llama with a word-level tokenizer
+built in code, and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import transformers
+
+from hfprune.app.cli.main import main
+
+WORDS = ("the cat dog sat ran on a mat rug red blue big small and then it was very happy sad old new house tree "
+         "river saw bird sang song day night").split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]",
+                                                pad_token="[EOS]")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A tiny Llama (4 heads, 2 KV heads, 4 layers) + tokenizer in a folder, and a text file of 300 lines."""
+    root = tmp_path_factory.mktemp("lm")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(WORDS) + 2, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      max_position_embeddings=128, pad_token_id=1, eos_token_id=1, bos_token_id=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(300)]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "short.txt").write_text("the cat sat\nthe dog ran\n")
+    return root
+
+
+def _run(argv, capsys):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _base(root, out):
+    return ["prune", "--task", "causal-lm", "--model", root / "model", "--text-file", root / "train.txt",
+            "--num-samples", "8", "--seq-len", "16", "--batch-size", "4", "--output", out, "--quiet"]
+
+
+def test_prune_layers_by_block_influence_writes_outputs_and_reloads(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, stdout, err = _run(_base(tiny_lm, out) + ["--layers", "1", "--layer-method", "block_influence",
+                                                  "--recover-steps", "2"], capsys)
+    assert rc == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["perplexity"]) == {"dense", "pruned", "recovered"}
+    assert all(v > 1 for v in results["perplexity"].values())
+    assert {"load", "score", "prune", "eval_dense", "eval_pruned", "recover"} <= set(results["stage_seconds"])
+    assert results["after"]["structure"]["num_layers"] == 3 and len(results["plan"]["layers"]) == 1
+    assert len(results["recover_losses"]) == 2
+    assert {"report.md", "perplexity.png", "layer_scores.png", "config.json", "model.safetensors"} <= set(
+        p.name for p in out.iterdir())
+    assert "perplexity" in (out / "report.md").read_text() and "causal-lm perplexity" in stdout
+    plain = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert plain.config.num_hidden_layers == 3
+    rc, stdout, err = _run(["eval", "--task", "perplexity", "--model", out, "--text-file", tiny_lm / "train.txt",
+                            "--seq-len", "16", "--eval-samples", "4", "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(stdout)["perplexity"] > 1 and json.loads(stdout)["windows"] == 4
+
+
+def test_prune_uniform_activation_heads_ffn_gives_a_plain_config(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(tiny_lm, out) + ["--heads", "0.5", "--ffn", "0.25", "--criterion", "activation",
+                                             "--uniform", "--round-to", "16"], capsys)
+    assert rc == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["intermediate_size"]) == (2, 1, 48)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    results = json.loads((out / "results.json").read_text())
+    assert results["after"]["structure"]["heads"] == [2] * 4
+    ids = torch.randint(2, len(WORDS) + 2, (1, 10))
+    assert torch.isfinite(plain(ids).logits).all()
+
+
+def test_prune_weight_sparsity(tiny_lm, tmp_path, capsys):
+    from hfprune.criteria import criterion_names
+
+    criterion = "wanda" if "wanda" in criterion_names("weights") else "magnitude"
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(tiny_lm, out) + ["--sparsity", "0.5", "--criterion", criterion], capsys)
+    assert rc == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert abs(results["after"]["weight_sparsity"] - 0.5) < 0.01 and results["plan"] is None
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--layers", "1", "--data-dir", "x"], "--data-dir do not apply to --task causal-lm"),
+    (["--heads", "0.5", "--sparsity", "0.5"], "not both"),
+    ([], "nothing to prune"),
+    (["--sparsity", "0.5", "--criterion", "activation"], "criterion for sparsity must be one of"),
+    (["--sparsity", "0.5", "--pattern", "2:4"], "pattern N:M fixes the sparsity"),
+    (["--layers", "1", "--seq-len", "4096"], "seq_len"),
+])
+def test_bad_causal_lm_input_is_one_line_and_writes_nothing(tiny_lm, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(tiny_lm, out) + extra, capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_text_shorter_than_one_sample_and_missing_lm_eval(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _base(tiny_lm, out) + ["--layers", "1"]
+    argv[argv.index(tiny_lm / "train.txt")] = tiny_lm / "short.txt"
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and "shorter than one sample" in err and not out.exists()
+    rc, _, err = _run(["prune", "--task", "sst2", "--model", tiny_lm / "model", "--text-file", tiny_lm / "train.txt",
+                       "--output", out], capsys)
+    assert rc == 2 and "--text-file only apply to --task causal-lm" in err
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        rc, _, err = _run(["eval", "--task", "perplexity", "--model", tiny_lm / "model", "--text-file",
+                           tiny_lm / "train.txt", "--lm-eval-tasks", "hellaswag"], capsys)
+        assert rc == 2 and "lm-evaluation-harness, which is not installed" in err
+
+
+def test_an_output_folder_not_written_by_hfprune_is_refused_before_work(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    rc, _, err = _run(_base(tiny_lm, out) + ["--layers", "1"], capsys)
+    assert rc == 2 and "not written by hfprune" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
