@@ -6,9 +6,12 @@ deepest before the final layer (Gromov et al.'s heuristic). Width: 25% of the qu
 heads, 3 -> 2 KV heads) and 25% of the FFN neurons (1536 -> 1152, a multiple of 64) removed uniformly in every layer,
 chosen by Minitron's activation criterion, weight magnitude or at random; the result has a plain Llama config.
 
-Calibration text: GLUE MRPC train sentences (both columns); perplexity text: MRPC dev sentences (not in the
-calibration set), in consecutive windows. Recovery: a few steps of plain LM fine-tuning (AdamW, embeddings frozen)
-on fresh windows of the calibration text. Every budget is a flag and is printed with the table.
+The same texts as `benchmarks/llm_sparsity.py`: calibration = GLUE SST-2 train sentences (random windows,
+`hfprune.calibration_batches`, seed 0); perplexity = MRPC dev sentences (both sides, a different corpus: news), in
+consecutive non-overlapping windows. Recovery: a few steps of plain LM fine-tuning (AdamW, embeddings and the tied
+LM head frozen) on fresh windows (seed 1) of the calibration text; the "none" row is the dense model through the
+same recovery, to show what the fine-tuning alone does to the held-out perplexity. Every budget is a flag and is
+printed with the table.
 
     python benchmarks/llm_structured.py                 # both parts
     python benchmarks/llm_structured.py --part depth    # or width
@@ -47,12 +50,10 @@ def load_smollm2():
     return model.eval(), tokenizer
 
 
-def mrpc_sentences(split: str) -> list[str]:
-    with open(DATA / "MRPC" / f"{split}.tsv", encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header = rows[0]
-    a, b = header.index("#1 String"), header.index("#2 String")
-    return [s for r in rows[1:] for s in (r[a], r[b])]
+def sentences(task_file: str, columns: tuple[str, ...]) -> list[str]:
+    with open(DATA / task_file, encoding="utf-8-sig", newline="") as f:
+        return [row[c].strip() for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                for c in columns if row.get(c)]
 
 
 def eval_windows(tokenizer, texts, seq_len: int, count: int) -> list[dict]:
@@ -126,7 +127,8 @@ def depth_cases(calib, args):
         total = len(hfprune.get_adapter(model).layers(model))
         return hfprune.PruningPlan(layers=list(range(total - n - 1, total - 1)))
 
-    return [("ablation (loss increase)", ablation), ("block influence (ShortGPT)", block_influence),
+    return [("none (dense model, same recovery)", lambda model: hfprune.PruningPlan()),
+            ("ablation (loss increase)", ablation), ("block influence (ShortGPT)", block_influence),
             (f"angular, contiguous {n} (Gromov)", angular), (f"last {n} layers", last),
             (f"deepest {n} before the final layer", deepest_but_final)]
 
@@ -151,16 +153,18 @@ def width_cases(calib, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("depth", "width", "both"), default="both")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--calib-samples", type=int, default=32, help="calibration windows for scoring")
-    parser.add_argument("--ablation-batches", type=int, default=4, help="batches (of 2 windows) for ablation")
-    parser.add_argument("--eval-windows", type=int, default=24, help="perplexity windows of the MRPC dev text")
-    parser.add_argument("--recover-steps", type=int, default=16)
-    parser.add_argument("--recover-batch", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / recovery window")
+    parser.add_argument("--calib-samples", type=int, default=16, help="calibration windows for scoring")
+    parser.add_argument("--ablation-batches", type=int, default=2, help="batches (of 2 windows) for ablation")
+    parser.add_argument("--eval-windows", type=int, default=4, help="perplexity windows of the MRPC dev text")
+    parser.add_argument("--eval-seq-len", type=int, default=512)
+    parser.add_argument("--recover-steps", type=int, default=24)
+    parser.add_argument("--recover-batch", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--remove-layers", type=int, default=6)
     parser.add_argument("--width-ratio", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a busy shared machine, extra threads spin and cost more)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -168,16 +172,17 @@ def main() -> None:
     t0 = time.perf_counter()
     model, tokenizer = load_smollm2()
     load_s = time.perf_counter() - t0
-    calib_text, eval_text = mrpc_sentences("train"), mrpc_sentences("dev")
+    calib_text = sentences("SST-2/train.tsv", ("sentence",))
+    eval_text = sentences("MRPC/dev.tsv", ("#1 String", "#2 String"))
     calib = hfprune.calibration_batches(tokenizer, calib_text, num_samples=args.calib_samples, seq_len=args.seq_len,
                                         seed=0, batch_size=2, model=model)
     train = hfprune.calibration_batches(tokenizer, calib_text, num_samples=args.recover_steps * args.recover_batch,
                                         seq_len=args.seq_len, seed=1, batch_size=args.recover_batch, model=model) \
         if args.recover_steps else []
-    evals = eval_windows(tokenizer, eval_text, args.seq_len, args.eval_windows)
+    evals = eval_windows(tokenizer, eval_text, args.eval_seq_len, args.eval_windows)
     t1 = time.perf_counter()
     dense = hfprune.perplexity(model, evals)
-    print(f"dense perplexity {dense:.2f} ({time.perf_counter() - t1:.0f} s, {len(evals)} x {args.seq_len} tokens)",
+    print(f"dense perplexity {dense:.2f} ({time.perf_counter() - t1:.0f} s, {len(evals)} x {args.eval_seq_len} tokens)",
           flush=True)
     dense_params = sum(p.numel() for p in model.parameters())
     rows = {}
@@ -194,8 +199,8 @@ def main() -> None:
           f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end (shared machine); model load "
           f"{load_s:.0f} s  ")
     print(f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32, {dense_params / 1e6:.1f}M params), dense "
-          f"perplexity **{dense:.2f}** on {len(evals)} x {args.seq_len} tokens of MRPC dev; scoring on "
-          f"{args.calib_samples} x {args.seq_len} tokens of MRPC train (ablation: {args.ablation_batches * 2} "
+          f"perplexity **{dense:.2f}** on {len(evals)} x {args.eval_seq_len} tokens of MRPC dev; scoring on "
+          f"{args.calib_samples} x {args.seq_len} tokens of SST-2 train (ablation: {args.ablation_batches * 2} "
           f"windows); recovery: {args.recover_steps} steps x {args.recover_batch} x {args.seq_len} tokens, AdamW "
           f"lr {args.lr}, embeddings frozen")
     for part, part_rows in rows.items():
