@@ -22,6 +22,8 @@ def smollm2():
 
 
 def test_uniform_activation_pruning_of_smollm2_reloads_with_plain_from_pretrained(smollm2, tmp_path):
+    # save_pruned detaches the GGUF loader's quantizer (hfprune.dequantized, from the Wanda / GGUF work of issue 10).
+    pytest.importorskip("hfprune.dequantized", reason="saving a GGUF-loaded model needs hfprune.dequantized")
     model = smollm2
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(0, 49152, (2, 32), generator=g)} for _ in range(2)]
