@@ -136,9 +136,10 @@ def depth_cases(calib, args):
 def width_cases(calib, args):
     r = args.width_ratio
 
-    def plan_for(criterion):
+    def plan_for(criterion, **options):
         def fn(model):
             kwargs = {"show_progress": False, "seed": 0} if criterion == "random" else {"show_progress": False}
+            kwargs.update(options)
             heads = hfprune.head_importance(model, calib, criterion=criterion, **kwargs)
             neurons = hfprune.neuron_importance(model, calib, criterion=criterion, **kwargs)
             plan = hfprune.select_heads(heads, ratio=r, uniform=True, model=model)
@@ -146,8 +147,12 @@ def width_cases(calib, args):
             return plan
         return fn
 
-    return [("activation (Minitron)", plan_for("activation")), ("magnitude (L1 of weights)", plan_for("magnitude")),
-            ("random (seed 0)", plan_for("random"))]
+    cases = {"activation": ("activation (Minitron)", plan_for("activation")),
+             "activation-batch-mean-seq-l2": ("activation, mean over batch, L2 over sequence",
+                                              plan_for("activation", batch_reduce="mean", seq_reduce="l2")),
+             "magnitude": ("magnitude (L1 of weights)", plan_for("magnitude")),
+             "random": ("random (seed 0)", plan_for("random"))}
+    return [cases[name] for name in args.width_criteria.split(",")]
 
 
 def main() -> None:
@@ -163,6 +168,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--remove-layers", type=int, default=6)
     parser.add_argument("--width-ratio", type=float, default=0.25)
+    parser.add_argument("--width-criteria", default="activation,magnitude,random",
+                        help="comma-separated: activation, activation-batch-mean-seq-l2, magnitude, random")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a busy shared machine, extra threads spin and cost more)")
     args = parser.parse_args()
