@@ -288,3 +288,18 @@ def test_depth_pruning_by_block_influence_reloads_plain(tmp_path):
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert plain.config.num_hidden_layers == 4
     assert (logits_of(plain, inputs) - pruned).abs().max() <= 1e-5
+
+
+def test_forward_criteria_run_on_every_family(family):
+    model = make_model(family)
+    batches = [make_inputs(model, batch=2, seq=7, seed=s) for s in range(2)]
+    adapter = hfprune.get_adapter(model)
+    blocks = adapter.layers(model)
+    heads = hfprune.head_importance(model, batches, criterion="activation", show_progress=False)
+    neurons = hfprune.neuron_importance(model, batches, criterion="activation", show_progress=False)
+    assert heads.shape == (len(blocks), adapter.num_heads(model, blocks[0])) and torch.isfinite(heads).all()
+    assert [n.numel() for n in neurons] == [adapter.intermediate_size(b) for b in blocks]
+    assert all(bool((n >= 0).all()) and float(n.sum()) > 0 for n in neurons)
+    for method, extra in (("block_influence", {}), ("angular", {"n": 1})):
+        scores = hfprune.layer_importance(model, batches, method=method, show_progress=False, **extra)
+        assert scores.shape == (len(blocks),) and torch.isfinite(scores).all() and (scores > 0).all(), method
