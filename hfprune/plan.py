@@ -105,8 +105,9 @@ class PruningPlan:
         Raises:
             ValueError: naming the layer and the offending index (out of range for this model).
         """
-        from .arch import get_adapter
+        from .arch import get_adapter, unwrap_model
 
+        model = unwrap_model(model)
         adapter = get_adapter(model)
         layers = adapter.layers(model)
         n_layers = len(layers)
