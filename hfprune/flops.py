@@ -1,7 +1,8 @@
 """Parameter and FLOPs counts per layer, and measured CPU latency, of a (pruned) model.
 
 FLOPs are counted by torch's own counter, `torch.utils.flop_counter.FlopCounterMode`, over one forward pass of a
-copy of the model on the meta device (no memory for weights, no arithmetic, the real model untouched), so they
+copy of the model on the meta device, run under FakeTensorMode (no memory for weights, no arithmetic, the real model
+untouched), so they
 follow surgery exactly and every figure hfprune reports (`model_costs`, `hfprune info`, results.json, report.md,
 benchmarks/speed_structured.py) comes from this one counter. What it counts: matrix products at 2 * m * n * k
 (every linear projection: `2 * tokens * in * out`, biases not counted) and convolutions; the attention products
@@ -9,7 +10,8 @@ benchmarks/speed_structured.py) comes from this one counter. What it counts: mat
 attention alike, since on the meta device SDPA runs its math form. Softmax, norms, activations and embedding
 look-ups are not counted. The input is one sequence of `seq_len` tokens (vision models: one image of the config's
 `image_size`); modules outside the blocks count what they compute on it (a pooler and classifier on one token, a
-language-model head on all `seq_len`).
+language-model head on all `seq_len`). A `seq_len` beyond the model's `max_position_embeddings` is counted at that
+limit, the longest sequence the model takes, and `model_costs` reports the length it used as `seq_len`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .arch import get_adapter, unwrap_model
@@ -39,17 +42,21 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _dummy_inputs(model: nn.Module, seq_len: int) -> list[dict]:
-    """Inputs to try, in order: families differ in which data-dependent check (impossible on meta) they run."""
+def _dummy_inputs(model: nn.Module, seq_len: int) -> dict:
+    """One sequence of `seq_len` tokens (with its all-ones attention mask), or one image of the config's size."""
     config = model.config
     if getattr(model, "main_input_name", "input_ids") == "pixel_values":
-        size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
-        shape = (1, config.num_channels, *((size, size) if isinstance(size, int) else size))
-        return [{"pixel_values": torch.zeros(shape, device="meta")}]
+        size = config.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return {"pixel_values": torch.zeros(1, config.num_channels, *size, device="meta")}
     ids = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
-    # Without a mask BERT-style models skip masking; GPT-2 then inspects the ids for padding (a value check), which a
-    # mask avoids.
-    return [{"input_ids": ids}, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def counted_length(model: nn.Module, seq_len: int) -> int:
+    """`seq_len`, capped at the model's `max_position_embeddings` (longer inputs do not run)."""
+    limit = getattr(unwrap_model(model).config, "max_position_embeddings", None)
+    return min(seq_len, limit) if isinstance(limit, int) and limit > 0 else seq_len
 
 
 def count_flops(model: nn.Module, seq_len: int = 128) -> tuple[int, list[int]]:
@@ -69,13 +76,10 @@ def count_flops(model: nn.Module, seq_len: int = 128) -> tuple[int, list[int]]:
     meta = _meta_copy(model)
     meta.eval()
     blocks = get_adapter(meta).layers(meta)
-    errors = []
-    for inputs in _dummy_inputs(meta, seq_len):
-        try:
-            return _counted_forward(meta, blocks, inputs)
-        except (RuntimeError, NotImplementedError) as err:  # a value-dependent check that meta tensors cannot run
-            errors.append(f"{sorted(inputs)}: {err}")
-    raise RuntimeError(f"cannot count the FLOPs of {type(model).__name__} on the meta device: " + "; ".join(errors))
+    try:
+        return _counted_forward(meta, blocks, _dummy_inputs(meta, counted_length(model, seq_len)))
+    except (RuntimeError, NotImplementedError) as err:
+        raise RuntimeError(f"cannot count the FLOPs of {type(model).__name__} on the meta device: {err}") from err
 
 
 def _counted_forward(model: nn.Module, blocks: list[nn.Module], inputs: dict) -> tuple[int, list[int]]:
@@ -92,7 +96,9 @@ def _counted_forward(model: nn.Module, blocks: list[nn.Module], inputs: dict) ->
     handles = [block.register_forward_pre_hook(before(i)) for i, block in enumerate(blocks)]
     handles += [block.register_forward_hook(after(i)) for i, block in enumerate(blocks)]
     try:
-        with torch.no_grad(), counter:
+        # Under FakeTensorMode, as under torch.compile: transformers skips its value checks (is the mask all ones,
+        # is there padding?) for fake tensors, which plain meta tensors cannot answer (`.item()`).
+        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad(), counter:
             model(**inputs)
     finally:
         for handle in handles:
@@ -130,7 +136,7 @@ def model_costs(model: nn.Module, seq_len: int = 128) -> dict:
         "params": _num_params(model),
         "layer_params": sum(c["params"] for c in per_layer),
         "flops": total,
-        "seq_len": seq_len,
+        "seq_len": counted_length(model, seq_len),
         "per_layer": per_layer,
     }
 

@@ -40,3 +40,12 @@ def test_pruning_lowers_the_count_of_its_layer_only():
     pruned = model_costs(model, 12)["per_layer"]
     assert pruned[0]["flops"] == dense[0]["flops"] and pruned[2]["flops"] == dense[2]["flops"]
     assert pruned[1]["flops"] < dense[1]["flops"] and pruned[1]["heads"] == 2
+
+
+def test_headless_and_ffn_less_layers_count_what_is_left():
+    d, f, s = 32, 48, 12
+    model = make_model("bert")
+    hfprune.prune(model, hfprune.PruningPlan(heads={0: [0, 1, 2, 3]}, neurons={1: list(range(48))}))
+    per_layer = [c["flops"] for c in model_costs(model, s)["per_layer"]]
+    attention = 2 * s * 4 * d * d + 2 * 2 * s * s * 4 * 8
+    assert per_layer == [2 * s * 2 * d * f, attention, attention + 2 * s * 2 * d * f]
