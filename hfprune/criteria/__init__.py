@@ -23,13 +23,16 @@ beyond the common ones (`def michel(model, dataloader, *, return_entropy=False, 
 `return_entropy`); an option no criterion of that name reads is refused with an error naming it, before any work.
 `check_call` applies the flags (`needs_data`, `needs_seed`) and the option check in one place.
 
-Example:
+Example (a module `hfprune/criteria/l2.py`; docs/importance.md has the same as a runnable session):
     ```python
+    >>> from hfprune.arch import get_adapter
     >>> from hfprune.criteria import register_criterion
-    >>> @register_criterion("l2", units=("neurons",), summary="L2 norm of the neuron's weights")
-    ... def l2_neurons(model, dataloader=None, **options):
-    ...     ...
+    >>> @register_criterion("l2", units=("neurons",), summary="L2 norm of the neuron's down-projection column")
+    ... def l2_neurons(model, dataloader=None, **common):
+    ...     adapter = get_adapter(model)
+    ...     return [adapter.ffn_out(block).weight.detach().norm(dim=0) for block in adapter.layers(model)]
     >>> hfprune.criteria.criterion_names("neurons")
+    ('taylor', 'magnitude', 'fisher', 'random', 'l2')
     ```
 """
 
@@ -133,6 +136,20 @@ def register_criterion(name: str, *, units: tuple[str, ...] | list[str], needs_d
     return decorator
 
 
+def unregister_criterion(name: str, units: tuple[str, ...] | list[str] | str) -> None:
+    """Remove criterion `name` for each unit kind in `units` (a criterion registered for a session or a test).
+
+    Raises:
+        KeyError: `name` is not registered for one of `units` (nothing is removed then).
+    """
+    units = (units,) if isinstance(units, str) else tuple(units)
+    missing = [u for u in units if (u, name) not in _REGISTRY]
+    if missing:
+        raise KeyError(f"criterion {name!r} is not registered for {', '.join(missing)}")
+    for unit in units:
+        del _REGISTRY[(unit, name)]
+
+
 def _load() -> None:
     """Import every criterion module of this package once (each registers itself on import)."""
     global _loaded
@@ -213,4 +230,4 @@ def check_call(criterion: Criterion, *, caller: str, dataloader=_UNCHECKED, seed
 
 
 __all__ = ["COMMON_KEYWORDS", "UNIT_KINDS", "Criterion", "UnitScores", "check_call", "criteria", "criterion_names",
-           "get_criterion", "register_criterion"]
+           "get_criterion", "register_criterion", "unregister_criterion"]
