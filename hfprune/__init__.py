@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .arch import get_adapter, supported_model_types
-from .export import load_pruned, save_pruned
+from .io import load_pruned, save_pruned
 from .masking import Gates, attach_gates, mask, masked
 from .plan import PruningPlan
 from .structure import model_structure
@@ -37,8 +37,8 @@ _LAZY = {
     "GradualPruningCallback": "hfprune.sparsity",
     "save_compressed": "hfprune.sparsity",
     "quantize_dynamic_int8": "hfprune.sparsity",
-    "add_remote_code": "hfprune.export_remote",
-    "push_folder_to_hub": "hfprune.export_remote",
+    "add_remote_code": "hfprune.remote",
+    "push_folder_to_hub": "hfprune.remote",
 }
 
 __all__ = [
@@ -58,8 +58,8 @@ __all__ += list(_LAZY)
 
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
-_SUBMODULES = ("callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote", "report",
-               "selection", "sparsity")
+_SUBMODULES = ("callbacks", "data", "export", "export_remote", "flops", "importance", "io", "metrics", "recipes",
+               "remote", "report", "selection", "sparsity")
 
 
 def __getattr__(name: str):
