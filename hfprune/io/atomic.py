@@ -1,7 +1,8 @@
 """The one atomic writer of hfprune: every folder and file it writes goes through `atomic_dir` or `write_atomic`.
 
-Both follow the umask, as `mkdir` and `open` do: `tempfile.mkdtemp` / `mkstemp` would make the output owner-only
-(0700 / 0600), which a server or a teammate could not read.
+Both give their output the umask's mode, as `mkdir` and `open` do: `tempfile.mkdtemp` / `mkstemp` would make it
+owner-only (0700 / 0600), which a server or a teammate could not read. safetensors (0.8) writes its files owner-only
+too, so `atomic_dir` sets the mode of everything in the folder before moving it into place.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def atomic_dir(output_dir: str | os.PathLike):
     """Yield a temporary folder next to `output_dir`; on success it replaces `output_dir`, on error it is removed.
 
     An interrupted run never leaves a half-written folder, and an earlier `output_dir` is replaced only once the new
-    one is complete. The folder gets the umask's mode.
+    one is complete. The folder and everything in it get the umask's mode (files: without the execute bits).
 
     Example:
         ```py
@@ -33,10 +34,19 @@ def atomic_dir(output_dir: str | os.PathLike):
     tmp.mkdir()  # mkdir follows the umask; the folder becomes the output
     try:
         yield tmp
+        _follow_umask(tmp)
         replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give everything below `folder` the umask's mode, read off `folder` itself (made by mkdir: 0o777 & ~umask)."""
+    dir_mode = stat.S_IMODE(folder.stat().st_mode) & 0o777
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(dir_mode if path.is_dir() else dir_mode & 0o666)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
