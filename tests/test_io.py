@@ -93,3 +93,30 @@ def test_old_import_paths_are_the_io_objects():
     assert export.load_pruned is hfprune.io.load_pruned is hfprune.load_pruned
     assert export.atomic_dir is atomic_dir
     assert export_remote.add_remote_code is add_remote_code is hfprune.add_remote_code
+
+
+def test_the_cli_output_folder_gets_the_umask_mode(tmp_path, capsys):
+    """`hfprune prune ... --output OUT` (model, tokenizer, remote code, results, report, plots, card)."""
+    from hfprune.app.cli.demo import build_base, synthetic_sentences
+    from hfprune.app.cli.main import main
+
+    build_base(tmp_path / "base", seed=0)
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    for split, n, seed in (("train", 16, 0), ("dev", 16, 1)):
+        texts, labels = synthetic_sentences(n, seed)
+        rows = "".join(f"{t}\t{lab}\n" for t, lab in zip(texts, labels))
+        (tmp_path / "glue" / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    old = os.umask(0o027)
+    try:
+        rc = main(["prune", "--model", str(tmp_path / "base"), "--task", "sst2", "--data-dir", str(tmp_path / "glue"),
+                   "--heads", "0.5", "--criterion", "magnitude", "--finetune-steps", "0", "--recover-steps", "0",
+                   "--batch-size", "8", "--score-batches", "1", "--output", str(tmp_path / "out"), "--quiet",
+                   "--set", "eval.latency_repeats=1", "--set", "eval.latency_seq_len=16",
+                   "--set", "eval.latency_batch_size=4"])
+    finally:
+        os.umask(old)
+    assert rc == 0, capsys.readouterr().err
+    found = _modes(tmp_path / "out")
+    assert {"out/model.safetensors", "out/modeling_hfprune.py", "out/results.json", "out/README.md"} <= set(found)
+    wrong = {p: oct(m) for p, m in found.items() if m != (0o750 if (tmp_path / p).is_dir() else 0o640)}
+    assert not wrong, wrong
