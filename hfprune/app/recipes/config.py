@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..criteria import criterion_names
+from ...criteria import criterion_names
 
 SCOPES = ("global", "layer")
 

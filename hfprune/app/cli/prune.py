@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..criteria import criterion_names
+from ...criteria import criterion_names
 from ..recipes.config import SCOPES
 from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
 
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
             data.setdefault("recover", {}).setdefault(key, data["finetune"][key])
     recipe = recipe_from_dict(apply_overrides(data, args.set), source="command line")
     from ..recipes.runner import run_recipe
-    from .run import print_summary
+    from ..report.progress import print_summary
 
     print_summary(run_recipe(recipe, quiet=args.quiet), recipe.output.dir)
     return 0
