@@ -42,7 +42,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 UNIT_KINDS = ("heads", "neurons", "layers", "weights", "channels")
 _DATA_KEYWORDS = ("plan", "max_batches", "num_samples", "show_progress", "distributed", "seed")
@@ -94,7 +94,6 @@ class UnitScores:
     rows: list
     entropy: list | None = None
     num_tokens: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 def _options_of(fn: Callable, unit: str) -> tuple[str, ...]:
