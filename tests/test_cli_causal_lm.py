@@ -60,7 +60,8 @@ def _run(argv, capsys):
 
 def _base(root, out):
     return ["prune", "--task", "causal-lm", "--model", root / "model", "--text-file", root / "train.txt",
-            "--num-samples", "8", "--seq-len", "16", "--batch-size", "4", "--output", out, "--quiet"]
+            "--num-samples", "8", "--seq-len", "16", "--batch-size", "4", "--eval-samples", "6", "--output", out,
+            "--quiet"]
 
 
 def test_prune_layers_by_block_influence_writes_outputs_and_reloads(tiny_lm, tmp_path, capsys):
@@ -73,7 +74,7 @@ def test_prune_layers_by_block_influence_writes_outputs_and_reloads(tiny_lm, tmp
     assert all(v > 1 for v in results["perplexity"].values())
     assert {"load", "score", "prune", "eval_dense", "eval_pruned", "recover"} <= set(results["stage_seconds"])
     assert results["after"]["structure"]["num_layers"] == 3 and len(results["plan"]["layers"]) == 1
-    assert len(results["recover_losses"]) == 2
+    assert len(results["recover_losses"]) == 2 and results["eval_windows"] == 6
     assert {"report.md", "perplexity.png", "layer_scores.png", "config.json", "model.safetensors"} <= set(
         p.name for p in out.iterdir())
     assert "perplexity" in (out / "report.md").read_text() and "causal-lm perplexity" in stdout

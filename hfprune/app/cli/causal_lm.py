@@ -20,7 +20,7 @@ _GLUE_ONLY = {"data__data_dir": "--data-dir", "data__train_file": "--train-file"
               "output__push_to_hub": "--push-to-hub", "sweep": "--sweep"}
 _LM_ONLY = {"text_file": "--text-file", "eval_text_file": "--eval-text-file", "gguf_file": "--gguf-file",
             "sparsity": "--sparsity", "pattern": "--pattern", "num_samples": "--num-samples", "seq_len": "--seq-len",
-            "round_to": "--round-to"}
+            "round_to": "--round-to", "eval_samples": "--eval-samples"}
 
 
 def add_prune_flags(p: argparse.ArgumentParser) -> None:
@@ -39,6 +39,8 @@ def add_prune_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pattern", default=None, metavar="N:M", help="N:M weight sparsity, e.g. 2:4")
     g.add_argument("--num-samples", type=int, default=None, metavar="N", help="calibration windows (default 64)")
     g.add_argument("--seq-len", type=int, default=None, metavar="N", help="tokens per window (default 512)")
+    g.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                   help="at most this many held-out windows for perplexity (default 64)")
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
@@ -76,7 +78,8 @@ def prune_main(args: argparse.Namespace) -> int:
               "uniform": args.uniform, "sparsity": args.sparsity, "pattern": args.pattern,
               "recover_steps": args.recover__steps, "batch_size": args.finetune__batch_size,
               "learning_rate": args.finetune__learning_rate, "seed": args.seed, "num_samples": args.num_samples,
-              "seq_len": args.seq_len, "round_to": args.round_to, "layer_method": args.prune__layer_method}
+              "seq_len": args.seq_len, "round_to": args.round_to, "eval_samples": args.eval_samples,
+              "layer_method": args.prune__layer_method}
     options = CausalLMOptions(**{k: v for k, v in fields.items() if v is not None})
     results = run_causal_lm(options, quiet=args.quiet)
     ppl = results["perplexity"]
