@@ -38,5 +38,6 @@ def get_adapter(model_or_config) -> ArchAdapter:
 
 # Importing the family modules registers them.
 from . import bert, distilbert, gpt2, llama, vit  # noqa: E402, F401  (registration needs register() above)
+from . import convnext, efficientnet, mobilenet_v2, regnet, resnet  # noqa: E402, F401  (CNNs: channel groups)
 
 __all__ = ["ArchAdapter", "ProjSegment", "get_adapter", "register", "supported_model_types"]
