@@ -38,6 +38,12 @@ _LAZY = {
     "save_compressed": "hfprune.sparsity",
     "quantize_dynamic_int8": "hfprune.sparsity",
     "add_remote_code": "hfprune.export_remote",
+    "ChannelGroup": "hfprune.arch.channels",
+    "channel_groups": "hfprune.arch.channels",
+    "channel_importance": "hfprune.importance.channels",
+    "ChannelScores": "hfprune.importance.channels",
+    "select_channels": "hfprune.selection_channels",
+    "NetworkSlimmingCallback": "hfprune.callbacks.slimming",
     "push_folder_to_hub": "hfprune.export_remote",
 }
 
