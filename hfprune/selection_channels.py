@@ -42,7 +42,7 @@ def _check(ratio, scope, round_to, min_per_group) -> None:
             raise ValueError(f"select_channels: {name} must be an integer >= {low}, got {value!r}")
 
 
-def select_channels(scores, *, ratio: float, scope: str = "global", round_to: int | None = None,
+def select_channels(scores, *, ratio: float | None = None, scope: str = "global", round_to: int | None = None,
                     min_per_group: int = 1) -> PruningPlan:
     """Remove the lowest-scored channels, over all groups ("global") or the same fraction of each ("layer").
 

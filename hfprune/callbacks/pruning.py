@@ -33,6 +33,12 @@ class PruningConfig:
 
     heads_ratio: float | None = field(default=None, metadata={"help": "Fraction of attention heads to remove."})
     neurons_ratio: float | None = field(default=None, metadata={"help": "Fraction of FFN neurons to remove."})
+    channels_ratio: float | None = field(default=None, metadata={
+        "help": "CNNs: fraction of the channels of `channel_groups` to remove (scored by channel_criterion)."})
+    channel_criterion: str = field(default="l1", metadata={
+        "help": "CNN channel criterion: bn_scale, l1, magnitude, taylor or random (hfprune.criteria)."})
+    channel_groups: str = field(default="all", metadata={
+        "help": "CNN channel groups scored: 'all' prunable, 'inner' (free) or 'coupled' (residual widths)."})
     layers: int | list[int] | None = field(default=None, metadata={
         "help": "Layers to remove: a count (the least important by layer_method) or explicit indices."})
     criterion: str = field(default="michel", metadata={"help": f"Head criterion, one of {HEAD_CRITERIA}."})
@@ -58,6 +64,12 @@ class PruningConfig:
         owner = "PruningCallback"
         check_ratio(f"{owner}: heads_ratio", self.heads_ratio)
         check_ratio(f"{owner}: neurons_ratio", self.neurons_ratio)
+        check_ratio(f"{owner}: channels_ratio", self.channels_ratio)
+        if self.channels_ratio is not None:
+            from ..criteria import criterion_names
+
+            check_choice(owner, "channel_criterion", self.channel_criterion, criterion_names("channels"))
+            check_choice(owner, "channel_groups", self.channel_groups, ("all", "inner", "coupled"))
         check_choice(owner, "criterion", self.criterion, HEAD_CRITERIA)
         check_choice(owner, "neuron_criterion", self.neuron_criterion, NEURON_CRITERIA)
         check_choice(owner, "layer_method", self.layer_method, ("ablation", "gate"))
@@ -73,11 +85,13 @@ class PruningConfig:
             raise ValueError(f"{owner}: layers (a count) must be >= 0, got {self.layers}")
         if isinstance(self.layers, list):
             PruningPlan(layers=self.layers)  # negative / duplicate / non-integer indices: an error naming them now
-        if self.heads_ratio is None and self.neurons_ratio is None and not self.layers:
-            raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio and/or layers")
+        if self.heads_ratio is None and self.neurons_ratio is None and not self.layers \
+                and self.channels_ratio is None:
+            raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio, layers or channels_ratio")
         # Checked now rather than when scoring, which may be at the end of a long training run.
         for name, used in (("criterion", self.heads_ratio is not None), ("neuron_criterion",
-                                                                         self.neurons_ratio is not None)):
+                                                                         self.neurons_ratio is not None),
+                           ("channel_criterion", self.channels_ratio is not None)):
             if used and getattr(self, name) == "random" and self.seed is None:
                 raise ValueError(f"{owner}: {name}='random' needs a seed, e.g. seed=0")
 
@@ -127,7 +141,8 @@ class PruningCallback(TrainerCallback):
         data_free = ("magnitude", "random")
         needs_data = (c.heads_ratio is not None and c.criterion not in data_free) \
             or (c.neurons_ratio is not None and c.neuron_criterion not in data_free) \
-            or (isinstance(c.layers, int) and c.layers > 0)
+            or (isinstance(c.layers, int) and c.layers > 0) \
+            or (c.channels_ratio is not None and c.channel_criterion == "taylor")
         data = dataloader_for("PruningCallback", self.dataset, self.trainer, kwargs, args) if needs_data else None
         limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
         plan = PruningPlan()
@@ -145,7 +160,15 @@ class PruningCallback(TrainerCallback):
             plan.layers = select_layers(self.scores["layers"], count=c.layers).layers
         elif isinstance(c.layers, list):
             plan.layers = sorted(c.layers)
-        plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers,
+        if c.channels_ratio is not None:  # CNN channel groups (hfprune.importance.channels)
+            from ..importance.channels import channel_importance
+            from ..selection_channels import select_channels
+
+            self.scores["channels"] = channel_importance(model, data, criterion=c.channel_criterion, seed=c.seed,
+                                                         groups=c.channel_groups, **limits)
+            plan.channels = select_channels(self.scores["channels"], ratio=c.channels_ratio, scope=c.scope,
+                                            round_to=c.round_to, min_per_group=c.min_per_layer).channels
+        plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers, channels=plan.channels,
                            meta={"callback": "PruningCallback", "global_step": state.global_step,
                                  "config": asdict(c)})
         self.plan = plan
@@ -153,8 +176,9 @@ class PruningCallback(TrainerCallback):
             self._prune_now(model, kwargs.get("optimizer"))
         else:
             self._gates = mask(model, plan)
-        logger.info("PruningCallback: step %d: %s %d heads, %d neurons, layers %s", state.global_step,
-                    "pruned" if self.pruned else "masking", plan.num_heads(), plan.num_neurons(), plan.layers)
+        logger.info("PruningCallback: step %d: %s %d heads, %d neurons, layers %s, %d channels", state.global_step,
+                    "pruned" if self.pruned else "masking", plan.num_heads(), plan.num_neurons(), plan.layers,
+                    plan.num_channels())
         self._write(args, state)
 
     def _prune_now(self, model, optimizer) -> None:
