@@ -150,3 +150,21 @@ def test_second_plan_composes_and_reloads(tmp_path):
     loaded = hfprune.load_pruned(tmp_path / "twice")
     assert (_logits(loaded, batch) - _logits(model, batch)).abs().max() <= TOL
     assert len(loaded.config.hfprune["history"]) == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_remote_code_export_loads_with_plain_transformers(family, tmp_path):
+    import transformers
+
+    from hfprune.export_remote import add_remote_code
+
+    model = make_cnn(family)
+    hfprune.prune(model, hfprune.PruningPlan(channels=random_channel_plan(hfprune.channel_groups(model), seed=5)))
+    folder = hfprune.save_pruned(model, tmp_path / "remote")
+    add_remote_code(folder)
+    arch = model.config.architectures[0]
+    auto = transformers.AutoModelForImageClassification
+    loaded = auto.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(loaded).__name__ == arch
+    batch = pixel_batch()
+    assert (_logits(loaded, batch) - _logits(model, batch)).abs().max() <= TOL

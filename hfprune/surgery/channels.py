@@ -150,8 +150,13 @@ def _config_builds(model: nn.Module, updates: dict) -> bool:
 def apply_channel_structure(model: nn.Module, record: dict) -> None:
     """Give a freshly built CNN the channel-group sizes in `record` (weights are loaded afterwards)."""
     groups = channel_groups(model)
+    prefixes = channel_adapter(model).base_prefixes
     for name, size in record["channels"].items():
-        group = groups.get(name)
+        # The record names groups as the saved class does; the base model (AutoModel) has no head prefix, and the
+        # head class holds the base model under one.
+        found = [n for n in (name, *(f"{p}.{name}" for p in prefixes),
+                             *(name[len(p) + 1:] for p in prefixes if name.startswith(f"{p}."))) if n in groups]
+        group = groups.get(found[0]) if found else None
         if group is None:
             raise ValueError(f"hfprune record names channel group {name!r}, which the config does not build")
         size = int(size)
