@@ -70,7 +70,7 @@ def select_channels(scores, *, ratio: float | None = None, scope: str = "global"
     cap = {n: max(0, len(u) - math.ceil(min_per_group / g)) for n, (u, g) in units.items()}
     picked: dict[str, list[int]] = {}
     if scope == "layer":
-        for name, (u, g) in units.items():
+        for name, (u, _) in units.items():
             n = min(math.floor(ratio * len(u) + 0.5), cap[name])
             picked[name] = sorted(u.argsort(stable=True)[:n].tolist())
     else:

@@ -104,9 +104,9 @@ def test_prune_refuses_while_channel_gates_are_attached():
 
 def test_channel_importance_arguments():
     model = make_cnn("resnet_basic")
-    with pytest.raises(ValueError, match="needs seed"):
+    with pytest.raises(ValueError, match="needs a seed"):
         hfprune.channel_importance(model, criterion="random")
-    with pytest.raises(ValueError, match="needs a dataloader"):
+    with pytest.raises(ValueError, match="needs data"):
         hfprune.channel_importance(model, criterion="taylor")
     with pytest.raises(ValueError, match="criterion for channels must be one of"):
         hfprune.channel_importance(model, criterion="michel")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register
 from .channels import ChannelAdapter, GroupBuilder, join
+from .registry import register
 
 _LAYERNORM = ("a LayerNorm normalises over these channels, so removing one changes every other channel's output "
               "(masking and removal would differ); only the inner MLP channels of each block are prunable")

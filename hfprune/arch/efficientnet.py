@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register
 from .channels import ChannelAdapter, GroupBuilder, join
+from .registry import register
 
 
 def _new(conv: str, norm: str) -> GroupBuilder:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register
 from .channels import ChannelAdapter, GroupBuilder, join
+from .registry import register
 
 
 def _add(model: nn.Module, group: GroupBuilder, kind: str, conv_layer: str) -> GroupBuilder:

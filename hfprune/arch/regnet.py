@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register
 from .channels import GroupBuilder
+from .registry import register
 from .resnet import ResNetAdapter, _conv_group
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register
 from .channels import ChannelAdapter, GroupBuilder, join
+from .registry import register
 
 
 @register

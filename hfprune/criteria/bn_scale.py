@@ -13,9 +13,9 @@ from torch import nn
 from . import register_criterion
 
 
-@register_criterion("bn_scale", units=("channels",),
+@register_criterion("bn_scale", units=("channels",), order=10,
                     summary="|BatchNorm gamma| per channel, summed over a coupled group's norms (Liu et al. 2017)")
-def bn_scale_channels(model: nn.Module, dataloader=None, *, groups, **options) -> dict[str, torch.Tensor]:
+def bn_scale_channels(model: nn.Module, dataloader=None, *, groups, **common) -> dict[str, torch.Tensor]:
     """Raises `ValueError` naming the first group without a BatchNorm (ConvNeXt: use l1, magnitude or taylor)."""
     scores = {}
     for name, group in groups.items():

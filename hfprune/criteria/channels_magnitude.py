@@ -19,7 +19,7 @@ def _sq_rows(module: nn.Module, dim: int) -> torch.Tensor:
 
 @register_criterion("magnitude", units=("channels",),
                     summary="L2 norm of all weights a channel owns (producers, pass-through, consumers)")
-def magnitude_channels(model: nn.Module, dataloader=None, *, groups, **options) -> dict[str, torch.Tensor]:
+def magnitude_channels(model: nn.Module, dataloader=None, *, groups, **common) -> dict[str, torch.Tensor]:
     scores = {}
     for name, group in groups.items():
         total = torch.zeros(group.size)

@@ -8,7 +8,8 @@ from torch import nn
 from . import register_criterion
 
 
-@register_criterion("random", units=("channels",), needs_seed=True, summary="random scores (baseline; needs seed)")
-def random_channels(model: nn.Module, dataloader=None, *, groups, seed: int, **options) -> dict[str, torch.Tensor]:
+@register_criterion("random", units=("channels",), needs_seed=True, order=90,
+                    summary="uniform random scores (a baseline; needs seed)")
+def random_channels(model: nn.Module, dataloader=None, *, groups, seed: int, **common) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(int(seed))
     return {name: torch.rand(group.size, generator=generator) for name, group in groups.items()}

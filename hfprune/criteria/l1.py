@@ -18,7 +18,7 @@ def filter_l1(module: nn.Module) -> torch.Tensor:
     return weight.abs().flatten(1).sum(1)
 
 
-@register_criterion("l1", units=("channels",), summary="L1 norm of each channel's filters (Li et al. 2017)")
-def l1_channels(model: nn.Module, dataloader=None, *, groups, **options) -> dict[str, torch.Tensor]:
+@register_criterion("l1", units=("channels",), order=20, summary="L1 norm of each channel's filters (Li et al. 2017)")
+def l1_channels(model: nn.Module, dataloader=None, *, groups, **common) -> dict[str, torch.Tensor]:
     return {name: sum(filter_l1(model.get_submodule(p)) for p in group.paths("out") + group.paths("through"))
             for name, group in groups.items()}

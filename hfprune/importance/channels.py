@@ -85,13 +85,10 @@ def channel_importance(model: nn.Module, dataloader: Iterable | None = None, *, 
         12
         ```
     """
-    from ..criteria import get_criterion
+    from ..criteria import check_call, get_criterion
 
     found = get_criterion(criterion, "channels", caller="channel_importance")
-    if found.needs_seed and seed is None:
-        raise ValueError(f"channel_importance: criterion={criterion!r} needs seed=, e.g. seed=0")
-    if found.needs_data and dataloader is None:
-        raise ValueError(f"channel_importance: criterion={criterion!r} needs a dataloader of batches with labels")
+    check_call(found, caller="channel_importance", dataloader=dataloader, seed=seed, options=options)
     picked = _pick(channel_groups(model), groups)
     kwargs = dict(options)
     if found.needs_seed:
