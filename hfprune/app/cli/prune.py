@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ...criteria import criterion_names
-from ..recipes.config import SCOPES
+from ..recipes.config import CHANNEL_GROUPS, SCOPES
 from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
 
 EXAMPLE = """example:
   hfprune prune --model ../shared/models/all-MiniLM-L6-v2 --task sst2 --data-dir ../shared/data/glue \\
       --heads 0.5 --criterion michel --finetune-steps 200 --recover-steps 100 --output out/sst2
+  hfprune prune --model out/resnet --task image-classification --data-dir digits/ --image-size 32 \
+      --channels 0.5 --channel-criterion bn_scale --recover-steps 100 --output out/resnet-pruned
 """
 
 
@@ -28,6 +30,11 @@ def add_parser(sub) -> None:
     add_flag(p, "--heads", "prune.heads", type=float, metavar="R")
     add_flag(p, "--ffn", "prune.ffn", type=float, metavar="R")
     add_flag(p, "--layers", "prune.layers", type=int, metavar="N")
+    add_flag(p, "--channels", "prune.channels", type=float, metavar="R")
+    add_flag(p, "--channel-criterion", "prune.channel_criterion", choices=criterion_names("channels"))
+    add_flag(p, "--channel-groups", "prune.channel_groups", choices=CHANNEL_GROUPS)
+    add_flag(p, "--dataset", "data.dataset", metavar="NAME_OR_DIR")
+    add_flag(p, "--image-size", "data.image_size", type=int, metavar="PX")
     add_flag(p, "--criterion", "prune.criterion", choices=criterion_names("heads"))  # the registry's, as recipes
     add_flag(p, "--layer-method", "prune.layer_method", choices=criterion_names("layers"))
     add_flag(p, "--scope", "prune.scope", choices=SCOPES)
