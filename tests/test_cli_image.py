@@ -102,3 +102,19 @@ def test_prune_image_classification_from_a_saved_datasets_dataset(resnet_dir, tm
                  str(tmp_path / "ds"), "--channels", "0.25", "--channel-criterion", "random", "--batch-size", "16",
                  "--output", str(out), "--quiet"]) == 0
     assert json.loads((out / "results.json").read_text())["pruned"]["metrics"]["validation"]["num_examples"] == 16
+
+
+def test_info_on_a_pruned_cnn(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1],
+                                                      layer_type="bottleneck", num_labels=3))
+    name = "resnet.encoder.stages.1.layers.0.layer.0.convolution"
+    before = sum(p.numel() for p in model.parameters())
+    hfprune.prune(model, hfprune.PruningPlan(channels={name: [0, 1, 2]}))
+    hfprune.save_pruned(model, tmp_path / "cnn")
+    assert main(["info", str(tmp_path / "cnn"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params_before"] == before and info["params_after"] == sum(p.numel() for p in model.parameters())
+    assert {"group": name, "before": 8, "after": 5} in info["channels"]
+    assert main(["info", str(tmp_path / "cnn")]) == 0
+    assert "removed (step 1): 3 channels in 1 groups" in capsys.readouterr().out

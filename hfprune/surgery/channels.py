@@ -112,7 +112,8 @@ def sync_channel_config(model: nn.Module, groups, plan: PruningPlan | None = Non
     sizes = {name: g.size for name, g in groups.items()}
     record = get_record(config)
     if record is None or "channels" not in record:
-        record = {"format": RECORD_FORMAT, "unit": "channels", "base": dict(sizes), "history": []}
+        record = {"format": RECORD_FORMAT, "unit": "channels", "base": dict(sizes), "history": [],
+                  "base_params": sum(p.numel() for p in model.parameters())}
     record["channels"] = sizes
     if plan is not None:
         record["history"].append({"channels": {k: list(v) for k, v in plan.channels.items()}})
