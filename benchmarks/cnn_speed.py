@@ -11,7 +11,8 @@ the three models (dense, hfprune, Torch-Pruning) are timed interleaved, so load 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` on one forward. Target: measured speedup >= 0.85 x the FLOPs
 ratio.
 
-    python benchmarks/cnn_speed.py            # ~3-5 min on 2 shared CPU cores
+    python benchmarks/cnn_speed.py                   # ~1-2 min on 2 shared CPU cores
+    python benchmarks/cnn_speed.py --channels-last   # the same in channels_last memory format
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="time all three models in channels_last memory format (oneDNN kernels for every conv)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -87,6 +90,9 @@ def main(argv=None):
     agree = float((out_ours - out_theirs).abs().max())
 
     models = {"dense": dense, "hfprune": ours, "Torch-Pruning": theirs}
+    if args.channels_last:
+        models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
+        x = x.contiguous(memory_format=torch.channels_last)
     cost = {k: flops(m, x) for k, m in models.items()}
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     for m in models.values():  # warm-up
@@ -102,7 +108,7 @@ def main(argv=None):
           f"jobs (load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; total {time.time() - started:.0f}s")
     print(f"model: ResNetModel(ResNetConfig()) (ResNet-50 shape), input {args.batch}x3x{args.size}x{args.size}, "
-          f"float32; plan: {plan.num_channels()} inner channels in {len(plan.channels)} groups "
+          f"float32{', channels_last' if args.channels_last else ''}; plan: {plan.num_channels()} inner channels in {len(plan.channels)} groups "
           f"({args.ratio:.0%} of each bottleneck's inner channels, l1 per group); hfprune vs Torch-Pruning outputs "
           f"max |diff| = {agree:.2e}")
     print()
