@@ -108,7 +108,8 @@ def main(argv=None):
           f"jobs (load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; total {time.time() - started:.0f}s")
     print(f"model: ResNetModel(ResNetConfig()) (ResNet-50 shape), input {args.batch}x3x{args.size}x{args.size}, "
-          f"float32{', channels_last' if args.channels_last else ''}; plan: {plan.num_channels()} inner channels in {len(plan.channels)} groups "
+          f"float32{', channels_last' if args.channels_last else ''}; plan: {plan.num_channels()} inner channels in "
+          f"{len(plan.channels)} groups "
           f"({args.ratio:.0%} of each bottleneck's inner channels, l1 per group); hfprune vs Torch-Pruning outputs "
           f"max |diff| = {agree:.2e}")
     print()
