@@ -168,3 +168,29 @@ def test_remote_code_export_loads_with_plain_transformers(family, tmp_path):
     assert type(loaded).__name__ == arch
     batch = pixel_batch()
     assert (_logits(loaded, batch) - _logits(model, batch)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("family", ["resnet_bottleneck", "regnet", "mobilenet_v2", "efficientnet"])
+def test_base_model_keeps_its_output_width(family, tmp_path):
+    """Without a classifier the last width is the model's output: reported, never pruned (masked == pruned)."""
+    import transformers
+
+    full = make_cnn(family)
+    base = getattr(transformers, type(full).__name__.replace("ForImageClassification", "Model"))(full.config)
+    base.load_state_dict(full.base_model.state_dict())
+    base.eval()
+    groups = hfprune.channel_groups(base)
+    outputs = [g for g in groups.values() if not g.prunable]
+    assert len(outputs) == 1 and "model's output" in outputs[0].reason
+    plan = hfprune.PruningPlan(channels=random_channel_plan(groups, seed=2))
+    x = pixel_batch()["pixel_values"]
+    with torch.no_grad(), hfprune.masked(base, plan):
+        masked = base(pixel_values=x).pooler_output
+    hfprune.prune(base, plan)
+    with torch.no_grad():
+        pruned = base(pixel_values=x).pooler_output
+    assert masked.shape == pruned.shape and (masked - pruned).abs().max() <= TOL
+    hfprune.save_pruned(base, tmp_path / "base")
+    with torch.no_grad():
+        reloaded = hfprune.load_pruned(tmp_path / "base")(pixel_values=x).pooler_output
+    assert (reloaded - pruned).abs().max() <= TOL

@@ -83,6 +83,13 @@ class GroupBuilder:
         self.ops.extend(ChannelOp(kind, p) for p in paths if p is not None)
         return self
 
+    def head(self, classifier: str | None) -> GroupBuilder:
+        """The model's last width: consumed by the classifier, or (a base model) the model's output itself."""
+        if classifier is None:
+            self.reason = ("these channels are the model's output (last_hidden_state / pooler_output); no "
+                           "classifier consumes them")
+        return self.add("in", classifier)
+
     def freeze(self, model: nn.Module) -> ChannelGroup:
         first = model.get_submodule(next(op.path for op in self.ops if op.kind == "out"))
         size = int(first.weight.shape[0])

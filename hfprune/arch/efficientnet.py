@@ -46,5 +46,5 @@ class EfficientNetAdapter(ChannelAdapter):
                 groups.append(stream)
         stream.add("in", join(base, "encoder.top_conv"))
         top = _new(join(base, "encoder.top_conv"), join(base, "encoder.top_bn"))
-        groups.append(top.add("in", self.classifier_path(model)))
+        groups.append(top.head(self.classifier_path(model)))
         return groups

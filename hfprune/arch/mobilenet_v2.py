@@ -53,5 +53,5 @@ class MobileNetV2Adapter(ChannelAdapter):
                 groups.append(stream)
         top = join(base, "conv_1x1")
         _add(model, stream, "in", top)
-        groups.append(new(top).add("in", self.classifier_path(model)))
+        groups.append(new(top).head(self.classifier_path(model)))
         return groups

@@ -37,7 +37,7 @@ class ResNetAdapter(ChannelAdapter):
                 groups.extend(inner)
                 last = f"{prefix}.layer.{len(block.layer) - 1}"
                 stream.add("out", f"{last}.convolution").add("norm", f"{last}.normalization")
-        stream.add("in", self.classifier_path(model))
+        stream.head(self.classifier_path(model))
         return groups
 
     def inner_groups(self, prefix: str, block: nn.Module) -> list[GroupBuilder]:
