@@ -6,7 +6,8 @@ blocks, widths 32-64, depths 2-2 (stem width = stage 0 width, so the stem joins 
 "inner" groups are exactly the blocks' inner channels). Two base models are trained the same way, one with
 `hfprune.NetworkSlimmingCallback` (L1 on the inner BatchNorm scales). Then 50% and 70% of the inner channels are
 removed (`hfprune.prune`) by `bn_scale` (global: Network Slimming), `l1` (per layer: Li et al.), `taylor` (global;
-8 training batches) and `random` (per layer, seed 0), and each pruned model is fine-tuned for a short recovery.
+8 training batches) and `random` (global and per layer, 3 seeds: the baseline of each scope), and each pruned
+model is fine-tuned for a short recovery.
 
     python benchmarks/cnn_mnist.py            # ~3-6 min on 2 shared CPU cores
 """
@@ -32,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 import hfprune
 
-CRITERIA = (("bn_scale", "global"), ("l1", "layer"), ("taylor", "global"), ("random", "layer"))
+CRITERIA = (("bn_scale", "global"), ("l1", "layer"), ("taylor", "global"), ("random", "global"), ("random", "layer"))
 
 
 class Digits(torch.utils.data.Dataset):
