@@ -52,7 +52,12 @@ def _trainer(model, data: ImageSet, train: TrainConfig, seed: int, quiet: bool, 
                              logging_steps=max(1, train.steps // 5), save_strategy="no", report_to="none",
                              disable_tqdm=quiet, log_level="error" if quiet else "warning", seed=seed, data_seed=seed,
                              dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
-    return Trainer(model=model, args=args, train_dataset=data)
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    if quiet:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # without progress bars the Trainer prints every log dict
+    return trainer
 
 
 def _train(model, data, train: TrainConfig, seed, quiet, work) -> dict:
