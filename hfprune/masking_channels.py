@@ -52,6 +52,9 @@ def attach_channel_gates(model: nn.Module, plan: PruningPlan | None = None, requ
         >>> handle.remove()
         ```
     """
+    from .arch import unwrap_model
+
+    model = unwrap_model(model)
     groups = groups if groups is not None else channel_groups(model)
     if plan is not None:
         plan.validate(model)

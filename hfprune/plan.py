@@ -141,8 +141,9 @@ class PruningPlan:
         Raises:
             ValueError: naming the layer and the offending index (out of range for this model).
         """
-        from .arch import get_adapter
+        from .arch import get_adapter, unwrap_model
 
+        model = unwrap_model(model)
         adapter = get_adapter(model)
         if self.channels or getattr(adapter, "has_channels", False):
             from .arch.channels import validate_channel_plan

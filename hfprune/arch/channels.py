@@ -178,6 +178,9 @@ def channel_groups(model: nn.Module) -> dict[str, ChannelGroup]:
         False
         ```
     """
+    from . import unwrap_model
+
+    model = unwrap_model(model)  # DDP / torch.compile wrappers: group names as the model itself has them
     adapter = channel_adapter(model)
     return {g.name: g.freeze(model) for g in adapter.build_groups(model)}
 
@@ -202,6 +205,9 @@ def validate_channel_plan(plan, model: nn.Module) -> None:
             group: the message names that group), a group that is not prunable (with the reason), an index out of
             range, part of a grouped convolution's group, or every channel of a group.
     """
+    from . import unwrap_model
+
+    model = unwrap_model(model)
     adapter = channel_adapter(model)
     kinds = [k for k in ("heads", "neurons", "layers") if getattr(plan, k)]
     if kinds:

@@ -85,8 +85,10 @@ def channel_importance(model: nn.Module, dataloader: Iterable | None = None, *, 
         12
         ```
     """
+    from ..arch import unwrap_model
     from ..criteria import check_call, get_criterion
 
+    model = unwrap_model(model)
     found = get_criterion(criterion, "channels", caller="channel_importance")
     check_call(found, caller="channel_importance", dataloader=dataloader, seed=seed, options=options)
     picked = _pick(channel_groups(model), groups)

@@ -83,8 +83,11 @@ def prune_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
         ...                                                     [0, 3]}))
         ```
     """
-    plan.validate(model)  # before any change: a bad plan leaves the model untouched
+    from ..arch import unwrap_model
     from ..masking_channels import gated_groups
+
+    model = unwrap_model(model)
+    plan.validate(model)  # before any change: a bad plan leaves the model untouched
 
     gated = gated_groups(model)
     if gated:
