@@ -184,3 +184,17 @@ def test_recalibrate_batchnorm_refreshes_only_the_running_statistics():
     with pytest.raises(ValueError, match="yielded no batch"):
         hfprune.recalibrate_batchnorm(model, [])
     assert torch.allclose(stem.normalization.running_mean, h.mean((0, 2, 3)), atol=1e-4)  # restored on error
+
+
+def test_pruning_callback_channel_options_are_checked_when_built():
+    with pytest.raises(ValueError, match="channel_criterion must be one of"):
+        hfprune.PruningCallback(channels_ratio=0.5, channel_criterion="michel")
+    with pytest.raises(ValueError, match="channel_criterion='random' needs a seed"):
+        hfprune.PruningCallback(channels_ratio=0.5, channel_criterion="random")
+    with pytest.raises(ValueError, match="channel_groups must be one of"):
+        hfprune.PruningCallback(channels_ratio=0.5, channel_groups="stem")
+    with pytest.raises(ValueError, match="channels_ratio must be a number in"):
+        hfprune.PruningCallback(channels_ratio=2.0)
+    from hfprune.callbacks import NetworkSlimmingCallback as exported
+
+    assert exported is NetworkSlimmingCallback

@@ -116,6 +116,10 @@ class PruningCallback(TrainerCallback):
     prunes at once and re-points the optimizer to the smaller tensors (their Adam moments restart; one process
     only, since DDP / FSDP hold the old parameters).
 
+    CNNs: `channels_ratio` removes that fraction of the channels of `channel_groups` ("all", "inner", "coupled"),
+    scored by `channel_criterion` (`bn_scale` after `NetworkSlimmingCallback`, `l1`, `magnitude`, `taylor`,
+    `random`) and selected with `scope` / `round_to` / `min_per_layer` (per channel group).
+
     Args:
         dataset (`Dataset`, `DataLoader` or list of batch dicts, *optional*): scoring data; defaults to the trainer's
             eval dataset (see `hfprune.callbacks.base`).
