@@ -118,3 +118,19 @@ def test_info_on_a_pruned_cnn(tmp_path, capsys):
     assert {"group": name, "before": 8, "after": 5} in info["channels"]
     assert main(["info", str(tmp_path / "cnn")]) == 0
     assert "removed (step 1): 3 channels in 1 groups" in capsys.readouterr().out
+
+
+def test_eval_a_pruned_cnn(resnet_dir, digits_npz, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(resnet_dir), "--task", "image-classification", "--train-file",
+                 str(digits_npz[0]), "--validation-file", str(digits_npz[1]), "--channels", "0.5",
+                 "--output", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--task", "image-classification", "--validation-file",
+                 str(digits_npz[1]), "--json", "--quiet"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]["validation"]
+    assert metrics["num_examples"] == 100
+    saved = json.loads((out / "results.json").read_text())["pruned"]["metric"]
+    assert metrics["accuracy"] == pytest.approx(saved)  # same images, same model: the same accuracy
+    assert main(["eval", "--model", str(out), "--task", "image-classification"]) == 2
+    assert "needs exactly one of --data-dir" in capsys.readouterr().err

@@ -102,6 +102,37 @@ def _subset(data: ImageSet, n: int | None, seed: int | None) -> ImageSet:
     return ImageSet(data.pixels[index], data.labels[index])
 
 
+def load_image_eval(*, data_dir=None, dataset=None, validation_file=None, num_channels: int = 3,
+                    image_size: int | None = None, max_eval_samples: int | None = None) -> ImageSet:
+    """Only the evaluation set (`hfprune eval`): a .npz file, or the validation / test split of an imagefolder or a
+    `datasets` image dataset.
+
+    Raises:
+        ValueError: not exactly one source given, or the source has no evaluation split (named).
+    """
+    given = [n for n, v in (("data_dir", data_dir), ("dataset", dataset), ("validation_file", validation_file)) if v]
+    if len(given) != 1:
+        raise ValueError(f"image-classification evaluation needs exactly one of --data-dir (imagefolder), --dataset "
+                         f"or --validation-file (.npz), got {given or 'none'}")
+    if validation_file:
+        data = _from_npz(validation_file, num_channels, image_size)
+    else:
+        import datasets
+
+        source = data_dir or dataset
+        if data_dir:
+            if not Path(data_dir).is_dir():
+                raise FileNotFoundError(f"imagefolder {data_dir} is not a folder")
+            loaded = datasets.load_dataset("imagefolder", data_dir=data_dir)
+        else:
+            loaded = datasets.load_from_disk(dataset) if Path(dataset).is_dir() else datasets.load_dataset(dataset)
+        name = next((s for s in _EVAL_SPLITS if s in loaded), None)
+        if name is None:
+            raise ValueError(f"{source}: no evaluation split ({'/'.join(_EVAL_SPLITS)}); found {list(loaded)}")
+        data = _from_split(loaded[name], num_channels, image_size, source)
+    return _subset(data, max_eval_samples, None)
+
+
 def load_image_data(data_cfg, num_channels: int, image_size: int | None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """The (train, evaluation) sets of an image-classification recipe (`DataConfig` with task image-classification).
 
