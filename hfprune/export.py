@@ -25,13 +25,25 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     """Save `model` (and `tokenizer`) to `output_dir` atomically: written to a temporary folder, then moved.
 
     Plain `model.save_pretrained(output_dir)` works too; this adds the all-or-nothing write, so an interrupted save
-    never leaves a half-written folder behind, and refuses non-safetensors serialisation.
+    never leaves a half-written folder behind, refuses non-safetensors serialisation, and writes a plain config
+    wherever a stock class can run the pruned shapes: a uniformly pruned Llama whose head count `LlamaConfig`
+    refuses (`hidden_size % num_attention_heads != 0`) is written under the Mistral classes, which run the same
+    computation (see `hfprune.serving.plain`). The log and the model card (README.md) say which class the folder
+    loads as with plain `from_pretrained`, and why; `load_pruned` returns the class the model was pruned as.
     """
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
     output_dir = Path(output_dir)
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp, **save_kwargs)
+        # --- hook for hfprune.serving (plain configs): a stand-in family's config where the model's own refuses its
+        # uniform shapes (Llama -> Mistral), a log line and a model card saying which class the folder loads as.
+        from .serving.plain import model_card, write_plain_config
+
+        loads = write_plain_config(model, tmp, label=output_dir)
+        if not (tmp / "README.md").exists():
+            (tmp / "README.md").write_text(model_card(model, loads))
+        # --- end of hook
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return output_dir
@@ -235,6 +247,12 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
 
     attn_implementation = kwargs.pop("attn_implementation", None)
     config = AutoConfig.from_pretrained(folder, **kwargs)
+    # --- hook for hfprune.serving (plain configs): a folder save_pruned wrote under a stand-in family's classes
+    # (Llama as Mistral) comes back as the class it was pruned as.
+    from .serving.plain import original_config
+
+    config = original_config(config, overrides=kwargs)
+    # --- end of hook
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     if dtype is None or dtype == "auto":
