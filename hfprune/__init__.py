@@ -39,6 +39,7 @@ _LAZY = {
     "quantize_dynamic_int8": "hfprune.sparsity",
     "add_remote_code": "hfprune.export_remote",
     "push_folder_to_hub": "hfprune.export_remote",
+    "export_compressed_tensors": "hfprune.serving.compressed_tensors",
 }
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ += list(_LAZY)
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
 _SUBMODULES = ("callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote", "report",
-               "selection", "sparsity")
+               "selection", "serving", "sparsity")
 
 
 def __getattr__(name: str):

@@ -240,6 +240,11 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     if (folder / "hfprune_sparse.json").is_file():
         import hfprune.sparsity  # noqa: F401
     # --- end of hook
+    # --- hook for hfprune.serving: a compressed-tensors folder (export_compressed_tensors) enables its loader.
+    from .serving.compressed_tensors import register_loader_for
+
+    register_loader_for(folder)
+    # --- end of hook
     for loader in FOLDER_LOADERS:
         model = loader(folder, dtype=None if dtype == "auto" else dtype, **kwargs)
         if model is not None:

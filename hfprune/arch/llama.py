@@ -29,7 +29,7 @@ class LlamaAdapter(ArchAdapter):
                         "LlamaForSequenceClassification": "MistralForSequenceClassification",
                         "LlamaForTokenClassification": "MistralForTokenClassification"}
 
-    def plain_stand_in(self, config) -> tuple[dict | None, str]:
+    def plain_stand_in(self, config, architectures: list[str]) -> tuple[dict | None, str]:
         """Llama as Mistral: transformers v5's `LlamaConfig` refuses `hidden_size % num_attention_heads != 0` although
         `LlamaAttention` uses the explicit `head_dim`; `MistralConfig` accepts it. The Mistral modeling code is the
         Llama code (RMSNorm, rotary embedding with every rope type, gated MLP, GQA attention) minus the biases, plus a
@@ -40,7 +40,7 @@ class LlamaAdapter(ArchAdapter):
         blockers = [f"{key}=True (Mistral has no {what} bias)" for key, what in (("attention_bias", "attention"),
                                                                                 ("mlp_bias", "MLP"))
                     if getattr(config, key, False)]
-        archs = list(getattr(config, "architectures", None) or ["LlamaForCausalLM"])
+        archs = list(architectures)
         missing = [a for a in archs if a not in self._MISTRAL_CLASSES]
         if missing:
             blockers.append(f"no Mistral class with the same weight names for {missing}")
@@ -48,7 +48,7 @@ class LlamaAdapter(ArchAdapter):
             return None, "the Mistral classes cannot stand in: " + "; ".join(blockers)
         changes = {"model_type": "mistral", "architectures": [self._MISTRAL_CLASSES[a] for a in archs],
                    "drop": ("attention_bias", "mlp_bias", "pretraining_tp"), "set": {"sliding_window": None}}
-        reason = ("transformers v5's LlamaConfig rejects hidden_size % num_attention_heads != 0; the Mistral classes run "
-                  "the same computation (no attention/MLP bias, sliding_window=None) and their config accepts these "
-                  "head counts")
+        reason = ("transformers v5's LlamaConfig rejects hidden_size % num_attention_heads != 0; the Mistral classes "
+                  "run the same computation (no attention/MLP bias, sliding_window=None) and their config accepts "
+                  "these head counts")
         return changes, reason

@@ -64,7 +64,7 @@ def plain_config(model):
         changed) carrying the hfprune record and, under `saved_as`, the original config.
     """
     config = model.config
-    pruned_as = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    pruned_as = type(model).__name__
     record = get_record(config)
     if record is None:
         return config, LoadsAs(pruned_as, True, "not pruned by hfprune", pruned_as)
@@ -74,7 +74,7 @@ def plain_config(model):
     if spec is None:
         return config, LoadsAs(pruned_as, False, why, pruned_as)
     adapter = get_adapter(config)
-    changes, reason = adapter.plain_stand_in(config)
+    changes, reason = adapter.plain_stand_in(config, [pruned_as])
     if changes is None:
         return config, LoadsAs(pruned_as, False, f"its config cannot state the structure, and {reason}", pruned_as)
     stand_in = _stand_in_config(model, record, spec, changes)
@@ -89,6 +89,7 @@ def _stand_in_config(model, record: dict, spec: dict, changes: dict):
 
     config, adapter = model.config, get_adapter(model)
     original = {k: v for k, v in config.to_dict().items() if k not in (RECORD_KEY, "transformers_version")}
+    original["architectures"] = [type(model).__name__]  # unset on the config until a first save_pretrained
     values = {k: v for k, v in original.items() if k not in ("model_type", "architectures", *changes["drop"])}
     values.update(changes["set"])
     values.update({adapter.config_heads_key: spec["heads"], adapter.config_kv_heads_key: spec["kv_heads"],
