@@ -34,7 +34,7 @@ FORMAT = "pack-quantized"
 _INSTALL = "pip install 'hfprune[serve]'  (or: pip install 'compressed-tensors>=0.20')"
 
 
-def _require_compressed_tensors():
+def require_compressed_tensors():
     try:
         import compressed_tensors  # noqa: F401
     except ImportError:
@@ -124,7 +124,7 @@ def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, b
         ```
     """
     targets = _check(model, bits, group_size, ignore)
-    _require_compressed_tensors()
+    require_compressed_tensors()
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
 
@@ -181,7 +181,7 @@ def _compress(weight: torch.Tensor, scheme) -> dict[str, torch.Tensor]:
 
 def fake_quantize(weight: torch.Tensor, bits: int = 8, group_size: int | None = None) -> torch.Tensor:
     """The float weight that the exported integers and scales stand for (what a loader dequantizes to)."""
-    _require_compressed_tensors()
+    require_compressed_tensors()
     from compressed_tensors.compressors import BaseCompressor
 
     scheme = _scheme(bits, group_size)
@@ -221,7 +221,7 @@ def load_compressed_tensors(folder: str | os.PathLike, dtype=None, **config_kwar
     folder = Path(folder)
     if not is_compressed_tensors_folder(folder):
         return None
-    _require_compressed_tensors()
+    require_compressed_tensors()
     from compressed_tensors.quantization import QuantizationConfig
     from transformers import AutoConfig
     from transformers.initialization import no_init_weights

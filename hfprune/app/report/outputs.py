@@ -67,6 +67,12 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
         diff = _reload_diff(tmp, model, run["latency_batch"])
         # The generated modeling file lets plain transformers load the folder (trust_remote_code=True).
         add_remote_code(tmp)
+        out = run["recipe"].output
+        if out.export == "compressed-tensors":  # int8/int4 weights a serving engine reads (vLLM, transformers)
+            from ...serving.compressed_tensors import export_compressed_tensors
+
+            export_compressed_tensors(model, tmp / "compressed-tensors", bits=out.bits, group_size=out.group_size,
+                                      tokenizer=tokenizer)
         results = build_results(run, get_record(model.config), diff)
         plots = write_plots(results, tmp) if run["recipe"].output.plots else []
         results["files"] = sorted([*os.listdir(tmp), "results.json", "report.md", "README.md"])
