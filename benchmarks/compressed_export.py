@@ -8,8 +8,9 @@ magnitude. Two head layouts:
   - "per-group": one query head out of each of the 3 KV groups (6 heads, 3 KV heads, groups of 2);
   - "whole-group": the weakest whole KV group (6 heads, 2 KV heads, groups of 3).
 Both are uniform, so the pruned config is plain Llama. Each folder (float32 `save_pruned`, int8 per channel, int4 in
-groups of 128) is loaded with `AutoModelForCausalLM.from_pretrained` in a subprocess where hfprune cannot be imported,
-and its token-weighted perplexity is measured on the first MRPC dev sentences.
+groups of 64; 128 does not divide the hidden size 576, and export_compressed_tensors refuses it) is loaded with
+`AutoModelForCausalLM.from_pretrained` in a subprocess where hfprune cannot be imported, and its token-weighted
+perplexity is measured on the first MRPC dev sentences.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/compressed_export.py [--tokens 3000]
 """
@@ -149,9 +150,9 @@ def main() -> None:
         folders[f"{layout} float32"] = hfprune.save_pruned(model, work / f"{layout}-fp32", tokenizer=tokenizer)
         folders[f"{layout} int8"] = hfprune.export_compressed_tensors(model, work / f"{layout}-int8", bits=8,
                                                                       tokenizer=tokenizer)
-        folders[f"{layout} int4 g128"] = hfprune.export_compressed_tensors(model, work / f"{layout}-int4",
-                                                                           bits=4, group_size=128,
-                                                                           tokenizer=tokenizer)
+        # group_size=128 does not divide SmolLM2's hidden size (576 = 4.5 x 128): refused, so groups of 64.
+        folders[f"{layout} int4 g64"] = hfprune.export_compressed_tensors(model, work / f"{layout}-int4", bits=4,
+                                                                          group_size=64, tokenizer=tokenizer)
         del model
     proc = subprocess.run([sys.executable, "-c", _EVAL, json.dumps({k: str(v) for k, v in folders.items()}),
                            str(work / "batches.pt")], capture_output=True, text=True, cwd=work)
@@ -171,7 +172,7 @@ def main() -> None:
     for layout in ("per-group", "whole-group"):
         ref = results[f"{layout} float32"]
         ref_bytes = safetensors_bytes(Path(folders[f"{layout} float32"]))
-        for kind in ("float32", "int8", "int4 g128"):
+        for kind in ("float32", "int8", "int4 g64"):
             r = results[f"{layout} {kind}"]
             size = safetensors_bytes(Path(folders[f"{layout} {kind}"]))
             print(f"| {layout} ({shapes[layout]}) | {kind} | {r['class']} | {r['ppl']:.2f} | "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -84,11 +85,14 @@ def _check(model: nn.Module, bits, group_size, ignore) -> dict[str, nn.Linear]:
                          f"{type(model).__name__} (weight modules there: {kinds}; compressed-tensors quantizes "
                          "nn.Linear only, and `ignore` may have excluded the rest)")
     if group_size is not None:
+        common = math.gcd(*(m.in_features for m in targets.values()))
         for name, module in targets.items():
             if module.in_features % group_size:
+                # compressed-tensors itself warns and vLLM's kernels refuse ragged groups, so this is an error.
                 raise ValueError(f"export_compressed_tensors: group_size={group_size} does not divide the input "
-                                 f"width {module.in_features} of {name}; use a divisor of every input width or "
-                                 "group_size=None")
+                                 f"width {module.in_features} of {name}; every input width here is a multiple of "
+                                 f"{common}, so use a divisor of {common}, group_size=None (per channel), or add the "
+                                 "layer to ignore")
     return targets
 
 
