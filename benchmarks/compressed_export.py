@@ -134,11 +134,19 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=3000, help="evaluation tokens (MRPC dev sentences)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    import hfprune
 
     base, tokenizer = smollm2()
     batches = mrpc_batches(tokenizer, args.tokens)
     work = Path(tempfile.mkdtemp(prefix="ct-bench-"))
+    try:
+        run(work, base, tokenizer, batches)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, base, tokenizer, batches) -> None:
+    import hfprune
+
     torch.save(batches, work / "batches.pt")
     folders = {"unpruned float32": hfprune.save_pruned(base, work / "dense", tokenizer=tokenizer)}
     shapes = {}
@@ -180,7 +188,6 @@ def main() -> None:
     dense = results["unpruned float32"]
     print(f"| unpruned (9 heads / 3 KV / FFN 1536) | float32 | {dense['class']} | {dense['ppl']:.2f} | | "
           f"{safetensors_bytes(Path(folders['unpruned float32'])) / 1e6:.1f} | |")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
