@@ -5,9 +5,9 @@ head_dim 64), random weights, timed with transformers' own LlamaModel.
 - KV heads for 6 kept query heads of 9 (3 KV groups of 3): removing a whole group (2 KV heads), one head per group
   (3 KV heads), or an uneven removal that forces hfprune to repeat KV heads (6 KV heads, groups of 1).
 
-Median forward time of `--repeats` runs of `--layers` blocks, one thread.
+Median forward time of `--repeats` rounds of `--layers` blocks, one thread; the variants take turns in every round.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/hardware_rounding.py [--repeats 7]
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/hardware_rounding.py [--repeats 9]
 """
 
 from __future__ import annotations
@@ -39,38 +39,42 @@ def block_model(heads: int, kv: int, ffn: int, layers: int):
     return transformers.LlamaModel(config).eval()
 
 
-def forward_ms(model, batch: int, tokens: int, repeats: int) -> float:
+def interleaved_ms(models: list, batch: int, tokens: int, repeats: int) -> list[float]:
+    """Median ms per model; the models take turns inside every repeat, so load changes on a shared machine hit all
+    of them alike."""
     x = torch.randn(batch, tokens, 576, generator=torch.Generator().manual_seed(0))
-    times = []
+    times = [[] for _ in models]
     with torch.inference_mode():
-        cache = None
+        caches = [None] * len(models)
         if tokens == 1:
-            cache = model(inputs_embeds=torch.randn(batch, 256, 576), use_cache=True).past_key_values
-        for i in range(repeats + 1):
-            if cache is not None and cache.get_seq_length() > 256:
-                cache.crop(256 - cache.get_seq_length())  # the same 256-token cache for every decode step
-            start = time.perf_counter()
-            model(inputs_embeds=x, past_key_values=cache, use_cache=cache is not None)
-            if i:
-                times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+            ctx = torch.randn(batch, 256, 576)
+            caches = [m(inputs_embeds=ctx, use_cache=True).past_key_values for m in models]
+        for r in range(repeats + 1):
+            for i, model in enumerate(models):
+                cache = caches[i]
+                if cache is not None and cache.get_seq_length() > 256:
+                    cache.crop(256 - cache.get_seq_length())  # the same 256-token cache for every decode step
+                start = time.perf_counter()
+                model(inputs_embeds=x, past_key_values=cache, use_cache=cache is not None)
+                if r:  # the first round warms up
+                    times[i].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rows = []
-    for name, heads, kv, ffn in VARIANTS:
-        model = block_model(heads, kv, ffn, args.layers)
-        rows.append((name, [forward_ms(model, b, t, args.repeats) for b, t, _ in SHAPES]))
+    models = [block_model(heads, kv, ffn, args.layers) for _, heads, kv, ffn in VARIANTS]
+    columns = [interleaved_ms(models, b, t, args.repeats) for b, t, _ in SHAPES]
+    rows = [(name, [col[i] for col in columns]) for i, (name, *_) in enumerate(VARIANTS)]
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.machine()} {os.cpu_count()} cores (shared), torch {torch.__version__}, "
           f"transformers {transformers.__version__}, threads {torch.get_num_threads()}; date {datetime.date.today()}")
-    print(f"{args.layers} SmolLM2-shaped blocks (hidden 576, head_dim 64), sdpa attention; median ms, "
-          "and relative to the first row of its group")
+    print(f"{args.layers} SmolLM2-shaped blocks (hidden 576, head_dim 64), sdpa attention; median ms of "
+          f"{args.repeats} interleaved rounds, and relative to the first row of its group")
     print()
     print("| structure | " + " | ".join(label for _, _, label in SHAPES) + " |")
     print("|---|" + "---|" * len(SHAPES))
