@@ -3,7 +3,8 @@
 int8 paths: `hfprune.quantize_dynamic_int8` (torch.ao's fbgemm dynamic quantization, deprecated in favour of torchao)
 and, if the `torchao` package is importable, torchao's `Int8DynamicActivationInt8WeightConfig` (the maintained API)
 in eager mode. Pruning: 6 of 9 heads (one per KV group) and FFN 1152 in every layer, by weight magnitude (as
-benchmarks/compressed_export.py). Median forward time of `--repeats` runs per shape, one thread.
+benchmarks/compressed_export.py, without calibration: only the shapes matter here). Median forward time of
+`--repeats` rounds per shape, the variants taking turns in every round, one thread.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/int8_latency.py [--repeats 5]
 """
@@ -29,21 +30,23 @@ from compressed_export import magnitude_plan, smollm2  # noqa: E402
 SHAPES = [(1, 1, "decode step (1 x 1, 64 cached)"), (1, 128, "prefill 1 x 128"), (8, 128, "prefill 8 x 128")]
 
 
-def forward_ms(model, batch: int, tokens: int, repeats: int) -> float:
+def interleaved_ms(models: list, batch: int, tokens: int, repeats: int) -> list[float]:
+    """Median forward ms per model; the models take turns in every round (a shared machine's load hits all alike)."""
     ids = torch.randint(10, 1000, (batch, tokens), generator=torch.Generator().manual_seed(0))
-    cache = None
-    if tokens == 1:  # a decode step against a 64-token cache
-        with torch.inference_mode():
-            cache = model(torch.randint(10, 1000, (batch, 64)), use_cache=True).past_key_values
-    times = []
+    caches = [None] * len(models)
     with torch.inference_mode():
-        for i in range(repeats + 1):
-            past = copy.deepcopy(cache) if cache is not None else None
-            start = time.perf_counter()
-            model(ids, past_key_values=past, use_cache=past is not None)
-            if i:  # the first run warms up
-                times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        if tokens == 1:  # a decode step against a 64-token cache
+            context = torch.randint(10, 1000, (batch, 64))
+            caches = [m(context, use_cache=True).past_key_values for m in models]
+        times = [[] for _ in models]
+        for r in range(repeats + 1):
+            for i, model in enumerate(models):
+                past = copy.deepcopy(caches[i]) if caches[i] is not None else None
+                start = time.perf_counter()
+                model(ids, past_key_values=past, use_cache=past is not None)
+                if r:  # the first round warms up
+                    times[i].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def torchao_int8(model):
@@ -72,7 +75,8 @@ def main() -> None:
     ao = torchao_int8(pruned)
     if ao is not None:
         variants["pruned + int8 (torchao Int8DynamicActivationInt8Weight, eager)"] = ao
-    rows = {name: [forward_ms(m, b, t, args.repeats) for b, t, _ in SHAPES] for name, m in variants.items()}
+    columns = [interleaved_ms(list(variants.values()), b, t, args.repeats) for b, t, _ in SHAPES]
+    rows = {name: [col[i] for col in columns] for i, name in enumerate(variants)}
 
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {platform.machine()} {os.cpu_count()} cores (shared), torch {torch.__version__}, threads "
