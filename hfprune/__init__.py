@@ -10,7 +10,7 @@ import importlib
 
 from . import _compat
 from .arch import get_adapter, supported_model_types
-from .export import load_pruned, save_pruned
+from .io import load_pruned, save_pruned
 from .masking import Gates, attach_gates, mask, masked
 from .plan import PruningPlan
 from .structure import model_structure
@@ -40,8 +40,8 @@ _LAZY = {
     "GradualPruningCallback": "hfprune.sparsity",
     "save_compressed": "hfprune.sparsity",
     "quantize_dynamic_int8": "hfprune.sparsity",
-    "add_remote_code": "hfprune.export_remote",
-    "push_folder_to_hub": "hfprune.export_remote",
+    "add_remote_code": "hfprune.remote",
+    "push_folder_to_hub": "hfprune.remote",
     "export_compressed_tensors": "hfprune.serving.compressed_tensors",
 }
 
@@ -63,8 +63,8 @@ __all__ += list(_LAZY)
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
 # of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
-_SUBMODULES = ("app", "callbacks", "criteria", "export_remote", "flops", "importance", "remote", "selection", "serving",
-               "sparsity", *_compat.MOVED)
+_SUBMODULES = ("app", "callbacks", "criteria", "export", "export_remote", "flops", "importance", "io", "remote",
+               "selection", "serving", "sparsity", *_compat.MOVED)
 
 
 def __getattr__(name: str):

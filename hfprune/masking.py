@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .arch import get_adapter
+from .arch import get_adapter, unwrap_model
 from .plan import PruningPlan
 
 
@@ -98,6 +98,9 @@ def attach_gates(model: nn.Module, heads: bool = False, neurons: bool = False, l
     Returns:
         `Gates`: the handle; call `.remove()` to detach.
     """
+    # A DDP / accelerate / compiled wrapper: the hooks go on the inner model's modules, so they also act when the
+    # wrapper runs the forward (mask, then train on with DDP).
+    model = unwrap_model(model)
     adapter = get_adapter(model)
     if plan is not None:
         plan.validate(model)

@@ -16,8 +16,9 @@ RECORD_FORMAT = 1
 
 def model_structure(model: nn.Module) -> dict:
     """Per-layer head, KV-head and FFN counts of `model` as it is now."""
-    from .arch import get_adapter
+    from .arch import get_adapter, unwrap_model
 
+    model = unwrap_model(model)
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     return {

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import TrainerCallback
 
+from ..arch import unwrap_model
 from ..criteria import criterion_names, get_criterion
 from ..importance import head_importance, layer_importance, neuron_importance
 from ..importance.common import check_ratio, is_distributed
@@ -135,7 +136,8 @@ class PruningCallback(TrainerCallback):
         return self
 
     def _select(self, args, state, kwargs) -> None:
-        c, model = self.config, kwargs["model"]
+        # The model inside a DDP / accelerate wrapper (a custom loop may hand the wrapper to the callbacks).
+        c, model = self.config, unwrap_model(kwargs["model"])
         needs_data = any(found is not None and found.needs_data for found in map(c.criterion_for, c._CRITERIA))
         data = dataloader_for("PruningCallback", self.dataset, self.trainer, kwargs, args) if needs_data else None
         limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
@@ -187,7 +189,7 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # Explicit layer indices are checked against the model before training, not at the scoring step.
         if self.plan is None and isinstance(self.config.layers, list) and model is not None:
-            PruningPlan(layers=self.config.layers).validate(model)
+            PruningPlan(layers=self.config.layers).validate(unwrap_model(model))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.plan is None and self.config.at_step is not None and state.global_step >= self.config.at_step:
@@ -205,7 +207,7 @@ class PruningCallback(TrainerCallback):
             self._select(args, state, kwargs)
         if self.config.prune_at_end and not self.pruned:
             self.remove_mask()
-            prune(kwargs["model"], self.plan)
+            prune(unwrap_model(kwargs["model"]), self.plan)
             self.pruned = True
             self._write(args, state)
 

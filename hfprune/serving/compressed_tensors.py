@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..export import FOLDER_LOADERS, atomic_dir
+from ..io.atomic import atomic_dir
 from .plain import model_card, plain_config
 
 logger = logging.getLogger("hfprune")
@@ -214,55 +214,38 @@ def is_compressed_tensors_folder(folder: Path) -> bool:
     return quant.get("quant_method") == "compressed-tensors"
 
 
-def load_compressed_tensors(folder: str | os.PathLike, dtype=None, **config_kwargs) -> nn.Module | None:
-    """Rebuild (pruned shapes from the hfprune record) and dequantize a compressed-tensors folder; `None` if `folder`
-    is not one. Registered in `hfprune.export.FOLDER_LOADERS`, so `hfprune.load_pruned(folder)` calls it.
+def load_compressed_tensors(folder: Path, source: str, dtype=None, attn_implementation=None,
+                            config_kwargs: dict | None = None) -> nn.Module:
+    """Rebuild (pruned shapes from the hfprune record) and dequantize a compressed-tensors folder. The loader of the
+    `compressed-tensors` entry of `hfprune.io.FORMATS`, so `hfprune.load_pruned(folder)` calls it.
 
     Returns:
         The model in eval mode, float weights equal to the stored integers times their scales, no quantization
         config left on it (saving it writes a plain float model).
     """
-    folder = Path(folder)
-    if not is_compressed_tensors_folder(folder):
-        return None
     require_compressed_tensors()
     from compressed_tensors.quantization import QuantizationConfig
-    from transformers import AutoConfig
-    from transformers.initialization import no_init_weights
 
-    from ..export import load_state_strict, model_class_for, read_safetensors, to_model_keys
-    from ..structure import get_record
-    from ..surgery.core import apply_structure
+    from ..io.folders import read_safetensors
+    from ..io.rebuild import build_model, load_config
     from .plain import original_config
 
-    raw = json.loads((folder / "config.json").read_text())["quantization_config"]
+    config_kwargs = dict(config_kwargs or {})
+    raw = json.loads((Path(folder) / "config.json").read_text())["quantization_config"]
     qconfig = QuantizationConfig.model_validate({k: v for k, v in raw.items() if k in QuantizationConfig.model_fields})
-    config = original_config(AutoConfig.from_pretrained(folder, **config_kwargs), overrides=config_kwargs)
+    config = original_config(load_config(folder, attn_implementation, **config_kwargs), overrides=config_kwargs)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    state = _dequantize(read_safetensors(folder), qconfig)
-    with no_init_weights():
-        model = model_class_for(config)(config)
-    record = get_record(config)
-    if record is not None:
-        apply_structure(model, record)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    load_state_strict(model, to_model_keys(model, state), str(folder))
-    if dtype is None or dtype == "auto":
-        saved = getattr(config, "dtype", None)
-        dtype = saved if saved not in (None, "auto") else None
-    if dtype is not None:
-        model = model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    return model.eval()
+    state = _dequantize(read_safetensors(Path(folder)), qconfig, source)
+    return build_model(config, state, source, dtype)
 
 
-def _dequantize(state: dict[str, torch.Tensor], qconfig) -> dict[str, torch.Tensor]:
+def _dequantize(state: dict[str, torch.Tensor], qconfig, source: str) -> dict[str, torch.Tensor]:
     from compressed_tensors.compressors import BaseCompressor
 
     groups = list(qconfig.config_groups.values())
     if len(groups) != 1 or (groups[0].format or qconfig.format) != FORMAT:
-        raise ValueError(f"load_pruned reads compressed-tensors folders with one {FORMAT!r} group (as "
+        raise ValueError(f"{source}: load_pruned reads compressed-tensors folders with one {FORMAT!r} group (as "
                          "export_compressed_tensors writes); this one has "
                          f"{[(g.format or qconfig.format) for g in groups]}. Load it with plain from_pretrained.")
     scheme = groups[0]
@@ -275,9 +258,3 @@ def _dequantize(state: dict[str, torch.Tensor], qconfig) -> dict[str, torch.Tens
             weight = compressor.decompress(local, scheme)["weight"]
             out[prefix + "weight"] = weight.to(local["weight_scale"].dtype)
     return out
-
-
-def register_loader_for(folder: Path) -> None:
-    """Called by `load_pruned` before its folder loaders run: enable this loader for compressed-tensors folders."""
-    if is_compressed_tensors_folder(folder) and load_compressed_tensors not in FOLDER_LOADERS:
-        FOLDER_LOADERS.append(load_compressed_tensors)

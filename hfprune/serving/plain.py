@@ -123,6 +123,9 @@ def original_config(config, overrides: dict | None = None):
     restored = AutoConfig.for_model(saved.pop("model_type"), **saved)
     for key, value in (overrides or {}).items():
         setattr(restored, key, value)
+    implementation = getattr(config, "_attn_implementation", None)  # chosen by the caller for the loaded config
+    if implementation is not None:
+        restored._attn_implementation = implementation
     setattr(restored, RECORD_KEY, {k: v for k, v in record.items() if k != SAVED_AS_KEY})
     return restored
 

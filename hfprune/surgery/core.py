@@ -8,7 +8,7 @@ from math import gcd
 import torch
 from torch import nn
 
-from ..arch import ArchAdapter, get_adapter
+from ..arch import ArchAdapter, get_adapter, unwrap_model
 from ..arch.base import get_submodule, set_submodule
 from ..plan import PruningPlan
 from ..structure import sync_config
@@ -123,11 +123,13 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
     For grouped-query attention a KV head is removed once every query head of its group is removed.
 
     Args:
-        model (`PreTrainedModel`): a model of a supported family.
+        model (`PreTrainedModel`): a model of a supported family; a DDP / accelerate / compiled wrapper is unwrapped
+            (the wrapper holds the old parameters afterwards: wrap the returned model again, e.g.
+            `accelerator.prepare(model)`).
         plan (`PruningPlan`): units to remove, indexed as the model is now.
 
     Returns:
-        The same `model` object, pruned.
+        The same `model` object (the model inside the wrapper, when given one), pruned.
 
     Raises:
         ValueError: the plan does not fit the model (nothing is changed then).
@@ -138,6 +140,7 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
         >>> hfprune.prune(model, hfprune.PruningPlan(heads={0: [0, 2]}, neurons={1: list(range(32))}, layers=[3]))
         ```
     """
+    model = unwrap_model(model)
     adapter = get_adapter(model)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
     n_layers = len(adapter.layers(model))
