@@ -29,6 +29,11 @@ def test_prune_with_compressed_tensors_export(tiny, tmp_path, capsys):  # noqa: 
     with torch.no_grad():
         a, b = pruned(input_ids=ids).logits, int8(input_ids=ids).logits
     assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()  # quantized, and close
+    # The run's own subfolder does not make OUT look like a foreign project folder: a rerun may replace it.
+    rc, _, stderr = _run(["prune", "--model", tiny / "base", "--task", "sst2", "--data-dir", tiny / "glue",
+                          "--ffn", 0.25, "--criterion", "magnitude", "--output", out, *FAST], capsys)
+    assert rc == 0, stderr
+    assert not (out / "compressed-tensors").exists()
 
 
 @pytest.mark.parametrize("argv,match", [(["--bits", "3"], "invalid choice: 3"),
