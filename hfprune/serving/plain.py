@@ -153,7 +153,8 @@ def model_card(model, loads: LoadsAs) -> str:
     record = get_record(model.config) or {}
     layers = record.get("layers", [])
     lines = ["---", "library_name: transformers", "tags:", "- hfprune", "- pruning", "---", "",
-             f"# {loads.pruned_as} pruned with hfprune", "", "## How this folder loads", ""]
+             f"# {loads.pruned_as} {'pruned' if layers else 'saved'} with hfprune", "", "## How this folder loads",
+             ""]
     if loads.plain and loads.stand_in:
         lines += [f"- Plain transformers (no hfprune): `from_pretrained(folder)` builds **{loads.class_name}**, "
                   f"not {loads.pruned_as}, because {loads.reason}. The logits are the same.",
