@@ -142,3 +142,23 @@ def test_missing_package_names_it_and_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"'compressed-tensors'.*hfprune\[serve\].*Nothing was written"):
         hfprune.export_compressed_tensors(make_wide("mistral"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_llama_classifier_stand_in_keeps_class_and_dtype(tmp_path):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+                                      num_key_value_heads=4, head_dim=8, intermediate_size=96, pad_token_id=0,
+                                      num_labels=3)
+    model = transformers.LlamaForSequenceClassification(config).eval()
+    hfprune.prune(model, PruningPlan(heads={0: [6, 7], 1: [6, 7]}))
+    model = model.to(torch.bfloat16)  # config.dtype still says float32 until a save_pretrained
+    hfprune.export_compressed_tensors(model, tmp_path / "q")
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "q")
+    assert (type(plain).__name__, plain.dtype) == ("MistralForSequenceClassification", torch.bfloat16)
+    reloaded = hfprune.load_pruned(tmp_path / "q")
+    assert (type(reloaded).__name__, reloaded.dtype) == ("LlamaForSequenceClassification", torch.bfloat16)
+    ids = torch.randint(1, 99, (2, 7))
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits.float(), reloaded(ids).logits.float(), atol=1e-2)

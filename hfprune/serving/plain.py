@@ -89,7 +89,11 @@ def _stand_in_config(model, record: dict, spec: dict, changes: dict):
 
     config, adapter = model.config, get_adapter(model)
     original = {k: v for k, v in config.to_dict().items() if k not in (RECORD_KEY, "transformers_version")}
-    original["architectures"] = [type(model).__name__]  # unset on the config until a first save_pretrained
+    # Both are set on the config only by save_pretrained, and this may run before it (export_compressed_tensors).
+    original["architectures"] = [type(model).__name__]
+    dtype = getattr(model, "dtype", None)
+    if dtype is not None:
+        original["dtype"] = str(dtype).removeprefix("torch.")
     values = {k: v for k, v in original.items() if k not in ("model_type", "architectures", *changes["drop"])}
     values.update(changes["set"])
     values.update({adapter.config_heads_key: spec["heads"], adapter.config_kv_heads_key: spec["kv_heads"],
