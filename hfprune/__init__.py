@@ -50,6 +50,7 @@ _LAZY = {
     "select_channels": "hfprune.selection_channels",
     "NetworkSlimmingCallback": "hfprune.callbacks.slimming",
     "recalibrate_batchnorm": "hfprune.bn_calibration",
+    "export_compressed_tensors": "hfprune.serving.compressed_tensors",
 }
 
 __all__ = [
@@ -71,7 +72,7 @@ __all__ += list(_LAZY)
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
 # of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
 _SUBMODULES = ("app", "callbacks", "criteria", "export", "export_remote", "flops", "importance", "io", "remote",
-               "selection", "sparsity", *_compat.MOVED)
+               "selection", "serving", "sparsity", *_compat.MOVED)
 
 
 def __getattr__(name: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ...criteria import criterion_names
-from ..recipes.config import CHANNEL_GROUPS, SCOPES
+from ..recipes.config import CHANNEL_GROUPS, EXPORTS, SCOPES
 from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
 
 EXAMPLE = """example:
@@ -48,6 +48,9 @@ def add_parser(sub) -> None:
     add_flag(p, "--max-length", "model.max_length", type=int, metavar="N")
     add_flag(p, "--output", "output.dir", required=True, metavar="OUT")
     add_flag(p, "--push-to-hub", "output.push_to_hub", metavar="REPO")
+    add_flag(p, "--export", "output.export", choices=[e for e in EXPORTS if e])
+    add_flag(p, "--bits", "output.bits", type=int, choices=(8, 4))
+    add_flag(p, "--group-size", "output.group_size", type=int, metavar="N")
     p.add_argument("--seed", type=int, default=None, help="seed of the data subset, new head and training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe field, e.g. --set recover.learning_rate=1e-4 (repeatable)")

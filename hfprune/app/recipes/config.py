@@ -180,6 +180,9 @@ class EvalConfig:
         _check(1 <= self.latency_repeats <= 1000, f"latency_repeats must be in [1, 1000], got {self.latency_repeats}")
 
 
+EXPORTS = (None, "compressed-tensors")  # serving formats written beside the pruned model
+
+
 @dataclass
 class OutputConfig:
     """Where the results go."""
@@ -188,9 +191,20 @@ class OutputConfig:
     push_to_hub: str | None = _f(None, "also upload the output folder to this Hub repo (token from HF_TOKEN)")
     private: bool = _f(False, "create the Hub repo as private")
     plots: bool = _f(True, "write the PNG plots")
+    export: str | None = _f(None, "also write the model in a serving format: 'compressed-tensors' (int8/int4 "
+                                  "weights in the subfolder compressed-tensors/, needs pip install 'hfprune[serve]')")
+    bits: int = _f(8, "weight bits of the compressed-tensors export: 8 or 4")
+    group_size: int | None = _f(None, "compressed-tensors export: one scale per this many input columns (e.g. 128); "
+                                      "none: one per output channel")
 
     def __post_init__(self):
         _check(bool(str(self.dir).strip()), "dir is required (the output folder)")
+        _check(self.export in EXPORTS, f"export must be one of {[e for e in EXPORTS if e]} (or unset), "
+                                       f"got {self.export!r}")
+        _check(not isinstance(self.bits, bool) and self.bits in (4, 8), f"bits must be 8 or 4, got {self.bits!r}")
+        _check(self.group_size is None or (isinstance(self.group_size, int) and not isinstance(self.group_size, bool)
+                                           and self.group_size > 0),
+               f"group_size must be a positive integer or unset, got {self.group_size!r}")
         _check(self.push_to_hub is None or "/" in str(self.push_to_hub),
                f"push_to_hub must be a repo id like 'user/name', got {self.push_to_hub!r}")
 

@@ -127,6 +127,10 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
     task = get_task(recipe.data.task)
     out_dir = Path(recipe.output.dir)
     check_output_dir(out_dir)
+    if recipe.output.export == "compressed-tensors":  # fail before training, not after, when the package is missing
+        from ...serving.compressed_tensors import require_compressed_tensors
+
+        require_compressed_tensors()
     with quiet_libraries(quiet), tempfile.TemporaryDirectory(prefix="hfprune-run-") as work:
         set_seed(recipe.seed)
         with log.stage("load") as note:
