@@ -68,6 +68,10 @@ def plain_config(model):
     record = get_record(config)
     if record is None:
         return config, LoadsAs(pruned_as, True, "not pruned by hfprune", pruned_as)
+    if record.get("unit") == "channels":  # a CNN: channel surgery already decided whether its own keys say it
+        if record.get("plain_config"):
+            return config, LoadsAs(pruned_as, True, "the config's own keys state the pruned channel widths", pruned_as)
+        return config, LoadsAs(pruned_as, False, "the stock config cannot state per-group channel widths", pruned_as)
     if config_builds_record(config, record):
         return config, LoadsAs(pruned_as, True, "the config's own keys state the pruned structure", pruned_as)
     spec, why = uniform_spec(record)
