@@ -150,3 +150,8 @@ def test_an_output_folder_not_written_by_hfprune_is_refused_before_work(tiny_lm,
     rc, _, err = _run(_base(tiny_lm, out) + ["--layers", "1"], capsys)
     assert rc == 2 and "not written by hfprune" in err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_image_and_export_flags_are_refused_for_causal_lm(tiny_lm, tmp_path, capsys):
+    rc, _, err = _run(_base(tiny_lm, tmp_path / "out") + ["--layers", "1", "--channels", "0.5"], capsys)
+    assert rc == 2 and "--channels do not apply to --task causal-lm" in err

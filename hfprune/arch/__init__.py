@@ -56,6 +56,6 @@ def get_adapter(model_or_config) -> ArchAdapter:
 
 
 # Importing the family modules registers them (each imports `register` from .registry, not from this package).
-from . import bert, distilbert, gpt2, llama, vit  # noqa: E402, F401
+from . import bert, convnext, distilbert, efficientnet, gpt2, llama, mobilenet_v2, regnet, resnet, vit  # noqa: E402, F401  # noqa: E402, F401  (CNNs: channel groups)
 
 __all__ = ["ArchAdapter", "ProjSegment", "get_adapter", "register", "supported_model_types", "unwrap_model"]

@@ -142,6 +142,10 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """
     model = unwrap_model(model)
     adapter = get_adapter(model)
+    if plan.channels or getattr(adapter, "has_channels", False):  # CNN channel groups
+        from .channels import prune_channels
+
+        return prune_channels(model, plan)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
     n_layers = len(adapter.layers(model))
     if plan.layers and len(plan.layers) >= n_layers:  # masking them all is a fine "what if"; removing them is not
@@ -194,6 +198,10 @@ def _refuse_attached_gates(model: nn.Module, adapter: ArchAdapter, plan: Pruning
 
 def apply_structure(model: nn.Module, record: dict) -> None:
     """Give a freshly built model the per-layer shapes in `record` (weights are loaded afterwards)."""
+    if "channels" in record:  # a CNN's channel-group record (hfprune.surgery.channels)
+        from .channels import apply_channel_structure
+
+        return apply_channel_structure(model, record)
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     specs = record["layers"]

@@ -17,10 +17,19 @@ _GLUE_ONLY = {"data__data_dir": "--data-dir", "data__train_file": "--train-file"
               "data__validation_file": "--validation-file", "data__max_eval_samples": "--max-eval-samples",
               "data__max_train_samples": "--max-train-samples", "finetune__steps": "--finetune-steps",
               "prune__scope": "--scope", "prune__score_batches": "--score-batches", "model__max_length": "--max-length",
-              "output__push_to_hub": "--push-to-hub", "sweep": "--sweep"}
+              "output__push_to_hub": "--push-to-hub", "sweep": "--sweep", "prune__channels": "--channels",
+              "prune__channel_criterion": "--channel-criterion", "prune__channel_groups": "--channel-groups",
+              "data__dataset": "--dataset", "data__image_size": "--image-size", "output__export": "--export",
+              "output__bits": "--bits", "output__group_size": "--group-size"}
 _LM_ONLY = {"text_file": "--text-file", "eval_text_file": "--eval-text-file", "gguf_file": "--gguf-file",
             "sparsity": "--sparsity", "pattern": "--pattern", "num_samples": "--num-samples", "seq_len": "--seq-len",
             "round_to": "--round-to", "eval_samples": "--eval-samples"}
+
+
+# Recipe flags that --task causal-lm reads too.
+_LM_RECIPE_DESTS = {"model__name_or_path", "data__task", "prune__layers", "prune__heads", "prune__ffn",
+                    "prune__criterion", "prune__layer_method", "recover__steps", "finetune__batch_size",
+                    "finetune__learning_rate", "output__dir"}
 
 
 def add_prune_flags(p: argparse.ArgumentParser) -> None:
@@ -67,7 +76,10 @@ def refuse_lm_flags_for_glue(args: argparse.Namespace) -> None:
 def prune_main(args: argparse.Namespace) -> int:
     from ..causal_lm import CausalLMOptions, run_causal_lm
 
-    given = _given(args, _GLUE_ONLY) + [f"--set {s}" for s in args.set]
+    # Any other recipe flag (section__name) is GLUE / image only too, also ones added after this list was written.
+    others = [f"--{name.split('__', 1)[1].replace('_', '-')}" for name, value in vars(args).items()
+              if "__" in name and value is not None and name not in _GLUE_ONLY and name not in _LM_RECIPE_DESTS]
+    given = _given(args, _GLUE_ONLY) + others + [f"--set {s}" for s in args.set]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to --task {CAUSAL_LM_TASK}")
     if args.text_file is None:
