@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from .dequantized import detach_gguf_quantizer
 from .structure import get_record
 
 # Files a loader may need; nothing else is downloaded for a Hub id.
@@ -30,6 +31,7 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
     output_dir = Path(output_dir)
+    detach_gguf_quantizer(model)  # a GGUF-loaded model holds dense floats; save it as a plain checkpoint
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp, **save_kwargs)
         if tokenizer is not None:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..dequantized import detach_gguf_quantizer
 from ..export import atomic_dir, load_state_strict, model_class_for
 from .targets import is_conv1d
 
@@ -136,6 +137,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity={min_sparsity} is outside [0, 1]")
+    detach_gguf_quantizer(model)  # its config must not claim a GGUF quantization the stored weights lack
     state, alias = _unique_state(model)
     if tensors is not None:
         unknown = [k for k in tensors if k not in alias]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .criteria import CRITERIA
 from .patterns import Pattern, parse_pattern
+from .sequential import CALIBRATION_CRITERIA
 
 SCOPES = ("layer", "global")
 
@@ -17,7 +18,8 @@ class SparsifyConfig:
     sparsity: float | None = field(default=None, metadata={
         "help": "Fraction of the targeted weights set to zero, in [0, 1). Optional for N:M (fixed at 1 - N/M)."})
     criterion: str = field(default="magnitude", metadata={
-        "help": "Importance: 'magnitude' |w|, 'taylor' |w * grad| over a dataloader, or 'random' (baseline)."})
+        "help": "Importance: 'magnitude' |w|, 'taylor' |w * grad| over a dataloader, 'random' (baseline), or "
+                "calibration-based 'wanda' / 'sparsegpt' (block by block over calibration batches)."})
     pattern: str = field(default="unstructured", metadata={
         "help": "'unstructured', 'N:M' (N kept in every M along the input dim, e.g. '2:4'), or blocks 'RxC'."})
     scope: str = field(default="layer", metadata={
@@ -30,8 +32,8 @@ class SparsifyConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the random criterion."})
 
     def __post_init__(self):
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion={self.criterion!r} is not one of {CRITERIA}")
+        if self.criterion not in CRITERIA + CALIBRATION_CRITERIA:
+            raise ValueError(f"criterion={self.criterion!r} is not one of {CRITERIA + CALIBRATION_CRITERIA}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope={self.scope!r} is not one of {SCOPES}")
         pattern = parse_pattern(self.pattern)

@@ -8,12 +8,14 @@ from torch import nn
 
 from .config import SparsifyConfig
 from .handle import SparsityHandle, check_not_masked, compute_masks
+from .sequential import CALIBRATION_CRITERIA
 from .targets import resolve_targets
 
 
 def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "magnitude",
              pattern: str = "unstructured", scope: str = "layer", targets: str | Sequence[str] | None = None,
-             dataloader: Iterable | None = None, max_batches: int | None = None, seed: int = 0) -> SparsityHandle:
+             dataloader: Iterable | None = None, max_batches: int | None = None, seed: int = 0,
+             device: str | None = None, keep_original: bool = True, **options) -> SparsityHandle:
     """Prune individual weights of the attention and FFN projections (or of modules chosen by name) with masks.
 
     Implements magnitude pruning (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
@@ -25,7 +27,9 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         model (`nn.Module`): a model of a family hfprune supports (the default targets come from its adapter).
         sparsity (`float`, *optional*): fraction of targeted weights to zero, in [0, 1); N:M patterns fix it.
         criterion (`str`, defaults to `"magnitude"`): `"magnitude"` |w|, `"taylor"` |w * grad| summed over
-            `dataloader` batches (the model's own loss), or `"random"`.
+            `dataloader` batches (the model's own loss), `"random"`, or the calibration-based `"wanda"` (Sun et al.
+            2023) and `"sparsegpt"` (Frantar & Alistarh 2023; updates the kept weights), computed block by block
+            over `dataloader` (see `docs/llm.md`).
         pattern (`str`, defaults to `"unstructured"`): `"unstructured"`, `"N:M"` such as `"2:4"` (along the input
             dimension), or blocks `"RxC"` such as `"1x4"`, `"4x4"` (rows of the output x columns of the input).
         scope (`str`, defaults to `"layer"`): `"layer"` prunes every tensor to `sparsity`; `"global"` ranks all
@@ -36,6 +40,10 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         dataloader (`Iterable[dict]`, *optional*): labelled batches, required by `criterion="taylor"`.
         max_batches (`int`, *optional*): Taylor only: batches to score.
         seed (`int`, defaults to 0): seed of the random criterion.
+        device (`str`, *optional*): wanda / sparsegpt: each block moves to this device while it is calibrated.
+        keep_original (`bool`, defaults to `True`): wanda / sparsegpt: keep a CPU copy of the targeted weights, so
+            `handle.remove()` restores them (`False` saves that memory).
+        **options: sparsegpt: `blocksize` (128), `percdamp` (0.01).
 
     Returns:
         `SparsityHandle`: the masks, already applied.
@@ -61,5 +69,14 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
                             max_batches=max_batches, seed=seed)
     chosen = resolve_targets(model, config.targets)
     check_not_masked(model, chosen)
+    # --- calibration-based criteria (wanda, sparsegpt): block by block, in sparsity/calibrated.py ---
+    if config.criterion in CALIBRATION_CRITERIA:
+        from .calibrated import sparsify_calibrated
+
+        return sparsify_calibrated(model, chosen, config, dataloader, device=device, keep_original=keep_original,
+                                   **options)
+    if options or device is not None:
+        raise TypeError(f"device= and {sorted(options)} apply to criterion 'wanda' / 'sparsegpt' only")
+    # --- end of calibration-based criteria ---
     masks = compute_masks(model, chosen, config, dataloader)
     return SparsityHandle(model, chosen, masks, config, dataloader)
