@@ -190,6 +190,7 @@ def test_gpt2_conv1d_goes_through_the_transposed_view():
     ({"sparsity": 0.5, "bogus": 1}, TypeError, "unknown option"),
     ({"pattern": "2:4", "blocksize": 6}, ValueError, "multiple of M=4"),
     ({"sparsity": 0.5, "targets": ["default", "lm_head"]}, ValueError, "lm_head is not inside"),
+    ({"sparsity": 0.5, "targets": ["model.layers.0.input_layernorm"]}, ValueError, "leaves alone"),
 ])
 def test_bad_input_is_refused_and_the_model_untouched(kwargs, error, match):
     model = make_model("llama")
