@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from transformers import AutoModelForCausalLM
 
 import hfprune

@@ -67,6 +67,7 @@ class MemoryMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_heap()
             try:  # "5" resets the peak RSS to the current RSS (Linux >= 4.0)
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
@@ -83,6 +84,17 @@ class MemoryMeter:
         self.results.update(device=str(self.device), start_bytes=self.start_bytes, peak_bytes=peak,
                             extra_bytes=max(0, peak - self.start_bytes), exact=self.exact)
         return False
+
+
+def _release_free_heap() -> None:
+    """Return glibc's free heap pages to the OS, so memory freed before calibration and reused by it counts as new
+    resident memory (otherwise the peak RSS misses it and the measured extra is too low)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is a lower bound then
+        pass
 
 
 def _proc_status(key: str) -> int:
