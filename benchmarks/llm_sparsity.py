@@ -62,9 +62,9 @@ def model_bytes(model) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calib-samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--eval-windows", type=int, default=4, help="windows of --eval-seq-len MRPC dev tokens")
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--eval-windows", type=int, default=8, help="windows of --eval-seq-len MRPC dev tokens")
     parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--patterns", default=",".join(PATTERNS))

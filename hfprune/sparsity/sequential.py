@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,15 +54,19 @@ class MemoryMeter:
 
     On CPU, torch allocates tensors outside Python's allocator (so `tracemalloc` does not see them); the kernel's
     high-water mark of resident memory (`VmHWM`, reset through `/proc/self/clear_refs`) does. `extra_bytes` is the
-    peak minus the resident memory when calibration started (the model and everything already loaded).
+    peak minus the resident memory when calibration started (the model, paged in first, and everything already
+    loaded); free heap memory is returned to the OS first (`malloc_trim`), so reusing it counts.
     """
 
     device: torch.device
+    model: nn.Module | None = None
     start_bytes: int = 0
     exact: bool = True
     results: dict = field(default_factory=dict)
 
     def __enter__(self):
+        if self.model is not None and self.device.type != "cuda":
+            _page_in(self.model)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -84,6 +89,15 @@ class MemoryMeter:
         self.results.update(device=str(self.device), start_bytes=self.start_bytes, peak_bytes=peak,
                             extra_bytes=max(0, peak - self.start_bytes), exact=self.exact)
         return False
+
+
+def _page_in(model: nn.Module) -> None:
+    """Read one value per memory page of every CPU parameter: weights that from_pretrained left memory-mapped would
+    otherwise become resident during calibration and count as memory the pass allocated."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.device.type == "cpu" and p.numel():
+                p.detach().reshape(-1)[:: max(1, 4096 // p.element_size())].sum()
 
 
 def _release_free_heap() -> None:
@@ -208,14 +222,15 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
 
     Returns:
         `(masks, info)`: module name -> bool keep-mask shaped like its weight (on CPU); and a dict with
-        `peak_memory`, `seconds`, `blocks`, `samples`, `tokens`.
+        `peak_memory`, `seconds`, `blocks`, `samples`, `tokens`, `activation_bytes` (one buffer of block inputs)
+        and `mask_bytes` (the bool masks, one byte per targeted weight, held on CPU).
     """
     start = time.perf_counter()
     layers, per_block = block_targets(model, targets)
     model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else model_device
     masks: dict[str, torch.Tensor] = {}
-    meter = MemoryMeter(device)
+    meter = MemoryMeter(device, model)
     was_training = model.training
     model.eval()
     try:
@@ -223,6 +238,7 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
             inputs = capture_block_inputs(model, layers[0], batches, device)
             tokens = sum(int(_hidden(a, k).shape[:-1].numel()) for a, k in inputs)
             samples = sum(int(_hidden(a, k).shape[0]) for a, k in inputs)
+            activation_bytes = sum(_hidden(a, k).numel() * _hidden(a, k).element_size() for a, k in inputs)
             for index, block in enumerate(layers):
                 home = next(block.parameters()).device
                 block.to(device)
@@ -232,11 +248,24 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
                         inputs[i] = _with_hidden(args, kwargs, _run_block(block, args, kwargs))
                 block.to(home)
             del inputs
+            for name in list(masks):  # unpacked one by one, inside the meter: the handle holds bool masks
+                masks[name] = _unpack(masks[name])
     finally:
         model.train(was_training)
     info = {"peak_memory": meter.results, "seconds": time.perf_counter() - start, "blocks": len(layers),
-            "samples": samples, "tokens": tokens, "device": str(device)}
+            "samples": samples, "tokens": tokens, "device": str(device),
+            "activation_bytes": activation_bytes, "mask_bytes": sum(m.numel() for m in masks.values())}
     return masks, info
+
+
+def _pack(mask: torch.Tensor) -> tuple[np.ndarray, torch.Size]:
+    """A bool mask as bits (1/8 of its bytes) on CPU: the pass holds the masks of every block done so far."""
+    return np.packbits(mask.detach().cpu().numpy(), axis=None), mask.shape
+
+
+def _unpack(packed: tuple[np.ndarray, torch.Size]) -> torch.Tensor:
+    bits, shape = packed
+    return torch.from_numpy(np.unpackbits(bits, count=shape.numel())).view(torch.bool).reshape(shape)
 
 
 def _prune_block(block, targets, inputs, make_stat, solve, masks, originals) -> None:
@@ -260,4 +289,4 @@ def _prune_block(block, targets, inputs, make_stat, solve, masks, originals) -> 
             originals[target.name] = weight.detach().to("cpu", copy=True)
         values = (new_weight if new_weight is not None else canonical).masked_fill(~keep, 0)
         weight.data.copy_(target.from_canonical(values.to(weight.dtype)))
-        masks[target.name] = target.from_canonical(keep).cpu()
+        masks[target.name] = _pack(target.from_canonical(keep))
