@@ -15,7 +15,9 @@ from torch import nn
 
 
 def detach_gguf_quantizer(model: nn.Module) -> bool:
-    """Forget the quantizer of a model loaded from GGUF (its weights are dense floats); other quantizers stay.
+    """Forget the quantizer of a model loaded from GGUF whose weights were dequantized to dense floats.
+
+    Other quantizers, and GGUF models whose weights stay packed (loaded with a GGUF matmul kernel), are left alone.
 
     Uses the quantizer's own `remove_quantization_config` (what `model.dequantize()` ends with), which deletes
     `model.hf_quantizer`, `model.quantization_method` and `config.quantization_config` and sets
@@ -30,6 +32,10 @@ def detach_gguf_quantizer(model: nn.Module) -> bool:
     quantizer = getattr(model, "hf_quantizer", None)
     method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
     if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return False
+    # With a GGUF matmul kernel (the `kernels` package on a supported device) transformers keeps the weights packed
+    # in GGUF blocks; those models really are quantized and stay as they are (save_pretrained then refuses).
+    if getattr(quantizer, "quantized", None) or any(not p.is_floating_point() for p in model.parameters()):
         return False
     quantizer.remove_quantization_config(model)
     for module in model.modules():  # the loader also flags every nested PreTrainedModel's config
