@@ -247,7 +247,11 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
                     for i, (args, kwargs) in enumerate(inputs):
                         inputs[i] = _with_hidden(args, kwargs, _run_block(block, args, kwargs))
                 block.to(home)
+                if device.type == "cpu":  # hand the freed temporaries back, so the next block does not stack on them
+                    _release_free_heap()
             del inputs
+            if device.type == "cpu":  # the activations' memory goes back before the bool masks are allocated
+                _release_free_heap()
             for name in list(masks):  # unpacked one by one, inside the meter: the handle holds bool masks
                 masks[name] = _unpack(masks[name])
     finally:
