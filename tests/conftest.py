@@ -87,3 +87,30 @@ def _one_thread():
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per session from its GGUF to a plain safetensors folder.
+
+    Returns `(folder, input_ids, logits)`: the logits of the GGUF-loaded model on a fixed input, to check that the
+    saved folder is the same model.
+    """
+    pytest.importorskip("gguf", reason="the gguf package reads GGUF files (dev extra)")
+    from tests.smollm import GGUF_FILE, SKIP_REASON, smollm2_gguf_folder
+
+    source = smollm2_gguf_folder()
+    if source is None:
+        pytest.skip(SKIP_REASON)
+    import transformers
+
+    import hfprune
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    folder = tmp_path_factory.mktemp("smollm2") / "model"
+    hfprune.save_pruned(model, folder, tokenizer=tokenizer)  # refused by plain save_pretrained (GGUF quantizer)
+    return folder, ids, logits

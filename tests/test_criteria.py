@@ -9,7 +9,7 @@ import torch
 
 import hfprune
 import hfprune.criteria as registry
-from hfprune.criteria import criterion_names, get_criterion, register_criterion
+from hfprune.criteria import criteria, criterion_names, get_criterion, register_criterion
 from tests.conftest import make_inputs, make_model
 
 
@@ -45,7 +45,11 @@ def test_registry_holds_every_criterion_with_its_flags():
     assert criterion_names("heads") == ("michel", "taylor", "magnitude", "fisher", "activation", "random")
     assert criterion_names("neurons") == ("taylor", "magnitude", "fisher", "activation", "random")
     assert criterion_names("layers") == ("ablation", "gate", "block_influence", "angular")
-    assert criterion_names("weights") == ("magnitude", "taylor", "random")
+    assert criterion_names("weights") == ("magnitude", "taylor", "wanda", "sparsegpt", "random")
+    # The block-by-block calibration passes are flagged, so sparsify sends them to the sequential runner.
+    assert [c.name for c in criteria("weights") if c.sequential] == ["wanda", "sparsegpt"]
+    assert get_criterion("sparsegpt", "weights").updates_weights
+    assert not get_criterion("wanda", "weights").updates_weights
     assert hfprune.importance.HEAD_CRITERIA == criterion_names("heads")
     assert hfprune.importance.NEURON_CRITERIA == criterion_names("neurons")
     michel = get_criterion("michel", "heads")

@@ -361,14 +361,10 @@ def _plots(results: dict, scores: dict, folder: Path) -> list[str]:
 
 
 def _write(model, tokenizer, results: dict, scores: dict, out_dir: str) -> None:
+    from ..dequantized import detach_gguf_quantizer
     from ..export import atomic_dir
 
-    try:  # a GGUF-loaded model keeps its (dequantized) loader's quantizer, which save_pretrained refuses
-        from ..dequantized import detach_gguf_quantizer
-    except ImportError:  # older hfprune without GGUF support
-        detach_gguf_quantizer = None
-    if detach_gguf_quantizer is not None:
-        detach_gguf_quantizer(model)
+    detach_gguf_quantizer(model)  # a GGUF-loaded model keeps its loader's quantizer, which save_pretrained refuses
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

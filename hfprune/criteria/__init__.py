@@ -47,8 +47,10 @@ from dataclasses import dataclass
 UNIT_KINDS = ("heads", "neurons", "layers", "weights", "channels")
 _DATA_KEYWORDS = ("plan", "max_batches", "num_samples", "show_progress", "distributed", "seed")
 # The keywords the dispatcher of each unit kind passes to every criterion (not options of one criterion).
+# Block-by-block weight criteria also receive the sparsity, pattern, device and the originals store from `sparsify`.
 COMMON_KEYWORDS = {"heads": _DATA_KEYWORDS, "neurons": _DATA_KEYWORDS, "layers": _DATA_KEYWORDS,
-                   "weights": ("targets", "max_batches", "seed"), "channels": ("groups", "max_batches", "seed")}
+                   "weights": ("targets", "max_batches", "seed", "sparsity", "pattern", "device", "originals"),
+                   "channels": ("groups", "max_batches", "seed")}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Criterion:
         needs_labels (`bool`): its batches must carry labels (the model's own loss is differentiated).
         needs_seed (`bool`): needs `seed=` (random baselines, so they are reproducible).
         updates_weights (`bool`): a solver that changes weights (SparseGPT), not only a scorer.
+        sequential (`bool`): a block-by-block calibration pass (Wanda, SparseGPT): `fn` computes and applies the
+            masks of every target itself (each block is measured on the outputs of the pruned blocks before it), so
+            it returns a `CalibrationResult`, not scores.
         summary (`str`): one line for help texts: what it measures and the paper.
         options (`tuple[str, ...]`): the extra keyword options it reads (derived from `fn`'s signature).
         order (`int`): its place in listings (choices, help texts, error messages): lower first, ties by name, so
@@ -79,6 +84,7 @@ class Criterion:
     summary: str = ""
     options: tuple[str, ...] = ()
     order: int = 100
+    sequential: bool = False
 
 
 @dataclass
@@ -109,7 +115,8 @@ _loaded = False
 
 def register_criterion(name: str, *, units: tuple[str, ...] | list[str], needs_data: bool = False,
                        needs_labels: bool = False, needs_seed: bool = False, updates_weights: bool = False,
-                       summary: str = "", order: int = 100) -> Callable[[Callable], Callable]:
+                       summary: str = "", order: int = 100,
+                       sequential: bool = False) -> Callable[[Callable], Callable]:
     """Decorator: register `fn` as criterion `name` for each unit kind in `units`.
 
     Raises:
@@ -129,7 +136,8 @@ def register_criterion(name: str, *, units: tuple[str, ...] | list[str], needs_d
                 raise ValueError(f"criterion {name!r} for {unit} is already registered by "
                                  f"{previous.fn.__module__}.{previous.fn.__qualname__}")
             _REGISTRY[(unit, name)] = Criterion(name, unit, fn, needs_data, needs_labels, needs_seed,
-                                                updates_weights, summary, _options_of(fn, unit), order)
+                                                updates_weights, summary, _options_of(fn, unit), order,
+                                                sequential=sequential)
         return fn
 
     return decorator
@@ -211,6 +219,9 @@ def check_call(criterion: Criterion, *, caller: str, dataloader=_UNCHECKED, seed
     """
     name = criterion.name
     if criterion.needs_data and dataloader is None:  # also False for _UNCHECKED
+        if criterion.sequential:
+            raise ValueError(f"{caller}: criterion={name!r} needs calibration data: dataloader= batches of token ids "
+                             "(hfprune.calibration_batches(tokenizer, texts), or a list of batch dicts)")
         labelled = " of labelled batches" if criterion.needs_labels else ""
         raise ValueError(f"{caller}: criterion={name!r} needs data: it needs a dataloader{labelled} (a DataLoader "
                          "or a list of batch dicts)")

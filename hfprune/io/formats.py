@@ -175,8 +175,10 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
     output_dir = Path(output_dir)
+    from ..dequantized import detach_gguf_quantizer
     from ..serving.plain import model_card, write_plain_config
 
+    detach_gguf_quantizer(model)  # a GGUF-loaded model holds dense floats; save it as a plain checkpoint
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp, **save_kwargs)
         loads = write_plain_config(model, tmp, label=output_dir)  # a stand-in family's config where needed + log

@@ -129,6 +129,9 @@ def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, b
     """
     targets = _check(model, bits, group_size, ignore)
     require_compressed_tensors()
+    from ..dequantized import detach_gguf_quantizer
+
+    detach_gguf_quantizer(model)  # a GGUF-loaded model (dense floats) would make save_pretrained refuse
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
 

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..dequantized import detach_gguf_quantizer
 from ..io.atomic import atomic_dir
 from ..io.folders import read_safetensors_file, safetensors_sizes
 from ..io.names import SPARSE_FORMAT as FORMAT
@@ -140,6 +141,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity={min_sparsity} is outside [0, 1]")
+    detach_gguf_quantizer(model)  # its config must not claim a GGUF quantization the stored weights lack
     state, alias = _unique_state(model)
     if tensors is not None:
         unknown = [k for k in tensors if k not in alias]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from ..arch import unwrap_model
-from ..criteria import check_call, get_criterion
+from ..criteria import check_call, criteria, get_criterion
 from .config import SparsifyConfig
 from .handle import SparsityHandle, check_not_masked, compute_masks
 from .targets import resolve_targets
@@ -16,7 +16,7 @@ from .targets import resolve_targets
 def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "magnitude",
              pattern: str = "unstructured", scope: str = "layer", targets: str | Sequence[str] | None = None,
              dataloader: Iterable | None = None, max_batches: int | None = None, seed: int = 0,
-             **options) -> SparsityHandle:
+             device: str | None = None, keep_original: bool = True, **options) -> SparsityHandle:
     """Prune individual weights of the attention and FFN projections (or of modules chosen by name) with masks.
 
     Implements magnitude pruning (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
@@ -28,7 +28,9 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         model (`nn.Module`): a model of a family hfprune supports (the default targets come from its adapter).
         sparsity (`float`, *optional*): fraction of targeted weights to zero, in [0, 1); N:M patterns fix it.
         criterion (`str`, defaults to `"magnitude"`): `"magnitude"` |w|, `"taylor"` |w * grad| summed over
-            `dataloader` batches (the model's own loss), `"random"`, or any criterion registered for "weights"
+            `dataloader` batches (the model's own loss), `"random"`, the calibration-based `"wanda"` (Sun et al.
+            2023) and `"sparsegpt"` (Frantar & Alistarh 2023; updates the kept weights), computed block by block
+            over `dataloader` (see `docs/llm.md`), or any criterion registered for "weights"
             (`hfprune.criteria.criterion_names("weights")`).
         pattern (`str`, defaults to `"unstructured"`): `"unstructured"`, `"N:M"` such as `"2:4"` (along the input
             dimension), or blocks `"RxC"` such as `"1x4"`, `"4x4"` (rows of the output x columns of the input).
@@ -40,8 +42,11 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         dataloader (`Iterable[dict]`, *optional*): labelled batches, required by `criterion="taylor"`.
         max_batches (`int`, *optional*): Taylor only: batches to score.
         seed (`int`, defaults to 0): seed of the random criterion.
-        options: options of the chosen criterion (the named keyword parameters of its function), kept in
-            `handle.config.criterion_options` for `handle.update`.
+        device (`str`, *optional*): wanda / sparsegpt: each block moves to this device while it is calibrated.
+        keep_original (`bool`, defaults to `True`): wanda / sparsegpt: keep a CPU copy of the targeted weights, so
+            `handle.remove()` restores them (`False` saves that memory).
+        options: options of the chosen criterion (the named keyword parameters of its function; sparsegpt:
+            `blocksize` (128), `percdamp` (0.01)), kept in `handle.config.criterion_options` for `handle.update`.
 
     Returns:
         `SparsityHandle`: the masks, already applied.
@@ -65,11 +70,22 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
     """
     config = SparsifyConfig(sparsity=sparsity, criterion=criterion, pattern=pattern, scope=scope, targets=targets,
                             max_batches=max_batches, seed=seed, criterion_options=options)
-    check_call(get_criterion(criterion, "weights"), caller="sparsify", dataloader=dataloader)
+    found = get_criterion(criterion, "weights")
+    check_call(found, caller="sparsify", dataloader=dataloader)
     # Under DDP / accelerate the masks and the data criteria's forward passes use the inner model (see
     # `hfprune.importance.api.score_units` for why); the wrapper's forward still goes through the masked weights.
     model = unwrap_model(model)
     chosen = resolve_targets(model, config.targets)
     check_not_masked(model, chosen)
+    # --- calibration-based criteria (wanda, sparsegpt): block by block, in sparsity/calibrated.py ---
+    if found.sequential:
+        from .calibrated import sparsify_calibrated
+
+        return sparsify_calibrated(model, chosen, config, dataloader, device=device, keep_original=keep_original,
+                                   **options)
+    if device is not None or not keep_original:
+        raise TypeError("device= and keep_original= apply to the block-by-block criteria "
+                        f"{[c.name for c in criteria('weights') if c.sequential]} only")
+    # --- end of calibration-based criteria ---
     masks = compute_masks(model, chosen, config, dataloader)
     return SparsityHandle(model, chosen, masks, config, dataloader)

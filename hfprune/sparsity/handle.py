@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ..criteria import get_criterion
 from .config import SparsifyConfig
 from .criteria import compute_scores
 from .patterns import check_shapes, select_masks
@@ -54,6 +55,7 @@ class SparsityHandle:
         config (`SparsifyConfig`): the configuration of the current masks.
         targets (`list[Target]`): the masked modules.
         masks (`dict[str, torch.Tensor]`): module name -> bool keep-mask shaped like its weight (True = kept).
+        info (`dict`): for calibration criteria (wanda, sparsegpt): `peak_memory`, `seconds`, `tokens`, ...
 
     Example:
         ```python
@@ -64,13 +66,16 @@ class SparsityHandle:
     """
 
     def __init__(self, model: nn.Module, targets: list[Target], masks: dict[str, torch.Tensor],
-                 config: SparsifyConfig, dataloader: Iterable | None = None):
+                 config: SparsifyConfig, dataloader: Iterable | None = None,
+                 originals: dict[str, torch.Tensor] | None = None, info: dict | None = None):
         self.model = model
         self.config = config
         self.targets = list(targets)
         self.masks = masks
         # --- runtime state ---
         self._dataloader = dataloader  # reused by update() for the taylor criterion
+        self._originals = originals  # weights before a calibration criterion changed them; remove() restores them
+        self.info = dict(info or {})
         self._hooks: list = []
         self.active = False
         self._attach()
@@ -132,6 +137,9 @@ class SparsityHandle:
         """
         if not self.active:
             raise RuntimeError("this SparsityHandle was finalized or removed; call hfprune.sparsify again")
+        if get_criterion(self.config.criterion, "weights").sequential:
+            raise ValueError(f"update() cannot recompute criterion {self.config.criterion!r} (its masks come from a "
+                             "block-by-block calibration pass); call remove() and sparsify again")
         config = dataclasses.replace(self.config, sparsity=sparsity)
         dataloader = dataloader if dataloader is not None else self._dataloader
         self.masks = compute_masks(self.model, self.targets, config, dataloader, self.masks if keep_pruned else None)
@@ -159,7 +167,18 @@ class SparsityHandle:
 
     # ----- ending ------------------------------------------------------------------------------------------------
     def remove(self) -> None:
-        """Stop enforcing the masks (weights keep their current values)."""
+        """Stop enforcing the masks. Weights keep their current values, except after a calibration criterion
+        (wanda, sparsegpt) with `keep_original=True`: then the original weights are restored, bit for bit."""
+        if self._originals is not None:
+            with torch.no_grad():
+                for target in self.targets:
+                    original = self._originals.get(target.name)
+                    if original is not None:
+                        target.weight.copy_(original.to(target.weight.device))
+            self._originals = None
+        self._detach()
+
+    def _detach(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
@@ -173,7 +192,8 @@ class SparsityHandle:
         """
         if self.active:
             self.apply()
-        self.remove()
+        self._originals = None  # the new weights (SparseGPT's reconstruction) are kept
+        self._detach()
         return self.model
 
     def __repr__(self) -> str:

@@ -1,0 +1,140 @@
+"""SparseGPT: layer-wise OBS reconstruction; masks chosen and the remaining weights updated from the inverse Hessian.
+
+Paper: Frantar and Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot". For a
+Linear layer with calibration inputs X (in x tokens), the layer-wise problem min ||W X - W' X||^2 has the Hessian
+H = 2 X X^T. Columns are processed left to right in blocks of `blocksize` (128): within a block the mask is chosen
+by the OBS saliency w^2 / [H^-1]_jj^2 (adaptive mask selection: per block for unstructured sparsity, per group of
+M columns for N:M), each pruned column's error is spread over the columns to its right with the row of the upper
+Cholesky factor of H^-1, and the updates to later blocks are applied once per block (lazy batch updates).
+H is dampened by `percdamp` (0.01) times its mean diagonal before the inversion.
+
+Calibration runs block by block of the model (`hfprune.sparsity.sequential`), each block on the outputs of the
+already pruned and reconstructed blocks before it. GPT-2's `Conv1D` (weight stored as (in, out)) is handled through
+its transposed view; any other module type is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sparsity.patterns import Pattern
+from ..sparsity.sequential import CalibrationResult, run_sequential
+from ..sparsity.targets import is_prunable
+from . import register_criterion
+
+
+class Hessian:
+    """Running X X^T of a layer's inputs (float32, on the inputs' device) and the number of tokens seen."""
+
+    def __init__(self, in_features: int):
+        self.in_features = in_features
+        self.xtx = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        part = x.t() @ x
+        self.xtx = part if self.xtx is None else self.xtx.add_(part)
+        self.count += x.shape[0]
+
+    def matrix(self) -> torch.Tensor:
+        """H = 2 X X^T / tokens (the scale does not change the result; it keeps float32 in range)."""
+        return self.xtx * (2.0 / max(1, self.count))
+
+
+def _upper_inverse_cholesky(hessian: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
+    """Upper Cholesky factor of (H + percdamp * mean(diag H) * I)^-1."""
+    diag = torch.arange(hessian.shape[0], device=hessian.device)
+    hessian[diag, diag] += percdamp * torch.mean(torch.diag(hessian))
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    if info.item() == 0:
+        factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(factor), upper=True)
+    if info.item() != 0:
+        raise ValueError(f"SparseGPT: the dampened Hessian of {name} is not positive definite; raise percdamp "
+                         f"(now {percdamp}) or give more calibration tokens")
+    return factor
+
+
+def _block_prune_count(sparsity: float, rows: int, start: int, end: int) -> int:
+    """Weights pruned in columns [start, end): the blocks' counts add up to exactly round(sparsity * total)."""
+    return round(sparsity * rows * end) - round(sparsity * rows * start)
+
+
+def sparsegpt_solve(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, pattern: Pattern,
+                    blocksize: int = 128, percdamp: float = 0.01, name: str = "layer"):
+    """Keep-mask and reconstructed weight of one (out, in) float32 weight from its Hessian (changed in place).
+
+    Returns:
+        `(keep, new_weight)`: bool (out, in) mask, True = kept; the updated weight (pruned entries are 0).
+    """
+    W = weight.clone(memory_format=torch.contiguous_format)
+    rows, cols = W.shape
+    dead = torch.diag(hessian) == 0  # inputs that were always zero: their weights cannot matter
+    hessian[dead, dead] = 1
+    W[:, dead] = 0
+    hinv = _upper_inverse_cholesky(hessian, percdamp, name)
+    keep = torch.ones_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, hinv1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        d = torch.diag(hinv1)
+        err1 = torch.zeros_like(W1)
+        prune1 = torch.zeros_like(W1, dtype=torch.bool)
+        if pattern.kind != "n:m":
+            saliency = (W1.pow(2) / d.pow(2).unsqueeze(0)).reshape(-1)
+            k = _block_prune_count(sparsity, rows, i1, i2)
+            prune1.view(-1)[torch.argsort(saliency, stable=True)[:k]] = True
+        for i in range(i2 - i1):
+            if pattern.kind == "n:m" and i % pattern.m == 0:
+                group = W1[:, i:i + pattern.m].pow(2) / d[i:i + pattern.m].pow(2).unsqueeze(0)
+                lowest = torch.topk(group, pattern.m - pattern.n, dim=1, largest=False).indices
+                prune1.scatter_(1, i + lowest, True)
+            w = W1[:, i]
+            q = w.masked_fill(prune1[:, i], 0)
+            err = (w - q) / hinv1[i, i]
+            # OBS update: the columns to the right of i (in this block) absorb column i's pruning error.
+            W1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            err1[:, i] = err
+        W[:, i1:i2] = W1
+        keep[:, i1:i2] = ~prune1
+        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of every later block at once
+    return keep, W.masked_fill(~keep, 0)
+
+
+@register_criterion("sparsegpt", units=("weights",), needs_data=True, sequential=True, updates_weights=True, order=40,
+                    summary="OBS reconstruction with the inverse Hessian of the calibration inputs, block by block "
+                            "(Frantar & Alistarh 2023)")
+def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None, blocksize: int = 128,
+              percdamp: float = 0.01, originals: dict | None = None) -> CalibrationResult:
+    """SparseGPT masks and reconstructed weights for `targets`, block by block (the weights change in place).
+
+    Args:
+        model (`nn.Module`): the model.
+        dataloader: calibration batches (`hfprune.calibration_batches`, or any iterable of batch dicts).
+        targets (`list[Target]`): Linear / Conv1D layers inside the model's blocks.
+        sparsity (`float`): fraction pruned per layer (unstructured; exact count per tensor).
+        pattern (`Pattern`): `unstructured` or N:M.
+        device (*optional*): where each block is processed (blocks move there one at a time).
+        blocksize (`int`, defaults to 128): columns per lazy-update block (a multiple of M for N:M).
+        percdamp (`float`, defaults to 0.01): dampening, as a fraction of the Hessian's mean diagonal.
+        originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
+            `remove()` restores them).
+
+    Returns:
+        `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).
+    """
+    for target in targets:
+        if not is_prunable(target.module):
+            raise ValueError(f"SparseGPT reconstructs nn.Linear (and GPT-2 Conv1D) weights; {target.name} is a "
+                             f"{type(target.module).__name__}")
+
+    def solve(target, weight, stat):
+        if stat.xtx is None:
+            raise RuntimeError(f"{target.name} received no input during calibration (is it used in the forward?)")
+        return sparsegpt_solve(weight, stat.matrix().to(weight.device), sparsity, pattern, blocksize, percdamp,
+                               target.name)
+
+    masks, info = run_sequential(model, targets, dataloader, lambda t: Hessian(t.canonical(t.weight).shape[1]),
+                                 solve, device=device, originals=originals)
+    return CalibrationResult(masks, originals, info)

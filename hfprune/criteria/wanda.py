@@ -1,0 +1,75 @@
+"""Wanda: prune the weights with the smallest |W_ij| * ||X_j||_2, compared within each output row.
+
+Paper: Sun, Liu, Bair and Kolter 2023, "A Simple and Effective Pruning Approach for Large Language Models". The score
+of weight (i, j) of a Linear layer is its magnitude times the L2 norm of input feature j over all calibration tokens;
+each output row loses the same fraction of its weights (for N:M, the N highest of every M consecutive inputs are
+kept). No weight is updated. Calibration runs block by block (`hfprune.sparsity.sequential`), so each block is
+scored on the outputs of the already pruned blocks before it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sparsity.patterns import Pattern, _n_m_keep
+from ..sparsity.sequential import CalibrationResult, run_sequential
+from . import register_criterion
+
+
+class ColumnNorms:
+    """Running sum of x_j^2 over every calibration token, per input feature j (float32)."""
+
+    def __init__(self, in_features: int):
+        self.sum_sq = None
+        self.in_features = in_features
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        part = x.pow(2).sum(dim=0)
+        self.sum_sq = part if self.sum_sq is None else self.sum_sq.add_(part)
+
+
+def wanda_scores(weight: torch.Tensor, sum_sq: torch.Tensor) -> torch.Tensor:
+    """|W| * ||X_j||_2 for an (out, in) weight and the per-input sums of squares."""
+    return weight.abs() * sum_sq.sqrt().unsqueeze(0)
+
+
+def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:
+    """Keep-mask: per row, the lowest `round(sparsity * in)` scores are pruned (ties by position), or N:M."""
+    if pattern.kind == "n:m":
+        return _n_m_keep(scores, pattern)
+    k = round(sparsity * scores.shape[1])
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k:
+        keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+    return keep
+
+
+@register_criterion("wanda", units=("weights",), needs_data=True, sequential=True, order=30,
+                    summary="|W| x ||X_col||, compared within each output row, block by block (Sun et al. 2023)")
+def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None,
+          originals: dict | None = None) -> CalibrationResult:
+    """Wanda masks for `targets`, computed and applied block by block (the weights are zeroed in place).
+
+    Args:
+        model (`nn.Module`): the model.
+        dataloader: calibration batches (`hfprune.calibration_batches`, or any iterable of batch dicts).
+        targets (`list[Target]`): Linear / Conv1D layers inside the model's blocks.
+        sparsity (`float`): fraction pruned per output row (unstructured).
+        pattern (`Pattern`): `unstructured` or N:M.
+        device (*optional*): where each block is processed (blocks move there one at a time).
+        originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
+            `remove()` restores them).
+
+    Returns:
+        `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).
+    """
+
+    def solve(target, weight, stat):
+        if stat.sum_sq is None:
+            raise RuntimeError(f"{target.name} received no input during calibration (is it used in the forward?)")
+        return row_keep(wanda_scores(weight, stat.sum_sq.to(weight.device)), sparsity, pattern), None
+
+    masks, info = run_sequential(model, targets, dataloader, lambda t: ColumnNorms(t.canonical(t.weight).shape[1]),
+                                 solve, device=device, originals=originals)
+    return CalibrationResult(masks, originals, info)
