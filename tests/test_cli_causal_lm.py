@@ -155,3 +155,32 @@ def test_an_output_folder_not_written_by_hfprune_is_refused_before_work(tiny_lm,
 def test_image_and_export_flags_are_refused_for_causal_lm(tiny_lm, tmp_path, capsys):
     rc, _, err = _run(_base(tiny_lm, tmp_path / "out") + ["--layers", "1", "--channels", "0.5"], capsys)
     assert rc == 2 and "--channels do not apply to --task causal-lm" in err
+
+
+def test_uniform_head_count_llamaconfig_refuses_is_written_as_a_plain_folder(tmp_path, capsys):
+    """8 -> 6 heads with hidden 64: LlamaConfig refuses 64 % 6, so the CLI writes the folder as save_pruned does
+    (Mistral classes, same computation) and plain from_pretrained loads it with the pruned model's logits."""
+    root = tmp_path / "lm8"
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(WORDS) + 2, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=8,
+                                      max_position_embeddings=128, pad_token_id=1, eos_token_id=1, bos_token_id=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rng = random.Random(0)
+    (root / "train.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)))
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(root, out) + ["--heads", "0.25", "--criterion", "activation", "--uniform"], capsys)
+    assert rc == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["after"]["structure"]["heads"] == [6, 6] and results["loads_as"] == "MistralForCausalLM"
+    plain = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(plain).__name__ == "MistralForCausalLM"
+    import hfprune
+
+    pruned = hfprune.load_pruned(out)
+    assert type(pruned).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(2, len(WORDS) + 2, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, pruned(ids).logits, atol=1e-5)

@@ -361,13 +361,13 @@ def _plots(results: dict, scores: dict, folder: Path) -> list[str]:
 
 
 def _write(model, tokenizer, results: dict, scores: dict, out_dir: str) -> None:
-    from ..dequantized import detach_gguf_quantizer
-    from ..export import atomic_dir
+    from ..io import atomic_dir
+    from ..io.formats import write_model
 
-    detach_gguf_quantizer(model)  # a GGUF-loaded model keeps its loader's quantizer, which save_pretrained refuses
     with atomic_dir(Path(out_dir)) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        # As save_pruned: a GGUF-loaded model saves as a plain checkpoint, a uniform Llama whose head count
+        # LlamaConfig refuses is written under the Mistral classes, so the folder loads with plain from_pretrained.
+        results["loads_as"] = write_model(model, tmp, tokenizer, label=out_dir).class_name
         plots = _plots(results, scores, tmp)
         results["files"] = sorted({*(p.name for p in tmp.iterdir()), "results.json", "report.md"})
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -175,15 +175,29 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
     output_dir = Path(output_dir)
-    from ..dequantized import detach_gguf_quantizer
-    from ..serving.plain import model_card, write_plain_config
+    from ..serving.plain import model_card
 
-    detach_gguf_quantizer(model)  # a GGUF-loaded model holds dense floats; save it as a plain checkpoint
     with atomic_dir(output_dir) as tmp:
-        model.save_pretrained(tmp, **save_kwargs)
-        loads = write_plain_config(model, tmp, label=output_dir)  # a stand-in family's config where needed + log
+        loads = write_model(model, tmp, tokenizer, label=output_dir, **save_kwargs)
         if not (tmp / "README.md").exists():
             (tmp / "README.md").write_text(model_card(model, loads))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
     return output_dir
+
+
+def write_model(model: nn.Module, folder: Path, tokenizer=None, label=None, **save_kwargs):
+    """The model part of `save_pruned`, into a folder being written (the application's writers use it inside their
+    own atomic folder): weights and config, a stand-in family's config where that makes the folder load plainly,
+    the tokenizer. A GGUF-loaded model (dense floats) loses its loader's quantizer first, or save_pretrained refuses.
+
+    Returns:
+        `hfprune.serving.plain.LoadsAs`: which class plain `from_pretrained` builds, and why.
+    """
+    from ..dequantized import detach_gguf_quantizer
+    from ..serving.plain import write_plain_config
+
+    detach_gguf_quantizer(model)
+    model.save_pretrained(folder, **save_kwargs)
+    loads = write_plain_config(model, folder, label=label)  # a stand-in family's config where needed + log
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return loads
