@@ -39,6 +39,8 @@ _LAZY = {
     "quantize_dynamic_int8": "hfprune.sparsity",
     "add_remote_code": "hfprune.export_remote",
     "push_folder_to_hub": "hfprune.export_remote",
+    "prune_to_budget": "hfprune.budget",
+    "DistillationTrainer": "hfprune.distill",
 }
 
 __all__ = [
@@ -58,8 +60,8 @@ __all__ += list(_LAZY)
 
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
-_SUBMODULES = ("callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote", "report",
-               "selection", "sparsity")
+_SUBMODULES = ("budget", "callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote",
+               "report", "selection", "sparsity")
 
 
 def __getattr__(name: str):
