@@ -72,8 +72,14 @@ def _refuse_gates(model: nn.Module) -> None:
 
 def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | None = None,
                       params: float | None = None, latency: float | None = None, seq_len: int = 128,
-                      num_samples: int | None = 2048, tune: bool = True, show_progress: bool = True) -> BudgetMasks:
-    """Steps 1-4 of `prune_to_budget` without changing the model: masks and scales (see `prune_to_budget`)."""
+                      num_samples: int | None = 2048, tune: bool = True, show_progress: bool = True,
+                      latency_table: LatencyTable | None = None) -> BudgetMasks:
+    """Steps 1-4 of `prune_to_budget` without changing the model: masks and scales (see `prune_to_budget`).
+
+    Args:
+        latency_table (`LatencyTable`, *optional*): a table built before (`build_latency_table`), to reuse the timings
+            of an earlier call or to plan for timings taken elsewhere; by default one is timed here.
+    """
     metric, fraction = _check_budget(flops, params, latency)
     _check_positive("seq_len", seq_len)
     _check_positive("num_samples", num_samples, allow_none=True)
@@ -84,14 +90,14 @@ def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | 
     dense_neurons = [adapter.intermediate_size(b) for b in blocks]
     times: dict[str, float] = {}
     t_start = time.perf_counter()
-    table: LatencyTable | None = None
+    table = latency_table if metric == "latency" else None
     if metric != "latency":  # the cheap feasibility check comes before any data is read
         costs = unit_costs(model, metric, seq_len)
         _check_floor(costs, fraction, dense_heads, dense_neurons)
     t0 = time.perf_counter()
     batches = calibration_batches(model, dataloader, num_samples=num_samples, show_progress=show_progress)
     if metric == "latency":
-        table = build_latency_table(model, batches[0], seq_len=seq_len)
+        table = table or build_latency_table(model, batches[0], seq_len=seq_len)
         costs = table.unit_costs(len(blocks))
         _check_floor(costs, fraction, dense_heads, dense_neurons)
         times["latency_table"] = time.perf_counter() - t0
