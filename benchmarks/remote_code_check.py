@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     import hfprune
-    from hfprune.export_remote import add_remote_code
+    from hfprune.remote import add_remote_code
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()

@@ -24,8 +24,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import hfprune
+from hfprune.io import safetensors_sizes as _safetensors_sizes
 from hfprune.sparsity import compressed_stats, save_compressed, sparsify
-from hfprune.sparsity.compressed import _safetensors_sizes
 
 
 def folder_bytes(path: Path) -> int:

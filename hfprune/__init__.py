@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import importlib
 
+from . import _compat
 from .arch import get_adapter, supported_model_types
-from .export import load_pruned, save_pruned
+from .io import load_pruned, save_pruned
 from .masking import Gates, attach_gates, mask, masked
 from .plan import PruningPlan
 from .structure import model_structure
 from .surgery import prune
 
 __version__ = "0.1.0"
+
+_compat.install()  # old paths of the application (`hfprune.recipes`, `hfprune.cli.main`, ...) -> `hfprune.app`
 
 # Heavier parts load on first use, so `import hfprune` stays fast and the core has no plotting/training deps.
 _LAZY = {
@@ -37,8 +40,8 @@ _LAZY = {
     "GradualPruningCallback": "hfprune.sparsity",
     "save_compressed": "hfprune.sparsity",
     "quantize_dynamic_int8": "hfprune.sparsity",
-    "add_remote_code": "hfprune.export_remote",
-    "push_folder_to_hub": "hfprune.export_remote",
+    "add_remote_code": "hfprune.remote",
+    "push_folder_to_hub": "hfprune.remote",
     "prune_to_budget": "hfprune.budget",
     "DistillationTrainer": "hfprune.distill",
 }
@@ -59,9 +62,10 @@ __all__ = [
 __all__ += list(_LAZY)
 
 
-# Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
-_SUBMODULES = ("budget", "callbacks", "data", "export_remote", "flops", "importance", "metrics", "recipes", "remote",
-               "report", "selection", "sparsity")
+# Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
+# of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
+_SUBMODULES = ("app", "budget", "callbacks", "criteria", "export", "export_remote", "flops", "importance", "io",
+               "remote", "selection", "sparsity", *_compat.MOVED)
 
 
 def __getattr__(name: str):

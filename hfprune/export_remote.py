@@ -1,6 +1,6 @@
-"""Publishing a pruned model: `add_remote_code` (loads without hfprune) and `push_folder_to_hub`.
+"""Compatibility module: the older import path of `hfprune.remote` (`add_remote_code`, `push_folder_to_hub`).
 
-The implementation lives in `hfprune.remote`; this module is the stable import path used by the CLI and the docs.
+New code imports them from `hfprune` or `hfprune.remote`; this module only re-exports.
 """
 
 from .remote import HubUnavailableError, add_remote_code, push_folder_to_hub

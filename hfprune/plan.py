@@ -8,6 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .io.atomic import write_atomic
+
 
 def _as_index_lists(name: str, value) -> dict[int, list[int]]:
     if value is None:
@@ -159,7 +161,7 @@ class PruningPlan:
     def to_json(self, path: str | Path | None = None, indent: int | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            Path(path).write_text(text)
+            write_atomic(path, text)
         return text
 
     @classmethod

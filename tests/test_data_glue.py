@@ -4,6 +4,7 @@ CSV/JSON files, and the errors a user meets (unknown task, missing split, missin
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,24 @@ def _layouts():
 
 LAYOUTS = _layouts()
 
+# task -> (predictions against the layout's labels above, the GLUE metrics of those predictions worked out by hand)
+METRICS_BY_HAND = {
+    # labels [1, 0, 1]: tp=1, tn=1, fp=0, fn=1 -> MCC = (1*1 - 0*1) / sqrt((1+0)(1+1)(1+0)(1+1)) = 1/2
+    "cola": ([1, 0, 0], {"matthews_correlation": 0.5}),
+    "sst2": ([0, 1, 0], {"accuracy": 2 / 3}),  # labels [0, 1, 1]
+    # labels [1, 0, 1]: tp=2, fp=1, fn=0 -> F1 = 2*2 / (2*2 + 1 + 0) = 4/5
+    "mrpc": ([1, 1, 1], {"f1": 0.8, "accuracy": 2 / 3}),
+    # labels [5.0, 0.5, 3.8] (mean 3.1; deviations 1.9, -2.6, 0.7); predictions [3, 1, 4] (mean 8/3; deviations
+    # 1/3, -5/3, 4/3): Pearson = 5.9 / sqrt(10.86 * 42/9); ranks [3, 1, 2] vs [2, 1, 3]: Spearman = 1 - 6*2/(3*8)
+    "stsb": ([3.0, 1.0, 4.0], {"pearson": 5.9 / math.sqrt(10.86 * 42 / 9), "spearmanr": 0.5}),
+    # labels [0, 1, 0]: tp=1, fp=1, fn=0 -> F1 = 2/3
+    "qqp": ([1, 1, 0], {"f1": 2 / 3, "accuracy": 2 / 3}),
+    "mnli": ([1, 0, 0], {"accuracy": 2 / 3}),  # labels [1, 2, 0]
+    "qnli": ([0, 0], {"accuracy": 0.5}),  # labels [0, 1]
+    "rte": ([1, 1], {"accuracy": 0.5}),  # labels [1, 0]
+    "wnli": ([0, 0, 1], {"accuracy": 2 / 3}),  # labels [1, 0, 1]
+}
+
 
 def _write(root: Path, task: str) -> Path:
     folder, files, _ = LAYOUTS[task]
@@ -76,7 +95,7 @@ def _write(root: Path, task: str) -> Path:
 
 
 def test_every_glue_task_has_a_layout_here():
-    assert set(LAYOUTS) == set(GLUE_TASKS)
+    assert set(LAYOUTS) == set(GLUE_TASKS) == set(METRICS_BY_HAND)
 
 
 @pytest.mark.parametrize("task", sorted(LAYOUTS))
@@ -93,11 +112,11 @@ def test_original_layout_loads_with_hub_columns_and_label_ids(tmp_path, task):
         assert all('" it \'s fine "' in t for t in texts), texts  # quotes kept verbatim
         if spec.is_pair:
             assert ds[spec.text_columns[1]][0].startswith("second 0")
-    # The loader's labels feed the task's metric: perfect predictions score perfectly.
-    refs = np.asarray(data["train"]["label"])
-    scores = glue_metrics(spec, refs.copy(), refs)
+    # The loader's labels feed the task's metric: fixed predictions against them give the values worked out by hand.
+    preds, expected = METRICS_BY_HAND[task]
+    scores = glue_metrics(spec, preds, data["train"]["label"])
     assert list(scores) == list(spec.metrics)
-    assert all(v == pytest.approx(1.0) for v in scores.values()), scores
+    assert scores == pytest.approx(expected), scores
 
 
 def test_label_ids_follow_the_hub_order():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -94,11 +95,20 @@ def test_plots_report_and_card(tmp_path):
     assert 'hfprune.load_pruned("user/tiny-mrpc")' in card and "trust_remote_code=True" in card
 
 
-def test_stage_log_times_and_quiet(capsys):
+def test_stage_log_times_and_quiet(capsys, monkeypatch):
+    from hfprune.report import progress
+
+    clock = iter([100.0, 110.0, 112.5, 120.0, 121.5])  # created, score starts/ends, score again starts/ends
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     log = StageLog(quiet=False)
     with log.stage("score") as note:
         note["summary"] = "72 heads"
-    assert "[hfprune] score: 72 heads (" in capsys.readouterr().err and log.seconds["score"] >= 0
+    assert capsys.readouterr().err == "[hfprune] score: 72 heads (2.5 s)\n" and log.seconds == {"score": 2.5}
+    with log.stage("score"):
+        pass
+    assert capsys.readouterr().err == "[hfprune] score (1.5 s)\n"
+    assert log.seconds == {"score": 4.0}  # a repeated stage adds up
+    monkeypatch.undo()
     quiet = StageLog(quiet=True)
     with quiet.stage("x"):
         pass

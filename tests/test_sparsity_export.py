@@ -80,13 +80,17 @@ def test_compressed_after_structural_pruning_and_without_importing_sparsity(tmp_
     inputs = make_inputs(model)
     save_compressed(model, tmp_path / "c")
     assert (tmp_path / "c" / MANIFEST_NAME).is_file()
-    # A fresh session that never imported hfprune.sparsity: no loader registered, the package not imported.
-    monkeypatch.setattr(export, "FOLDER_LOADERS", [])
-    monkeypatch.delitem(sys.modules, "hfprune.sparsity")
+    # A fresh session that never imported hfprune.sparsity: the format is recognised from the folder alone, and its
+    # decoder imported on use (nothing is registered by importing a package; hfprune.export.FOLDER_LOADERS is gone).
+    for name in [m for m in sys.modules if m == "hfprune.sparsity" or m.startswith("hfprune.sparsity.")]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.delattr(hfprune, "sparsity", raising=False)
+    assert hfprune.io.detect_format(tmp_path / "c").name == "hfprune-sparse"
+    assert "hfprune.sparsity.compressed" not in sys.modules
     loaded = hfprune.load_pruned(tmp_path / "c", attn_implementation="eager")
     assert torch.equal(logits_of(loaded, inputs), logits_of(model, inputs))
-    assert len(export.FOLDER_LOADERS) == 1
+    assert "hfprune.sparsity.compressed" in sys.modules
+    assert not hasattr(export, "FOLDER_LOADERS")
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "qwen2"])  # qwen2: tied embeddings

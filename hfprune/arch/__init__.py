@@ -5,16 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ArchAdapter, ProjSegment
-
-_REGISTRY: dict[str, ArchAdapter] = {}
-
-
-def register(adapter_cls: type[ArchAdapter]) -> type[ArchAdapter]:
-    """Class decorator: make `adapter_cls` serve every `model_type` it lists."""
-    instance = adapter_cls()
-    for model_type in adapter_cls.model_types:
-        _REGISTRY[model_type] = instance
-    return adapter_cls
+from .registry import _REGISTRY, register
 
 
 def supported_model_types() -> list[str]:
@@ -36,7 +27,7 @@ def get_adapter(model_or_config) -> ArchAdapter:
     return _REGISTRY[model_type]
 
 
-# Importing the family modules registers them.
-from . import bert, distilbert, gpt2, llama, vit  # noqa: E402, F401  (registration needs register() above)
+# Importing the family modules registers them (each imports `register` from .registry, not from this package).
+from . import bert, distilbert, gpt2, llama, vit  # noqa: E402, F401
 
 __all__ = ["ArchAdapter", "ProjSegment", "get_adapter", "register", "supported_model_types"]

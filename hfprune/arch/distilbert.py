@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import register
 from .base import ArchAdapter
+from .registry import register
 
 
 @register

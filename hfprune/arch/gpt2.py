@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register
 from .base import ArchAdapter, ProjSegment, get_submodule
+from .registry import register
 
 
 @register

@@ -14,12 +14,13 @@ import dataclasses
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..io.atomic import write_atomic
 
 
 def check_choice(owner: str, name: str, value, choices) -> None:
@@ -93,7 +94,8 @@ def write_section(output_dir: str | os.PathLike, name: str, section: str, payloa
     """Set `section` of the JSON file `output_dir/name` to `payload`, keeping the other sections.
 
     Several callbacks share one `importance.json` ("heads", "neurons", "layers", "pruning"). The file is written
-    atomically: a temporary file in the same folder, then renamed over the old one.
+    atomically (`hfprune.io.write_atomic`: a temporary file in the same folder, renamed over the old one) and, when
+    new, gets the umask's mode like every other output.
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,12 +108,4 @@ def write_section(output_dir: str | os.PathLike, name: str, section: str, payloa
             data = {}
         data = data if isinstance(data, dict) else {}
     data[section] = to_jsonable(payload)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(target, json.dumps(data, indent=2))

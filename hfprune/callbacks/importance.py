@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import TrainerCallback
 
-from ..importance import HEAD_CRITERIA, NEURON_CRITERIA, head_importance, layer_importance, neuron_importance
+from ..criteria import criterion_names, get_criterion
+from ..importance import head_importance, layer_importance, neuron_importance
 from .base import build_config, check_choice, check_positive, dataloader_for, write_section
 
 
@@ -21,47 +22,52 @@ class ScoringConfig:
     output_file: str = field(default="importance.json", metadata={
         "help": "JSON file in args.output_dir; each callback fills its own section (heads, neurons, layers)."})
 
+    # The unit kind scored and the field naming its criterion (set by each subclass).
+    _unit = ""
+    _criterion_field = "criterion"
+
     def __post_init__(self):
         owner = type(self).__name__
         for name in ("every_n_steps", "max_batches", "num_samples"):
             check_positive(owner, name, getattr(self, name))
         if not self.output_file or "/" in self.output_file or "\\" in self.output_file:
             raise ValueError(f"{owner}: output_file must be a plain file name, got {self.output_file!r}")
+        if self._unit:
+            name = getattr(self, self._criterion_field)
+            check_choice(owner, self._criterion_field, name, criterion_names(self._unit))
+            if get_criterion(name, self._unit).needs_seed and getattr(self, "seed", None) is None:
+                raise ValueError(f"{owner}: {self._criterion_field}={name!r} needs a seed, e.g. seed=0")
+
+    def scoring_criterion(self):
+        """The registered criterion these options choose (None for the base class)."""
+        return get_criterion(getattr(self, self._criterion_field), self._unit) if self._unit else None
 
 
 @dataclass
 class HeadScoringConfig(ScoringConfig):
-    criterion: str = field(default="michel", metadata={"help": f"Head criterion, one of {HEAD_CRITERIA}."})
+    _unit = "heads"
+    criterion: str = field(default="michel", metadata={
+        "help": f"Head criterion, one of {criterion_names('heads')}."})
     normalize_layers: bool = field(default=True, metadata={"help": "Divide each layer's scores by their L2 norm."})
     normalize_global: bool = field(default=True, metadata={"help": "Min-max scale all scores to [0, 1]."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the 'random' criterion."})
 
-    def __post_init__(self):
-        super().__post_init__()
-        check_choice("HeadScoringConfig", "criterion", self.criterion, HEAD_CRITERIA)
-        if self.criterion == "random" and self.seed is None:
-            raise ValueError("HeadScoringConfig: criterion='random' needs a seed, e.g. seed=0")
-
 
 @dataclass
 class NeuronScoringConfig(ScoringConfig):
-    criterion: str = field(default="taylor", metadata={"help": f"Neuron criterion, one of {NEURON_CRITERIA}."})
+    _unit = "neurons"
+    criterion: str = field(default="taylor", metadata={
+        "help": f"Neuron criterion, one of {criterion_names('neurons')}."})
     seed: int | None = field(default=None, metadata={"help": "Seed of the 'random' criterion."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choice("NeuronScoringConfig", "criterion", self.criterion, NEURON_CRITERIA)
-        if self.criterion == "random" and self.seed is None:
-            raise ValueError("NeuronScoringConfig: criterion='random' needs a seed, e.g. seed=0")
 
 
 @dataclass
 class LayerScoringConfig(ScoringConfig):
-    method: str = field(default="ablation", metadata={"help": "'ablation' (skip each layer) or 'gate' (gradient)."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choice("LayerScoringConfig", "method", self.method, ("ablation", "gate"))
+    _unit = "layers"
+    _criterion_field = "method"
+    method: str = field(default="ablation", metadata={
+        "help": f"Layer criterion, one of {criterion_names('layers')}: 'ablation' skips each layer, 'gate' is its "
+                "gradient estimate."})
 
 
 class _ScoringCallback(TrainerCallback):
@@ -85,8 +91,9 @@ class _ScoringCallback(TrainerCallback):
         raise NotImplementedError
 
     def _run(self, args, state, kwargs) -> None:
-        # "magnitude" and "random" read no data: do not demand (or build) a dataloader for them.
-        data_free = getattr(self.config, "criterion", None) in ("magnitude", "random")
+        # Criteria that read no data ("magnitude", "random"): do not demand (or build) a dataloader for them.
+        criterion = self.config.scoring_criterion()
+        data_free = criterion is not None and not criterion.needs_data
         dataloader = None if data_free else dataloader_for(type(self).__name__, self.dataset, self.trainer, kwargs,
                                                            args)
         self.scores = self._compute(kwargs["model"], dataloader)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import TrainerCallback
 
-from ..importance import HEAD_CRITERIA, NEURON_CRITERIA, head_importance, layer_importance, neuron_importance
+from ..criteria import criterion_names, get_criterion
+from ..importance import head_importance, layer_importance, neuron_importance
 from ..importance.common import check_ratio, is_distributed
 from ..masking import mask
 from ..plan import PruningPlan
@@ -35,9 +36,12 @@ class PruningConfig:
     neurons_ratio: float | None = field(default=None, metadata={"help": "Fraction of FFN neurons to remove."})
     layers: int | list[int] | None = field(default=None, metadata={
         "help": "Layers to remove: a count (the least important by layer_method) or explicit indices."})
-    criterion: str = field(default="michel", metadata={"help": f"Head criterion, one of {HEAD_CRITERIA}."})
-    neuron_criterion: str = field(default="taylor", metadata={"help": f"Neuron criterion: {NEURON_CRITERIA}."})
-    layer_method: str = field(default="ablation", metadata={"help": "Layer scoring: 'ablation' or 'gate'."})
+    criterion: str = field(default="michel", metadata={
+        "help": f"Head criterion, one of {criterion_names('heads')}."})
+    neuron_criterion: str = field(default="taylor", metadata={
+        "help": f"Neuron criterion, one of {criterion_names('neurons')}."})
+    layer_method: str = field(default="ablation", metadata={
+        "help": f"Layer scoring, one of {criterion_names('layers')}."})
     at_step: int | None = field(default=None, metadata={"help": "Score and mask after this optimizer step."})
     at_epoch: int | None = field(default=None, metadata={"help": "Score and mask at the end of this epoch."})
     mode: str = field(default="mask", metadata={
@@ -58,9 +62,8 @@ class PruningConfig:
         owner = "PruningCallback"
         check_ratio(f"{owner}: heads_ratio", self.heads_ratio)
         check_ratio(f"{owner}: neurons_ratio", self.neurons_ratio)
-        check_choice(owner, "criterion", self.criterion, HEAD_CRITERIA)
-        check_choice(owner, "neuron_criterion", self.neuron_criterion, NEURON_CRITERIA)
-        check_choice(owner, "layer_method", self.layer_method, ("ablation", "gate"))
+        for name, unit in self._CRITERIA.items():
+            check_choice(owner, name, getattr(self, name), criterion_names(unit))
         check_choice(owner, "mode", self.mode, ("mask", "prune"))
         check_choice(owner, "scope", self.scope, ("global", "layer"))
         for name in ("at_step", "at_epoch", "max_batches", "num_samples", "round_to"):
@@ -76,10 +79,19 @@ class PruningConfig:
         if self.heads_ratio is None and self.neurons_ratio is None and not self.layers:
             raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio and/or layers")
         # Checked now rather than when scoring, which may be at the end of a long training run.
-        for name, used in (("criterion", self.heads_ratio is not None), ("neuron_criterion",
-                                                                         self.neurons_ratio is not None)):
-            if used and getattr(self, name) == "random" and self.seed is None:
-                raise ValueError(f"{owner}: {name}='random' needs a seed, e.g. seed=0")
+        for name in self._CRITERIA:
+            criterion = self.criterion_for(name)
+            if criterion is not None and criterion.needs_seed and self.seed is None:
+                raise ValueError(f"{owner}: {name}={criterion.name!r} needs a seed, e.g. seed=0")
+
+    # field -> the unit kind whose registered criteria it chooses among
+    _CRITERIA = {"criterion": "heads", "neuron_criterion": "neurons", "layer_method": "layers"}
+
+    def criterion_for(self, name: str):
+        """The criterion field `name` chooses, or None when that unit kind is not scored by this configuration."""
+        used = {"criterion": self.heads_ratio is not None, "neuron_criterion": self.neurons_ratio is not None,
+                "layer_method": isinstance(self.layers, int) and self.layers > 0}[name]
+        return get_criterion(getattr(self, name), self._CRITERIA[name]) if used else None
 
 
 class PruningCallback(TrainerCallback):
@@ -124,10 +136,7 @@ class PruningCallback(TrainerCallback):
 
     def _select(self, args, state, kwargs) -> None:
         c, model = self.config, kwargs["model"]
-        data_free = ("magnitude", "random")
-        needs_data = (c.heads_ratio is not None and c.criterion not in data_free) \
-            or (c.neurons_ratio is not None and c.neuron_criterion not in data_free) \
-            or (isinstance(c.layers, int) and c.layers > 0)
+        needs_data = any(found is not None and found.needs_data for found in map(c.criterion_for, c._CRITERIA))
         data = dataloader_for("PruningCallback", self.dataset, self.trainer, kwargs, args) if needs_data else None
         limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
         plan = PruningPlan()

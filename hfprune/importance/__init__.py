@@ -1,13 +1,23 @@
-"""Importance scorers for attention heads, FFN neurons and whole layers.
+"""Importance scorers for attention heads, FFN neurons and whole layers: the public entry points and their machinery.
 
-One module per criterion family: `michel` (Michel et al., 2019), `taylor` (Molchanov et al., 2017), `fisher`
-(squared gate gradients), `magnitude` (Li et al., 2017) and `layers` (LayerDrop-style ablation and layer gates);
-`common` holds batch handling, the scoring mode and the distributed reduction, `gradients` the shared gated pass.
+The criteria themselves live in `hfprune.criteria` (one module each, found by the registry); here are the
+dispatchers `head_importance`, `neuron_importance` and `layer_importance`, plus the shared machinery: `common`
+(batch handling, the scoring mode, the distributed "sum, then divide by tokens") and `gradients` (the gated pass).
 """
 
-from .api import HEAD_CRITERIA, NEURON_CRITERIA, head_importance, neuron_importance
+from .api import head_importance, neuron_importance
 from .common import ImportanceResult, normalize_heads
 from .layers import layer_importance
+
+
+def __getattr__(name: str):
+    # HEAD_CRITERIA / NEURON_CRITERIA are read from the registry when asked for (see `api.__getattr__`).
+    if name in ("HEAD_CRITERIA", "NEURON_CRITERIA"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["HEAD_CRITERIA", "NEURON_CRITERIA", "ImportanceResult", "head_importance", "layer_importance",
            "neuron_importance", "normalize_heads"]

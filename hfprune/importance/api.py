@@ -1,4 +1,5 @@
-"""The public scorers for heads and FFN neurons: one entry point per unit kind, dispatching on the criterion."""
+"""The public scorers for heads and FFN neurons: one entry point per unit kind, dispatching through the criterion
+registry (`hfprune.criteria`)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,35 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..criteria import UnitScores, check_call, criterion_names, get_criterion
 from ..plan import PruningPlan
-from .common import ImportanceResult, check_model, normalize_heads, pad_rows
-from .fisher import fisher_stats
-from .magnitude import magnitude_head_scores, magnitude_neuron_scores
-from .michel import michel_head_stats
-from .taylor import taylor_stats
-
-HEAD_CRITERIA = ("michel", "taylor", "magnitude", "fisher", "random")
-NEURON_CRITERIA = ("taylor", "magnitude", "fisher", "random")
+from .common import ImportanceResult, normalize_heads, pad_rows
 
 
-def _random(sizes: list[int], seed: int | None) -> list[torch.Tensor]:
-    if seed is None:
-        raise ValueError("criterion='random' needs a seed, e.g. seed=0, so that the baseline is reproducible")
-    generator = torch.Generator().manual_seed(int(seed))
-    return [torch.rand(n, generator=generator) for n in sizes]
+def __getattr__(name: str):
+    # Computed on access (not at import) so that they always list what the registry holds, new criteria included,
+    # and importing this module does not import every criterion module.
+    if name == "HEAD_CRITERIA":
+        return criterion_names("heads")
+    if name == "NEURON_CRITERIA":
+        return criterion_names("neurons")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _rows(model: nn.Module, per_layer: dict[int, torch.Tensor], size_of) -> list[torch.Tensor]:
-    """One vector per layer, in layer order (a layer without units gets an empty vector)."""
-    blocks = get_adapter(model).layers(model)
-    rows = []
-    for idx, block in enumerate(blocks):
-        row = per_layer.get(idx)
-        rows.append(row if row is not None else torch.zeros(size_of(block)))
-    return rows
+def score_units(unit: str, caller: str, model: nn.Module, dataloader: Iterable | None, criterion: str, *,
+                seed: int | None, options: dict, **common) -> UnitScores:
+    """Look `criterion` up for `unit`, check the call against its flags, run it: the dispatch of every scorer."""
+    found = get_criterion(criterion, unit, caller=caller)
+    check_call(found, caller=caller, dataloader=dataloader, seed=seed, options=options)
+    result = found.fn(model, dataloader, seed=seed, **common, **options)
+    return result if isinstance(result, UnitScores) else UnitScores(rows=list(result))
 
 
 def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, criterion: str = "michel",
                     normalize_layers: bool = True, normalize_global: bool = True, max_batches: int | None = None,
                     num_samples: int | None = None, show_progress: bool = True, return_entropy: bool = False,
-                    seed: int | None = None, plan: PruningPlan | None = None,
-                    distributed: bool = True) -> torch.Tensor | ImportanceResult:
+                    seed: int | None = None, plan: PruningPlan | None = None, distributed: bool = True,
+                    **options) -> torch.Tensor | ImportanceResult:
     """Score every attention head of `model`.
 
     Michel et al. (2019), "Are Sixteen Heads Really Better than One?": the raw score of head h is the sum over
@@ -49,7 +45,8 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
     Then, as in the authors' code, each layer is divided by its L2 norm and the whole matrix is min-max scaled to
     [0, 1]; neither changes the ranking within a layer. Other criteria: "taylor" (Molchanov et al., 2017),
     "fisher" (squared gate gradients, Kwon et al., 2022), "magnitude" (L1 of the head's weights, Li et al., 2017)
-    and "random" (a baseline; needs `seed`, no data).
+    and "random" (a baseline; needs `seed`, no data); every name registered for "heads" in `hfprune.criteria`
+    (`hfprune.criteria.criterion_names("heads")`) is accepted.
 
     The model runs in eval mode with its parameters frozen (gradients reach only the gates), one forward + backward
     per batch; weights, `requires_grad`, `.grad` and training mode are as before on return, also after an error.
@@ -60,7 +57,8 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         model (`PreTrainedModel`): a model of a supported family (possibly already pruned).
         dataloader (`DataLoader` or iterable of dicts, *optional*): batches with `labels`; not needed for
             "magnitude" and "random".
-        criterion (`str`, defaults to `"michel"`): one of "michel", "taylor", "magnitude", "fisher", "random".
+        criterion (`str`, defaults to `"michel"`): a head criterion: "michel", "taylor", "magnitude", "fisher",
+            "random", or any other registered for "heads".
         normalize_layers (`bool`, defaults to `True`): divide each layer's scores by their L2 norm.
         normalize_global (`bool`, defaults to `True`): min-max scale all scores to [0, 1].
         max_batches (`int`, *optional*): stop after this many batches.
@@ -72,6 +70,8 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         plan (`PruningPlan`, *optional*): score under this mask (its heads' gates are 0, its neurons and layers
             masked too), as in iterative pruning.
         distributed (`bool`, defaults to `True`): reduce over processes when torch.distributed is initialised.
+        options: options of the chosen criterion (the named keyword parameters of its function); one it does not
+            read is refused.
 
     Returns:
         `torch.Tensor` `[num_layers, max_heads]` (float32, CPU; NaN where a layer has fewer heads), or an
@@ -84,39 +84,21 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
         >>> hfprune.prune(model, plan)
         ```
     """
-    if criterion not in HEAD_CRITERIA:
-        raise ValueError(f"head_importance: criterion must be one of {HEAD_CRITERIA}, got {criterion!r}")
-    if return_entropy and criterion != "michel":
-        raise ValueError("head_importance: return_entropy=True is only available with criterion='michel'")
-    adapter = get_adapter(model)
-    sizes = [adapter.num_heads(model, block) for block in adapter.layers(model)]
-    entropy, tokens = None, 0
-    data_kwargs = {"plan": plan, "max_batches": max_batches, "num_samples": num_samples, "show_progress": show_progress,
-                       "distributed": distributed}
-    if criterion == "random":
-        rows = _random(sizes, seed)
-    elif criterion == "magnitude":
-        check_model(model, needs_grad=False)
-        rows = _rows(model, magnitude_head_scores(model), lambda b: adapter.num_heads(model, b))
-    elif criterion == "michel":
-        per_layer, ent, tokens = michel_head_stats(model, dataloader, return_entropy=return_entropy, **data_kwargs)
-        rows = _rows(model, per_layer, lambda b: adapter.num_heads(model, b))
-        if return_entropy:
-            entropy = pad_rows(_rows(model, ent, lambda b: adapter.num_heads(model, b)))
-    else:
-        stats = taylor_stats if criterion == "taylor" else fisher_stats
-        per_layer, tokens = stats(model, dataloader, units="heads", **data_kwargs)
-        rows = _rows(model, per_layer, lambda b: adapter.num_heads(model, b))
-    scores = normalize_heads(pad_rows(rows), by_layer=normalize_layers, by_global=normalize_global)
     if return_entropy:
-        return ImportanceResult(scores=scores, entropy=entropy, num_tokens=tokens)
+        options = {"return_entropy": True, **options}
+    result = score_units("heads", "head_importance", model, dataloader, criterion, seed=seed, options=options,
+                         plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
+                         distributed=distributed)
+    scores = normalize_heads(pad_rows(result.rows), by_layer=normalize_layers, by_global=normalize_global)
+    if return_entropy:
+        return ImportanceResult(scores=scores, entropy=pad_rows(result.entropy), num_tokens=result.num_tokens)
     return scores
 
 
 def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, criterion: str = "taylor",
                       max_batches: int | None = None, num_samples: int | None = None, show_progress: bool = True,
                       normalize_layers: bool = False, seed: int | None = None, plan: PruningPlan | None = None,
-                      distributed: bool = True) -> list[torch.Tensor]:
+                      distributed: bool = True, **options) -> list[torch.Tensor]:
     """Score every FFN neuron (intermediate channel) of `model`, one vector per layer.
 
     Criteria: "taylor" (Molchanov et al., 2017: |sum over tokens of activation x gradient| at the down-projection
@@ -128,7 +110,8 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
     Args:
         model (`PreTrainedModel`): a model of a supported family (possibly already pruned).
         dataloader (`DataLoader` or iterable of dicts, *optional*): batches with `labels` ("taylor", "fisher").
-        criterion (`str`, defaults to `"taylor"`): one of "taylor", "magnitude", "fisher", "random".
+        criterion (`str`, defaults to `"taylor"`): "taylor", "magnitude", "fisher", "random", or any other
+            registered for "neurons" (`hfprune.criteria.criterion_names("neurons")`).
         max_batches (`int`, *optional*): stop after this many batches.
         num_samples (`int`, *optional*): stop after this many examples.
         show_progress (`bool`, defaults to `True`): tqdm progress bar (main process only).
@@ -137,6 +120,7 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         seed (`int`, *optional*): seed of the "random" criterion.
         plan (`PruningPlan`, *optional*): score under this mask (heads, neurons and layers).
         distributed (`bool`, defaults to `True`): reduce over processes when torch.distributed is initialised.
+        options: options of the chosen criterion (see `head_importance`).
 
     Returns:
         `list[torch.Tensor]`: per layer, a float32 CPU vector of length `intermediate_size` of that layer.
@@ -147,20 +131,10 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         >>> plan = hfprune.select_neurons(scores, ratio=0.3, round_to=8)
         ```
     """
-    if criterion not in NEURON_CRITERIA:
-        raise ValueError(f"neuron_importance: criterion must be one of {NEURON_CRITERIA}, got {criterion!r}")
-    adapter = get_adapter(model)
-    blocks = adapter.layers(model)
-    if criterion == "random":
-        rows = _random([adapter.intermediate_size(b) for b in blocks], seed)
-    elif criterion == "magnitude":
-        check_model(model, needs_grad=False)
-        rows = _rows(model, magnitude_neuron_scores(model), adapter.intermediate_size)
-    else:
-        stats = taylor_stats if criterion == "taylor" else fisher_stats
-        per_layer, _ = stats(model, dataloader, units="neurons", plan=plan, max_batches=max_batches,
-                             num_samples=num_samples, show_progress=show_progress, distributed=distributed)
-        rows = _rows(model, per_layer, adapter.intermediate_size)
+    result = score_units("neurons", "neuron_importance", model, dataloader, criterion, seed=seed, options=options,
+                         plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
+                         distributed=distributed)
+    rows = result.rows
     rows = [r.detach().to("cpu", torch.float32) for r in rows]
     if normalize_layers:
         rows = [r / (r.pow(2).sum().sqrt() + 1e-20) for r in rows]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..arch import get_adapter
+
 _LABEL_ALIASES = ("label", "label_ids")
 
 
@@ -238,7 +240,47 @@ def all_reduce_sum(tensors: list[torch.Tensor], enabled: bool = True) -> list[to
     return out
 
 
+def sum_per_token(stats: list[torch.Tensor], tokens: int | float, distributed: bool = True,
+                  ) -> tuple[list[torch.Tensor], int]:
+    """Sum `stats` and this process's token count over processes (one collective), then divide by the total.
+
+    Every data criterion ends this way: per-process sums over batches become per-token means equal to one process
+    scoring all the batches. With no statistic at all (every layer headless: the same on every process) nothing is
+    reduced.
+
+    Returns:
+        `tuple[list[Tensor], int]`: the float64 means, and the total token count.
+
+    Raises:
+        ValueError: the batches hold no non-padding token (the means would be 0 / 0).
+    """
+    if not stats:
+        return [], round(tokens)
+    count = torch.tensor(float(tokens), dtype=torch.float64, device=stats[0].device)
+    reduced = all_reduce_sum([*stats, count], enabled=distributed)
+    total = float(reduced[-1])
+    if total <= 0:
+        raise ValueError("the batches contain no non-padding token (attention_mask sums to 0)")
+    return [r / total for r in reduced[:-1]], round(total)
+
+
 # ----- shaping --------------------------------------------------------------------------------------------------------
+def layer_rows(model: nn.Module, per_layer: Mapping[int, torch.Tensor], unit: str) -> list[torch.Tensor]:
+    """One vector per layer, in layer order, from layer -> scores (a layer without units gets an empty vector).
+
+    `unit` is "heads" or "neurons": the size of a missing layer's vector (0 for a headless / FFN-less layer).
+    """
+    adapter = get_adapter(model)
+    rows = []
+    for idx, block in enumerate(adapter.layers(model)):
+        row = per_layer.get(idx)
+        if row is None:
+            size = adapter.num_heads(model, block) if unit == "heads" else adapter.intermediate_size(block)
+            row = torch.zeros(size)
+        rows.append(row)
+    return rows
+
+
 def pad_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-layer vectors of different lengths into `[num_layers, max_len]` float32, NaN-padded, on CPU."""
     width = max((int(r.numel()) for r in rows), default=0)

@@ -3,7 +3,7 @@
 The gates are exactly those of `hfprune.attach_gates(..., requires_grad=True)` (heads at the output-projection
 input, neurons at the down-projection input, layers blending a block's output with its input). Criteria that need
 per-example, per-unit terms (Taylor, Fisher) also keep the gated activation `x` and its gradient, through a second
-pre-hook that runs after the gate's own.
+pre-hook that runs after the gate's own; `per_example_stats` is their shared pass.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from ..arch import get_adapter
 from ..masking import Gates, attach_gates, mask
 from ..plan import PruningPlan
-from .common import TokenCounter, check_model, eager_attention, iter_batches, model_loss, scoring_mode
+from .common import TokenCounter, check_model, eager_attention, iter_batches, model_loss, scoring_mode, sum_per_token
 
 
 @dataclass
@@ -137,3 +137,29 @@ def per_example_unit_grads(x: torch.Tensor, units: str, head_dim: int) -> torch.
     if units == "heads":
         contrib = contrib.unflatten(-1, (-1, head_dim)).sum(-1)
     return contrib.reshape(contrib.shape[0], -1, contrib.shape[-1]).sum(1)
+
+
+def per_example_stats(model: nn.Module, dataloader: Iterable, *, units: str, power: int, desc: str,
+                      plan: PruningPlan | None = None, max_batches: int | None = None,
+                      num_samples: int | None = None, show_progress: bool = True,
+                      distributed: bool = True) -> tuple[dict[int, torch.Tensor], int]:
+    """Sum over examples of |per-example gate gradient| ** power, per unit, divided by the token count.
+
+    Taylor (power 1) and Fisher (power 2) differ only in the power; see `per_example_unit_grads`.
+
+    Returns:
+        `tuple[dict[int, Tensor], int]`: layer -> `[units]` scores, and the total token count (all processes).
+    """
+    head_dim = get_adapter(model).head_dim(model)
+    sums: dict[int, torch.Tensor] = {}
+
+    def on_batch(view: BatchView) -> None:
+        for layer, x in view.activations.items():
+            term = per_example_unit_grads(x, units, head_dim).abs().double().pow(power).sum(0)
+            sums[layer] = sums[layer] + term if layer in sums else term
+
+    tokens = gated_passes(model, dataloader, units=units, on_batch=on_batch, plan=plan, keep_activations=True,
+                          max_batches=max_batches, num_samples=num_samples, show_progress=show_progress, desc=desc)
+    layers = sorted(sums)
+    means, total = sum_per_token([sums[i] for i in layers], tokens, distributed)
+    return dict(zip(layers, means)), total

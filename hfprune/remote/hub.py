@@ -60,7 +60,7 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, token: str | Non
                        commit_message: str = "Upload model pruned with hfprune") -> str:
     """Create (if needed) the Hub model repo `repo_id` and upload `folder` to it in one commit.
 
-    Run `hfprune.export_remote.add_remote_code(folder)` first if users without hfprune should load it with
+    Run `hfprune.add_remote_code(folder)` first if users without hfprune should load it with
     `trust_remote_code=True`; `hfprune.load_pruned(repo_id)` works either way.
 
     Args:
@@ -81,7 +81,7 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, token: str | Non
 
     Example:
         ```python
-        >>> from hfprune.export_remote import add_remote_code, push_folder_to_hub
+        >>> from hfprune.remote import add_remote_code, push_folder_to_hub
         >>> add_remote_code("out/pruned")
         >>> push_folder_to_hub("out/pruned", "me/minilm-sst2-pruned")
         ```

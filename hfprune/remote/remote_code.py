@@ -7,8 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..io.atomic import write_atomic
 from ..structure import get_record
-from .generate import MODELING_FILE, auto_classes_for, class_spec, render, verify, write_atomic
+from .generate import MODELING_FILE, auto_class_names, auto_classes_for, class_spec, render, verify
 
 _MODULE = Path(MODELING_FILE).stem
 
@@ -41,7 +42,7 @@ def add_remote_code(folder: str | os.PathLike) -> Path:
         ```python
         >>> hfprune.prune(model, plan)
         >>> hfprune.save_pruned(model, "out/pruned", tokenizer=tokenizer)
-        >>> hfprune.export_remote.add_remote_code("out/pruned")
+        >>> hfprune.add_remote_code("out/pruned")
         >>> # on a machine without hfprune:
         >>> AutoModelForSequenceClassification.from_pretrained("out/pruned", trust_remote_code=True)
         ```
@@ -68,7 +69,7 @@ def add_remote_code(folder: str | os.PathLike) -> Path:
         raise ValueError(f"add_remote_code: config.architectures={config.architectures!r} names no transformers "
                          "class; save the model with save_pretrained so that it is recorded")
     auto_map = {key: f"{_MODULE}.{arch}" for key in auto_classes_for(config.model_type, arch)}
-    base = transformers.AutoModel._model_mapping._model_mapping.get(config.model_type)
+    base = auto_class_names("AutoModel").get(config.model_type)
     classes = [arch]
     if isinstance(base, str) and base != arch and hasattr(transformers, base):
         classes.append(base)

@@ -1,12 +1,12 @@
 """Weight-level pruning: masks by magnitude / Taylor / random, unstructured, N:M and block patterns, gradual
 schedules for the Trainer, a compressed sparse export, int8 dynamic quantization and 2:4 GPU kernels.
 
-Importing this package registers the compressed-folder loader with `hfprune.load_pruned`.
+`hfprune.load_pruned` reads compressed folders without this package being imported first: the loader dispatch in
+`hfprune.io.formats` recognises them and imports `hfprune.sparsity.compressed` then.
 """
 
 from __future__ import annotations
 
-from .. import export as _export
 from .callback import GradualPruningCallback, GradualPruningConfig
 from .compressed import MANIFEST_NAME, compressed_stats, load_compressed, save_compressed
 from .config import SparsifyConfig
@@ -17,9 +17,6 @@ from .quantize import quantize_dynamic_int8
 from .schedule import SparsitySchedule
 from .semi_structured import semi_structured_support, to_semi_structured
 from .targets import Target, resolve_targets
-
-if load_compressed not in _export.FOLDER_LOADERS:
-    _export.FOLDER_LOADERS.append(load_compressed)
 
 __all__ = [
     "MANIFEST_NAME",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
+from ..criteria import get_criterion
 from .config import SparsifyConfig
 from .core import sparsify
 from .handle import SparsityHandle
@@ -33,13 +34,15 @@ class GradualPruningConfig:
     frequency: int = field(default=100, metadata={"help": "Recompute the masks every this many steps."})
     schedule: str = field(default="cubic", metadata={"help": f"One of {KINDS}."})
     criterion: str = field(default="magnitude", metadata={
-        "help": "'magnitude', 'taylor' (scored on taylor_batches batches of the train dataloader) or 'random'."})
+        "help": "A weight criterion: 'magnitude', 'taylor' (scored on taylor_batches batches of the train "
+                "dataloader), 'random', or any registered for 'weights' (hfprune.criteria.criterion_names)."})
     pattern: str = field(default="unstructured", metadata={
         "help": "'unstructured' or blocks 'RxC'; N:M has a fixed sparsity, so it needs schedule='one-shot'."})
     scope: str = field(default="layer", metadata={"help": "'layer' or 'global'."})
     targets: tuple[str, ...] | None = field(default=None, metadata={
         "help": "None for the attention and FFN projections, or name patterns (see hfprune.sparsify)."})
-    taylor_batches: int = field(default=8, metadata={"help": "Batches scored per update for criterion='taylor'."})
+    taylor_batches: int = field(default=8, metadata={
+        "help": "Batches of the train dataloader scored per update by a criterion that needs data ('taylor')."})
     finalize_on_end: bool = field(default=True, metadata={
         "help": "At the end of training fold the masks into the weights and detach the hooks."})
 
@@ -120,7 +123,8 @@ class GradualPruningCallback(TrainerCallback):
 
     def _prune(self, model, step: int, train_dataloader) -> None:
         sparsity = self.schedule.sparsity_at(step)
-        dataloader = train_dataloader if self.config.criterion == "taylor" else None
+        needs_data = get_criterion(self.config.criterion, "weights").needs_data
+        dataloader = train_dataloader if needs_data else None
         if self.handle is None:
             c = self.config
             self.handle = sparsify(model, None if _is_n_m(c.pattern) else sparsity, criterion=c.criterion,

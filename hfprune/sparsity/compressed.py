@@ -8,7 +8,8 @@ Networks with Pruning, Trained Quantization and Huffman Coding"), in a simple, e
   `int8=True`, `K::values` as int8 plus `K::scales` (float32, one symmetric scale per output channel);
 * every other tensor stored as-is under its own name (so it costs what it costs in a dense file);
 * `config.json` (with the hfprune structure record, if the model was also structurally pruned) and a small JSON
-  manifest, `hfprune_sparse.json`, which marks the folder for `hfprune.load_pruned`.
+  manifest, `hfprune_sparse.json`, which marks the folder for `hfprune.load_pruned` (`hfprune.io.formats` lists
+  the format and imports this module when it loads such a folder).
 
 At 90% sparsity a float32 tensor costs 1/32 (mask) + 0.1 (values) = 0.13x its dense bytes, 0.06x with int8 values.
 """
@@ -18,21 +19,24 @@ from __future__ import annotations
 import copy
 import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..export import atomic_dir, load_state_strict, model_class_for
+from ..io.atomic import atomic_dir
+from ..io.folders import read_safetensors_file, safetensors_sizes
+from ..io.names import SPARSE_FORMAT as FORMAT
+from ..io.names import SPARSE_MANIFEST_NAME as MANIFEST_NAME
+from ..io.names import SPARSE_WEIGHTS_NAME as WEIGHTS_NAME
+from ..io.rebuild import build_model, load_config
 from .targets import is_conv1d
 
-MANIFEST_NAME = "hfprune_sparse.json"
-WEIGHTS_NAME = "model.sparse.safetensors"
-FORMAT = "hfprune-sparse"
 VERSION = 1
+# The older name of `hfprune.io.safetensors_sizes` (tests and benchmarks read tensor sizes through it).
+_safetensors_sizes = safetensors_sizes
 
 
 def _channel_dims(model: nn.Module) -> dict[str, int]:
@@ -179,14 +183,16 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def load_compressed(folder: str | os.PathLike, dtype=None, **config_kwargs) -> nn.Module | None:
+def load_compressed(folder: str | os.PathLike, dtype=None, attn_implementation: str | None = None,
+                    **config_kwargs) -> nn.Module | None:
     """Rebuild a model saved by `save_compressed`; `None` if `folder` is not such a folder.
 
-    Registered in `hfprune.export.FOLDER_LOADERS`, so `hfprune.load_pruned(folder)` calls it.
+    `hfprune.load_pruned(folder)` calls it for such folders (the `hfprune-sparse` entry of `hfprune.io.FORMATS`).
 
     Args:
         folder (`str` or `os.PathLike`): the folder.
         dtype (`torch.dtype` or `str`, *optional*): cast the loaded model (default: the dtype it was saved in).
+        attn_implementation (`str`, *optional*): the attention implementation to build the model with.
         config_kwargs: overrides passed to `AutoConfig.from_pretrained`.
 
     Returns:
@@ -195,39 +201,21 @@ def load_compressed(folder: str | os.PathLike, dtype=None, **config_kwargs) -> n
     folder = Path(folder)
     if not (folder / MANIFEST_NAME).is_file():
         return None
-    from transformers import AutoConfig
-    from transformers.initialization import no_init_weights
+    state = read_compressed_state(folder)
+    config = load_config(folder, attn_implementation, **config_kwargs)
+    # The stored names are the model's own (save_compressed writes model.state_dict()), so no renaming.
+    return build_model(config, state, str(folder), dtype, checkpoint_names=False)
 
-    from ..structure import get_record
-    from ..surgery.core import apply_structure
 
+def read_compressed_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The dense state dict of a `save_compressed` folder (sparse tensors decoded), under the model's own names."""
+    folder = Path(folder)
     manifest = _read_manifest(folder)
-    raw = load_file(str(folder / manifest["weights"]))
+    raw = read_safetensors_file(folder / manifest["weights"])
     state = {k: v for k, v in raw.items() if "::" not in k}
     for key, meta in manifest["tensors"].items():
         state[key] = _decode(key, meta, raw)
-    config = AutoConfig.from_pretrained(folder, **config_kwargs)
-    with no_init_weights():
-        model = model_class_for(config)(config)
-    record = get_record(config)
-    if record is not None:
-        apply_structure(model, record)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    load_state_strict(model, state, str(folder))
-    if dtype is None or dtype == "auto":  # as from_pretrained in transformers v5: the dtype it was saved in
-        saved = getattr(config, "dtype", None)
-        dtype = saved if saved not in (None, "auto") else None
-    if dtype is not None:
-        model = model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    return model.eval()
-
-
-def _safetensors_sizes(file: Path) -> dict[str, int]:
-    with open(file, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    return state
 
 
 def compressed_stats(folder: str | os.PathLike) -> dict[str, float]:
@@ -240,7 +228,7 @@ def compressed_stats(folder: str | os.PathLike) -> dict[str, float]:
     """
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    sizes = _safetensors_sizes(folder / manifest["weights"])
+    sizes = safetensors_sizes(folder / manifest["weights"])
     sparse_stored = sum(n for k, n in sizes.items() if "::" in k)
     sparse_dense = sum(int(np.prod(m["shape"], dtype=np.int64)) * getattr(torch, m["dtype"]).itemsize
                        for m in manifest["tensors"].values())

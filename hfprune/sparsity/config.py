@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .criteria import CRITERIA
+from ..criteria import check_call, criterion_names, get_criterion
 from .patterns import Pattern, parse_pattern
 
 SCOPES = ("layer", "global")
@@ -17,7 +17,8 @@ class SparsifyConfig:
     sparsity: float | None = field(default=None, metadata={
         "help": "Fraction of the targeted weights set to zero, in [0, 1). Optional for N:M (fixed at 1 - N/M)."})
     criterion: str = field(default="magnitude", metadata={
-        "help": "Importance: 'magnitude' |w|, 'taylor' |w * grad| over a dataloader, or 'random' (baseline)."})
+        "help": "Importance: 'magnitude' |w|, 'taylor' |w * grad| over a dataloader, 'random' (baseline), or any "
+                "criterion registered for 'weights' (hfprune.criteria.criterion_names('weights'))."})
     pattern: str = field(default="unstructured", metadata={
         "help": "'unstructured', 'N:M' (N kept in every M along the input dim, e.g. '2:4'), or blocks 'RxC'."})
     scope: str = field(default="layer", metadata={
@@ -28,10 +29,15 @@ class SparsifyConfig:
     max_batches: int | None = field(default=None, metadata={
         "help": "Taylor only: stop scoring after this many batches (None: the whole dataloader)."})
     seed: int = field(default=0, metadata={"help": "Seed of the random criterion."})
+    criterion_options: dict = field(default_factory=dict, metadata={
+        "help": "Options of the chosen criterion (the named keyword parameters of its function)."})
 
     def __post_init__(self):
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion={self.criterion!r} is not one of {CRITERIA}")
+        names = criterion_names("weights")
+        if self.criterion not in names:
+            raise ValueError(f"criterion={self.criterion!r} is not one of {names}")
+        check_call(get_criterion(self.criterion, "weights"), caller="sparsify", seed=self.seed,
+                   options=self.criterion_options)
         if self.scope not in SCOPES:
             raise ValueError(f"scope={self.scope!r} is not one of {SCOPES}")
         pattern = parse_pattern(self.pattern)

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from ..criteria import check_call, get_criterion
 from .config import SparsifyConfig
 from .handle import SparsityHandle, check_not_masked, compute_masks
 from .targets import resolve_targets
@@ -13,7 +14,8 @@ from .targets import resolve_targets
 
 def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "magnitude",
              pattern: str = "unstructured", scope: str = "layer", targets: str | Sequence[str] | None = None,
-             dataloader: Iterable | None = None, max_batches: int | None = None, seed: int = 0) -> SparsityHandle:
+             dataloader: Iterable | None = None, max_batches: int | None = None, seed: int = 0,
+             **options) -> SparsityHandle:
     """Prune individual weights of the attention and FFN projections (or of modules chosen by name) with masks.
 
     Implements magnitude pruning (Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
@@ -25,7 +27,8 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         model (`nn.Module`): a model of a family hfprune supports (the default targets come from its adapter).
         sparsity (`float`, *optional*): fraction of targeted weights to zero, in [0, 1); N:M patterns fix it.
         criterion (`str`, defaults to `"magnitude"`): `"magnitude"` |w|, `"taylor"` |w * grad| summed over
-            `dataloader` batches (the model's own loss), or `"random"`.
+            `dataloader` batches (the model's own loss), `"random"`, or any criterion registered for "weights"
+            (`hfprune.criteria.criterion_names("weights")`).
         pattern (`str`, defaults to `"unstructured"`): `"unstructured"`, `"N:M"` such as `"2:4"` (along the input
             dimension), or blocks `"RxC"` such as `"1x4"`, `"4x4"` (rows of the output x columns of the input).
         scope (`str`, defaults to `"layer"`): `"layer"` prunes every tensor to `sparsity`; `"global"` ranks all
@@ -36,6 +39,8 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         dataloader (`Iterable[dict]`, *optional*): labelled batches, required by `criterion="taylor"`.
         max_batches (`int`, *optional*): Taylor only: batches to score.
         seed (`int`, defaults to 0): seed of the random criterion.
+        options: options of the chosen criterion (the named keyword parameters of its function), kept in
+            `handle.config.criterion_options` for `handle.update`.
 
     Returns:
         `SparsityHandle`: the masks, already applied.
@@ -58,7 +63,8 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         ```
     """
     config = SparsifyConfig(sparsity=sparsity, criterion=criterion, pattern=pattern, scope=scope, targets=targets,
-                            max_batches=max_batches, seed=seed)
+                            max_batches=max_batches, seed=seed, criterion_options=options)
+    check_call(get_criterion(criterion, "weights"), caller="sparsify", dataloader=dataloader)
     chosen = resolve_targets(model, config.targets)
     check_not_masked(model, chosen)
     masks = compute_masks(model, chosen, config, dataloader)

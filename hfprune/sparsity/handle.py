@@ -41,7 +41,8 @@ def compute_masks(model: nn.Module, targets: list[Target], config: SparsifyConfi
     """Keep-masks for `targets` under `config` (changes nothing in the model)."""
     pattern = config.parsed_pattern
     check_shapes(targets, pattern)
-    scores = compute_scores(model, targets, config.criterion, dataloader, config.max_batches, config.seed)
+    scores = compute_scores(model, targets, config.criterion, dataloader, config.max_batches, config.seed,
+                            config.criterion_options)
     return select_masks(targets, scores, float(config.sparsity), pattern, config.scope, prior)
 
 

@@ -2,7 +2,7 @@
 
 A thin shell over the library stages: `transformers.Trainer` trains and evaluates, `hfprune.head_importance` /
 `neuron_importance` / `layer_importance` score (on the Trainer's own training dataloader), `select_*` turn scores into
-a `PruningPlan`, `hfprune.prune` removes the units, and `hfprune.report` writes the outputs atomically.
+a `PruningPlan`, `hfprune.prune` removes the units, and `hfprune.app.report` writes the outputs atomically.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ...criteria import criterion_names
+from ...flops import measure_latency, model_costs
+from ...plan import PruningPlan
+from ...structure import get_record, model_structure
 from ..data import get_task, load_task_data, tokenize
-from ..flops import measure_latency, model_costs
-from ..plan import PruningPlan
 from ..report.outputs import check_output_dir, push_outputs, write_outputs
 from ..report.progress import StageLog, quiet_libraries
-from ..structure import get_record, model_structure
 from .config import Recipe, TrainConfig
 from .modeling import load_classifier
 from .training import evaluate_splits, make_trainer, scoring_batches, train_stage
@@ -52,10 +53,11 @@ def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: Stage
     cfg = recipe.prune
     scores: dict = {}
     with log.stage("score") as note:
-        # Michel et al. score heads with gate gradients; for FFN neurons the same first-order gate criterion is Taylor.
-        neuron_criterion = "taylor" if cfg.criterion == "michel" else cfg.criterion
+        # One name for both unit kinds; a head-only criterion (Michel et al.'s gate gradients) scores neurons with the
+        # same first-order gate criterion, Taylor.
+        neuron_criterion = cfg.criterion if cfg.criterion in criterion_names("neurons") else "taylor"
         common = {"max_batches": cfg.score_batches, "show_progress": not quiet}
-        seed = {"seed": recipe.seed} if cfg.criterion == "random" else {}
+        seed = {"seed": recipe.seed}  # read only by criteria that need one (random); the others ignore it
         if cfg.heads or cfg.sweep:
             scores["heads"] = hfprune.head_importance(model, loader, criterion=cfg.criterion, **common, **seed)
         if cfg.ffn:
@@ -110,7 +112,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
 
     Example:
         ```python
-        >>> from hfprune.recipes import load_recipe, run_recipe
+        >>> from hfprune.app.recipes import load_recipe, run_recipe
         >>> results = run_recipe(load_recipe("recipes/sst2.yaml", ["data.data_dir=../shared/data/glue"]))
         >>> results["pruned"]["metrics"]["validation"]["accuracy"]
         ```

@@ -1,4 +1,4 @@
-"""`python -m hfprune.demo` / `hfprune demo`: the whole workflow on a built-in task, no download, about a minute.
+"""`hfprune demo`: the whole workflow on a built-in task, no download, about 15 s of CPU time.
 
 A tiny BERT (built in code, with a word-level tokenizer) learns a synthetic sentiment task (does a sentence hold more
 positive than negative words?), then runs through exactly what `hfprune prune` does: fine-tune with `Trainer`,
@@ -77,7 +77,7 @@ def write_split(path: Path, n: int, seed: int) -> None:
 
 def demo_recipe(work: Path, output: Path, seed: int = 0):
     """The demo's recipe: the same `Recipe` object `hfprune run` / `hfprune prune` build."""
-    from .recipes.loader import recipe_from_dict
+    from ..recipes.loader import recipe_from_dict
 
     return recipe_from_dict({
         "description": "hfprune demo: a tiny BERT on a synthetic sentiment task (built in code, no download).",
@@ -99,8 +99,8 @@ def run_demo(output: str | Path | None = None, seed: int = 0, quiet: bool = Fals
 
     import hfprune
 
-    from .recipes.runner import run_recipe
-    from .report.progress import quiet_libraries
+    from ..recipes.runner import run_recipe
+    from ..report.progress import print_summary, quiet_libraries
 
     output = Path(output) if output else Path(tempfile.mkdtemp(prefix="hfprune-demo-")) / "pruned"
     threads = torch.get_num_threads()
@@ -121,8 +121,6 @@ def run_demo(output: str | Path | None = None, seed: int = 0, quiet: bool = Fals
     examples = ["the film was great and the music lovely", "a dull plot and a terrible ending but fine music"]
     with torch.no_grad():
         preds = model(**tokenizer(examples, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
-    from .cli.run import print_summary
-
     print_summary(results, output)
     print(f"reloaded with hfprune.load_pruned({str(output)!r}): {model_summary(model)}")
     for text, p in zip(examples, preds):
@@ -137,19 +135,23 @@ def model_summary(model) -> str:
     return f"{s['num_layers']} layers, heads per layer {s['heads']}, FFN per layer {s['ffn']}"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default=None, metavar="OUT", help="output folder (default: a new temp folder)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the model and training")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no stage lines")
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run the whole workflow on a built-in tiny task (no download)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=None, metavar="OUT", help="output folder (default: a new temp folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the model and training")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no stage lines")
+    p.set_defaults(handler=main)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hfprune.demo", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     run_demo(args.output, seed=args.seed, quiet=args.quiet)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m hfprune.demo`, the older spelling of `hfprune demo`
+    import sys
+
+    from .main import main as cli_main
+
+    raise SystemExit(cli_main(["demo", *sys.argv[1:]]))

@@ -18,21 +18,10 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=main)
 
 
-def print_summary(results: dict, out_dir) -> None:
-    """The final lines of `run` / `prune` (always printed, also with --quiet)."""
-    from ..report.markdown import _num
-
-    split, metric = results["eval_split"], results["metric"]
-    print(f"{results['task']} {split} {metric}: dense {_num(results['dense']['metric'])} -> pruned "
-          f"{_num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, "
-          f"FLOPs {results['flops_ratio']:.1%}, "
-          f"CPU speedup {results['speedup']:.2f}x; wall {results['wall_seconds']:.0f} s")
-    print(f"outputs in {out_dir}: {', '.join(results['files'])}")
-
-
 def main(args: argparse.Namespace) -> int:
     from ..recipes.loader import load_recipe
     from ..recipes.runner import run_recipe
+    from ..report.progress import print_summary
 
     overrides = list(args.set) + ([f"output.dir={args.output}"] if args.output else [])
     recipe = load_recipe(args.recipe, overrides)

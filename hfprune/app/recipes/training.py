@@ -1,7 +1,7 @@
 """The `transformers.Trainer` side of a recipe: one Trainer per stage (fine-tune, recover, evaluate).
 
 No training loop of our own: fine-tuning and recovery are `Trainer.train()`, evaluation is `Trainer.evaluate()` with
-`hfprune.metrics.compute_metrics_fn`, and importance scoring reads the Trainer's own training dataloader.
+`hfprune.app.metrics.compute_metrics_fn`, and importance scoring reads the Trainer's own training dataloader.
 """
 
 from __future__ import annotations

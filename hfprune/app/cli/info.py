@@ -24,10 +24,10 @@ def describe(path: str, seq_len: int = 128) -> dict:
     """Before/after structure, parameter and FLOPs counts of a saved pruned model, from its config alone."""
     from transformers import AutoConfig
 
-    from ..export import resolve_folder
-    from ..flops import base_model_on_meta, model_costs, pruned_model_on_meta
+    from ...export import resolve_folder
+    from ...flops import base_model_on_meta, model_costs, pruned_model_on_meta
+    from ...structure import get_record
     from ..report.results import per_layer_rows
-    from ..structure import get_record
 
     folder = resolve_folder(path)
     if not (Path(folder) / "config.json").is_file():

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CRITERIA = ("michel", "taylor", "magnitude", "fisher", "random")
-LAYER_METHODS = ("ablation", "gate")
+from ...criteria import criterion_names
+
 SCOPES = ("global", "layer")
+
+
+def __getattr__(name: str):
+    # The criterion choices come from the registry when asked for, so a newly registered criterion is valid here.
+    if name == "CRITERIA":
+        return criterion_names("heads")
+    if name == "LAYER_METHODS":
+        return criterion_names("layers")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _f(default, help: str, **kw):
@@ -94,8 +103,9 @@ class PruneConfig:
     heads: float = _f(0.0, "fraction of attention heads to remove")
     ffn: float = _f(0.0, "fraction of FFN neurons to remove")
     layers: int = _f(0, "number of whole layers to remove")
-    criterion: str = _f("michel", f"head/neuron importance criterion: {', '.join(CRITERIA)}")
-    layer_method: str = _f("ablation", f"layer importance method: {', '.join(LAYER_METHODS)}")
+    criterion: str = _f("michel", "head/neuron importance criterion: " + ", ".join(criterion_names("heads"))
+                        + " (for neurons: the same name when registered for neurons, otherwise taylor)")
+    layer_method: str = _f("ablation", f"layer importance method: {', '.join(criterion_names('layers'))}")
     scope: str = _f("global", "rank heads and neurons over the whole model (global) or within each layer (layer)")
     min_heads_per_layer: int = _f(1, "never remove the last this-many heads of a layer")
     round_ffn_to: int = _f(1, "keep a multiple of this many FFN neurons per layer (8 or 64 suit fast kernels)")
@@ -107,9 +117,10 @@ class PruneConfig:
         _fraction("heads", self.heads)
         _fraction("ffn", self.ffn)
         _check(0 <= self.layers <= 1000, f"layers must be >= 0, got {self.layers}")
-        _check(self.criterion in CRITERIA, f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        _check(self.layer_method in LAYER_METHODS,
-               f"layer_method must be one of {', '.join(LAYER_METHODS)}, got {self.layer_method!r}")
+        criteria, methods = criterion_names("heads"), criterion_names("layers")
+        _check(self.criterion in criteria, f"criterion must be one of {', '.join(criteria)}, got {self.criterion!r}")
+        _check(self.layer_method in methods,
+               f"layer_method must be one of {', '.join(methods)}, got {self.layer_method!r}")
         _check(self.scope in SCOPES, f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         _check(self.min_heads_per_layer >= 0, f"min_heads_per_layer must be >= 0, got {self.min_heads_per_layer}")
         _check(self.round_ffn_to >= 1, f"round_ffn_to must be >= 1, got {self.round_ffn_to}")

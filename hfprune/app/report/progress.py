@@ -70,3 +70,15 @@ def quiet_libraries(quiet: bool):
             datasets.enable_progress_bars()
         if tf_bars:
             transformers.utils.logging.enable_progress_bar()
+
+
+def print_summary(results: dict, out_dir) -> None:
+    """The final lines of `run` / `prune` (always printed, also with --quiet)."""
+    from .markdown import _num
+
+    split, metric = results["eval_split"], results["metric"]
+    print(f"{results['task']} {split} {metric}: dense {_num(results['dense']['metric'])} -> pruned "
+          f"{_num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, "
+          f"FLOPs {results['flops_ratio']:.1%}, "
+          f"CPU speedup {results['speedup']:.2f}x; wall {results['wall_seconds']:.0f} s")
+    print(f"outputs in {out_dir}: {', '.join(results['files'])}")

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
+from ..importance.common import layer_rows, sum_per_token
+from ..importance.gradients import BatchView, gated_passes
 from ..plan import PruningPlan
-from .common import all_reduce_sum
-from .gradients import BatchView, gated_passes
+from . import UnitScores, register_criterion
 
 
 def _entropy(attn: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -67,17 +68,19 @@ def michel_head_stats(model: nn.Module, dataloader: Iterable, *, plan: PruningPl
                           output_attentions=return_entropy, max_batches=max_batches, num_samples=num_samples,
                           show_progress=show_progress, desc="head importance (michel)")
     layers = sorted(sums)
-    if not layers:  # every layer is headless: nothing to score (the same on every process)
-        return {}, ({} if return_entropy else None), tokens
-    device = sums[layers[0]].device
     stats = [sums[i] for i in layers] + ([ent[i] for i in layers] if return_entropy else [])
-    reduced = all_reduce_sum([*stats, torch.tensor(float(tokens), dtype=torch.float64, device=device)],
-                             enabled=distributed)
-    total = float(reduced[-1])
-    if total <= 0:
-        raise ValueError("the batches contain no non-padding token (attention_mask sums to 0)")
-    scores = {layer: reduced[i] / total for i, layer in enumerate(layers)}
-    entropy = None
-    if return_entropy:
-        entropy = {layer: reduced[len(layers) + i] / total for i, layer in enumerate(layers)}
-    return scores, entropy, round(total)
+    means, total = sum_per_token(stats, tokens, distributed)
+    scores = dict(zip(layers, means[:len(layers)]))
+    entropy = dict(zip(layers, means[len(layers):])) if return_entropy else None
+    return scores, entropy, total
+
+
+@register_criterion("michel", units=("heads",), order=10, needs_data=True, needs_labels=True,
+                    summary="|dL/dg| of a gate on each head (Michel et al., 2019); return_entropy=True adds entropy")
+def michel_heads(model: nn.Module, dataloader: Iterable, *, return_entropy: bool = False, plan=None,
+                 max_batches=None, num_samples=None, show_progress=True, distributed=True, **common) -> UnitScores:
+    per_layer, entropy, tokens = michel_head_stats(model, dataloader, plan=plan, return_entropy=return_entropy,
+                                                   max_batches=max_batches, num_samples=num_samples,
+                                                   show_progress=show_progress, distributed=distributed)
+    return UnitScores(rows=layer_rows(model, per_layer, "heads"), num_tokens=tokens,
+                      entropy=layer_rows(model, entropy, "heads") if return_entropy else None)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..recipes.config import CRITERIA, LAYER_METHODS, SCOPES
+from ...criteria import criterion_names
+from ..recipes.config import SCOPES
 from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
 
 EXAMPLE = """example:
@@ -27,8 +28,8 @@ def add_parser(sub) -> None:
     add_flag(p, "--heads", "prune.heads", type=float, metavar="R")
     add_flag(p, "--ffn", "prune.ffn", type=float, metavar="R")
     add_flag(p, "--layers", "prune.layers", type=int, metavar="N")
-    add_flag(p, "--criterion", "prune.criterion", choices=CRITERIA)
-    add_flag(p, "--layer-method", "prune.layer_method", choices=LAYER_METHODS)
+    add_flag(p, "--criterion", "prune.criterion", choices=criterion_names("heads"))  # the registry's, as recipes
+    add_flag(p, "--layer-method", "prune.layer_method", choices=criterion_names("layers"))
     add_flag(p, "--scope", "prune.scope", choices=SCOPES)
     add_flag(p, "--score-batches", "prune.score_batches", type=int, metavar="N")
     p.add_argument("--sweep", type=fractions, default=None,
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
             data.setdefault("recover", {}).setdefault(key, data["finetune"][key])
     recipe = recipe_from_dict(apply_overrides(data, args.set), source="command line")
     from ..recipes.runner import run_recipe
-    from .run import print_summary
+    from ..report.progress import print_summary
 
     print_summary(run_recipe(recipe, quiet=args.quiet), recipe.output.dir)
     return 0

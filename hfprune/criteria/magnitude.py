@@ -1,17 +1,26 @@
-"""Weight-magnitude importance (no data): the L1 norm of each unit's weights, after Li et al. (2017), "Pruning
-Filters for Efficient ConvNets" (ICLR 2017).
+"""Weight-magnitude importance (no data): L1 norms of a unit's weights, or |w| of single weights.
 
-A head's weights are its query rows, the key/value rows of its KV group and its columns of the output projection;
-a neuron's are its rows in every FFN input projection (`up` and `gate` for gated MLPs) and its column of the down
-projection. Biases are left out, as in the paper. Sizes are equal within a layer, so norms are not rescaled.
+Units: Li et al. (2017), "Pruning Filters for Efficient ConvNets" (ICLR 2017). A head's weights are its query rows,
+the key/value rows of its KV group and its columns of the output projection; a neuron's are its rows in every FFN
+input projection (`up` and `gate` for gated MLPs) and its column of the down projection. Biases are left out, as in
+the paper. Sizes are equal within a layer, so norms are not rescaled.
+
+Weights: |w|, Han et al. (2015), "Learning both Weights and Connections for Efficient Neural Networks".
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..arch import get_adapter
+from ..importance.common import check_model, layer_rows
+from . import register_criterion
+
+if TYPE_CHECKING:
+    from ..sparsity.targets import Target
 
 
 def _weight_out_in(module: nn.Module) -> torch.Tensor:
@@ -64,3 +73,22 @@ def magnitude_neuron_scores(model: nn.Module) -> dict[int, torch.Tensor]:
             total = total + _rows_l1(module, size, 1)
         scores[idx] = total.cpu()
     return scores
+
+
+@register_criterion("magnitude", units=("heads",), order=30,
+                    summary="L1 norm of the head's weights (Li et al., 2017)")
+def magnitude_heads(model: nn.Module, dataloader=None, **common) -> list[torch.Tensor]:
+    check_model(model, needs_grad=False)
+    return layer_rows(model, magnitude_head_scores(model), "heads")
+
+
+@register_criterion("magnitude", units=("neurons",), order=30,
+                    summary="L1 norm of the neuron's weights (Li et al., 2017)")
+def magnitude_neurons(model: nn.Module, dataloader=None, **common) -> list[torch.Tensor]:
+    check_model(model, needs_grad=False)
+    return layer_rows(model, magnitude_neuron_scores(model), "neurons")
+
+
+@register_criterion("magnitude", units=("weights",), order=10, summary="|w| (Han et al., 2015)")
+def magnitude_weights(model: nn.Module, dataloader=None, *, targets: list[Target], **common) -> dict[str, torch.Tensor]:
+    return {t.name: t.weight.detach().abs() for t in targets}

@@ -59,10 +59,10 @@ def machine_info() -> dict:
 
 
 def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
-    """Assemble results.json from the runner's state (see `hfprune.recipes.runner.run_recipe`)."""
+    """Assemble results.json from the runner's state (see `hfprune.app.recipes.runner.run_recipe`)."""
     import transformers
 
-    from .. import __version__
+    from ... import __version__
 
     task, recipe, plan = run["task"], run["recipe"], run["plan"]
     main_split = task.eval_splits[0]
