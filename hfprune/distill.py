@@ -88,7 +88,9 @@ class DistillationTrainer(Trainer):
 
     Args:
         model (`PreTrainedModel`): the student.
-        teacher_model (`PreTrainedModel`): the teacher; same output size as the student.
+        teacher_model (`PreTrainedModel`, *optional*): the teacher; same output size as the student. Without one
+            the loss is the plain label loss until `set_teacher` is called (what `PruningCallback(distill=...)` does
+            at its pruning step, with a frozen copy of the model before pruning).
         alpha (`float`, defaults to 0.5): weight of the KL term; `1 - alpha` weighs the label loss.
         temperature (`float`, defaults to 2.0): softmax temperature of the KL term.
         hidden_weight (`float`, defaults to 0.0): weight of the hidden-state MSE (0: off).
@@ -115,32 +117,49 @@ class DistillationTrainer(Trainer):
                  teacher_dtype: torch.dtype | str | None = None, layer_map: dict[int, int] | None = None,
                  **kwargs):
         check_distill_options(alpha, temperature, hidden_weight)
-        if not isinstance(teacher_model, nn.Module):
-            raise ValueError("DistillationTrainer: teacher_model= is required (the model before pruning, e.g. "
-                             "copy.deepcopy(model) taken before hfprune.prune)")
         if model is None:
             raise ValueError("DistillationTrainer: model (the student) is required")
-        if output_size(teacher_model) != output_size(model):
-            raise ValueError(f"DistillationTrainer: the teacher's output size ({output_size(teacher_model)}) differs "
-                             f"from the student's ({output_size(model)}); distillation compares their logits")
-        if hidden_weight > 0:
-            layer_map = dict(layer_map) if layer_map is not None else match_layers(model, teacher_model)
-            if int(teacher_model.config.hidden_size) != int(model.config.hidden_size):
-                raise ValueError("DistillationTrainer: hidden_weight > 0 needs equal hidden sizes, got teacher "
-                                 f"{teacher_model.config.hidden_size} and student {model.config.hidden_size}")
-        if isinstance(teacher_dtype, str):
-            teacher_dtype = getattr(torch, teacher_dtype)
+        if teacher_model is not None:
+            layer_map = self._check_teacher(model, teacher_model, hidden_weight, layer_map)
         super().__init__(model, *args, **kwargs)
         self.model_accepts_loss_kwargs = False  # the label loss is the model's per-batch mean
         self.alpha, self.temperature, self.hidden_weight = float(alpha), float(temperature), float(hidden_weight)
-        self.layer_map = layer_map or {}
         self.causal_lm = _is_causal_lm(model)
-        teacher_model.eval()
-        teacher_model.requires_grad_(False)
-        self.teacher_model = teacher_model.to(device=self.args.device, dtype=teacher_dtype)
+        self.teacher_model, self.layer_map = None, {}
+        self.teacher_dtype = getattr(torch, teacher_dtype) if isinstance(teacher_dtype, str) else teacher_dtype
+        if teacher_model is not None:
+            self._install(teacher_model, layer_map)
+
+    @staticmethod
+    def _check_teacher(student: nn.Module, teacher: nn.Module, hidden_weight: float, layer_map) -> dict[int, int]:
+        if not isinstance(teacher, nn.Module):
+            raise ValueError(f"DistillationTrainer: teacher_model must be a model, got {type(teacher).__name__}")
+        if output_size(teacher) != output_size(student):
+            raise ValueError(f"DistillationTrainer: the teacher's output size ({output_size(teacher)}) differs "
+                             f"from the student's ({output_size(student)}); distillation compares their logits")
+        if hidden_weight <= 0:
+            return {}
+        if int(teacher.config.hidden_size) != int(student.config.hidden_size):
+            raise ValueError("DistillationTrainer: hidden_weight > 0 needs equal hidden sizes, got teacher "
+                             f"{teacher.config.hidden_size} and student {student.config.hidden_size}")
+        return dict(layer_map) if layer_map is not None else match_layers(student, teacher)
+
+    def _install(self, teacher: nn.Module, layer_map: dict[int, int]) -> None:
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self.teacher_model = teacher.to(device=self.args.device, dtype=self.teacher_dtype)
+        self.layer_map = layer_map
+
+    def set_teacher(self, teacher_model: nn.Module, layer_map: dict[int, int] | None = None) -> None:
+        """Start distilling from `teacher_model` (checked as in `__init__`); `PruningCallback(distill=...)` calls
+        this with a frozen copy of the model taken just before it masks or prunes."""
+        unwrapped = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        self._install(teacher_model, self._check_teacher(unwrapped, teacher_model, self.hidden_weight, layer_map))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The distillation loss of one batch (see the class docstring); the label loss via `Trainer.compute_loss`."""
+        if self.teacher_model is None:  # no teacher yet (set by PruningCallback at its pruning step)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs)
         hidden = self.hidden_weight > 0
         student_inputs = {**inputs, "output_hidden_states": True} if hidden else dict(inputs)
         labels = inputs.get("labels")
@@ -197,3 +216,21 @@ def check_distill_options(alpha, temperature, hidden_weight) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not ok(value):
             raise ValueError(f"DistillationTrainer: {name} must be a number {expected}, got {value!r}")
+
+
+DISTILL_DEFAULTS = {"alpha": 0.5, "temperature": 2.0, "hidden_weight": 0.0}
+
+
+def distill_options(value, owner: str = "distill") -> dict:
+    """`True` / `{}` / a partial `{alpha, temperature, hidden_weight}` -> the full, validated settings."""
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{owner}: distill must be true or a mapping of alpha / temperature / hidden_weight, "
+                         f"got {value!r}")
+    unknown = sorted(set(value) - set(DISTILL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{owner}: unknown key distill.{unknown[0]} (known: {', '.join(DISTILL_DEFAULTS)})")
+    out = {**DISTILL_DEFAULTS, **value}
+    check_distill_options(out["alpha"], out["temperature"], out["hidden_weight"])
+    return {k: float(v) for k, v in out.items()}

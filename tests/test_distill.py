@@ -124,7 +124,7 @@ def test_teacher_in_bfloat16(tmp_path):
     ({"temperature": 0.0}, "temperature"),
     ({"temperature": float("inf")}, "temperature"),
     ({"hidden_weight": -1.0}, "hidden_weight"),
-    ({"teacher_model": None}, "teacher_model"),
+    ({"teacher_model": "dense"}, "teacher_model must be a model"),
 ])
 def test_bad_options_are_refused(tmp_path, kwargs, match):
     teacher = make_model("bert")
@@ -157,3 +157,49 @@ def test_label_mixing_needs_labels(tmp_path):
     trainer = DistillationTrainer(student, teacher_model=teacher, alpha=0.5, args=_args(tmp_path))
     with pytest.raises(ValueError, match="no 'labels'"):
         trainer.compute_loss(student, make_inputs(student))
+
+
+def _train_rows(model, n: int = 8) -> list[dict]:
+    rows = []
+    for i in range(n):
+        batch = make_inputs(model, batch=1, seq=7, seed=10 + i)
+        rows.append({"input_ids": batch["input_ids"][0].tolist(), "attention_mask": [1] * 7, "labels": i % 3})
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["mask", "prune"])
+def test_pruning_callback_distills_from_the_model_before_pruning(tmp_path, mode):
+    from datasets import Dataset
+
+    model = make_model("bert")
+    batches = [{**make_inputs(model, batch=2, seq=7, seed=i), "labels": torch.tensor([0, 1])} for i in range(2)]
+    callback = hfprune.PruningCallback(heads_ratio=0.5, at_step=1, mode=mode, dataset=batches,
+                                       distill={"alpha": 0.7, "temperature": 3.0})
+    trainer = DistillationTrainer(model, args=_args(tmp_path, max_steps=3, per_device_train_batch_size=4),
+                                  train_dataset=Dataset.from_list(_train_rows(model)), callbacks=[callback])
+    callback.bind(trainer)
+    assert trainer.teacher_model is None
+    trainer.train()
+    teacher = trainer.teacher_model
+    assert teacher is not None and teacher is not model
+    assert hfprune.model_structure(teacher)["heads"] == [4, 4, 4]  # the copy was taken before the surgery
+    assert hfprune.model_structure(model)["heads"] != [4, 4, 4]
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not any(m._forward_pre_hooks for m in teacher.modules())  # no mask on the teacher
+    assert (trainer.alpha, trainer.temperature) == (0.7, 3.0)
+
+
+def test_pruning_callback_distill_needs_a_distillation_trainer(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer
+
+    model = make_model("bert")
+    callback = hfprune.PruningCallback(heads_ratio=0.5, at_step=1, distill=True)
+    trainer = Trainer(model, args=_args(tmp_path, max_steps=1), train_dataset=Dataset.from_list(_train_rows(model)),
+                      callbacks=[callback])
+    with pytest.raises(ValueError, match="DistillationTrainer"):
+        callback.bind(trainer)
+    with pytest.raises(ValueError, match="distill.beta"):
+        hfprune.PruningCallback(heads_ratio=0.5, distill={"beta": 1.0})
+    with pytest.raises(ValueError, match="alpha"):
+        hfprune.PruningCallback(heads_ratio=0.5, distill={"alpha": 2.0})
