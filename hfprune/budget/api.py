@@ -117,10 +117,14 @@ def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | 
     if tune and not plan.is_empty():
         t0 = time.perf_counter()
         gates = attach_gates(model, heads=True, neurons=True, plan=plan)
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()  # dropout off while the layer outputs are matched
         try:
             tuned = tune_scales(model, batches, gates, kept_h, kept_n, show_progress=show_progress)
         finally:
             gates.remove()
+            for module, training in modes:
+                module.training = training
         masks.head_scales, masks.neuron_scales = tuned.head_scales, tuned.neuron_scales
         times["tune"] = time.perf_counter() - t0
         plan.meta["tuning"] = {"layers_tuned": tuned.layers_tuned, "stopped_at": tuned.stopped_at}
