@@ -266,3 +266,25 @@ def test_two_gloo_processes_find_the_single_process_plan(tmp_path):
                 assert torch.equal(got[key], expected), (rank, key)  # the same units removed
             else:  # the same folded scales, to rounding (sums taken in a different order)
                 assert torch.allclose(got[key], expected, atol=1e-5, rtol=1e-4), (rank, key)
+
+
+def test_tuning_stops_at_a_scale_outside_the_bound(monkeypatch):
+    from hfprune.budget import tuning
+
+    model = make_model("bert")
+    calls = []
+    real = tuning._solve
+
+    def solve(ata, atb):  # the second system (layer 0's neurons) "needs" a scale of 50
+        calls.append(1)
+        scales = real(ata, atb)
+        return None if len(calls) == 2 else scales
+
+    monkeypatch.setattr(tuning, "_solve", solve)
+    masks = find_budget_masks(model, _batches(model), flops=0.6, seq_len=16, show_progress=False)
+    assert masks.plan.meta["tuning"] == {"layers_tuned": 0, "stopped_at": {"layer": 0, "units": "neurons"}}
+    assert list(masks.head_scales) == [0] and masks.neuron_scales == {}
+    assert len(calls) == 2
+    big = torch.tensor([[1.0]], dtype=torch.float64)
+    assert real(big, torch.tensor([50.0], dtype=torch.float64)) is None  # outside [-10, 10]
+    assert real(big, torch.tensor([9.0], dtype=torch.float64)).item() == pytest.approx(9.0)

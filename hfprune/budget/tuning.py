@@ -148,10 +148,11 @@ def tune_scales(model: nn.Module, batches: list[dict], gates: Gates, kept_heads:
             probe = _Probe(adapter, block)
             try:
                 targets, teacher_next, pre_ln = _teacher_pass(block, probe, gates, teacher)
-                if result.stopped_at is None:
-                    result.stopped_at = _tune_layer(adapter, block, probe, gates, student, targets, pre_ln, layer,
-                                                    kept_heads[layer], kept_neurons[layer], result, head_dim)
-                    result.layers_tuned += result.stopped_at is None
+                result.stopped_at = _tune_layer(adapter, block, probe, gates, student, targets, pre_ln, layer,
+                                                kept_heads[layer], kept_neurons[layer], result, head_dim)
+                if result.stopped_at is not None:
+                    break  # as in the paper: this and the later layers keep scale 1
+                result.layers_tuned += 1
                 if layer + 1 < len(blocks):
                     student = [s.with_hidden(run_block(block, s)) for s in student]
             finally:
