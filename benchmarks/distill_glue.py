@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden-weight", type=float, default=0.0)
     parser.add_argument("--score-samples", type=int, default=256)
     parser.add_argument("--dev-limit", type=int, default=None)
+    parser.add_argument("--modes", default="distill,labels", help="which recoveries to run (distill, labels)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {"distill": [], "labels": []}
     seconds: dict[str, list[float]] = {"distill": [], "labels": []}
     for seed in seeds:
-        for mode in ("distill", "labels"):
+        for mode in args.modes.split(","):
             student = copy.deepcopy(pruned)
             wall = recover(student, copy.deepcopy(dense), data, collator, distill=mode == "distill",
                            steps=args.steps, lr=args.lr, seed=seed, batch=args.batch_size, alpha=args.alpha,
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for mode, label in (("distill", "DistillationTrainer (teacher = dense)"), ("labels", "Trainer on labels")):
         accs = results[mode]
+        if not accs:
+            continue
         print(f"| {label} | {','.join(map(str, seeds))} | {' / '.join(f'{a:.4f}' for a in accs)} | "
               f"{statistics.fmean(accs):.4f} | {max(accs) - min(accs):.4f} | "
               f"{statistics.fmean(seconds[mode]) / args.steps:.2f} |")
