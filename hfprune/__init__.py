@@ -1,7 +1,8 @@
 """hfprune: structured and weight-level pruning for Hugging Face Transformers v5.
 
-Score units (heads, FFN neurons, layers), turn scores into a `PruningPlan`, mask them (reversible) or `prune` them
-(physical removal, real speedup), recover by fine-tuning, and save a model that `load_pruned` loads back.
+Score units (heads, FFN neurons, layers; channels of vision CNNs), turn scores into a `PruningPlan`, mask them
+(reversible) or `prune` them (physical removal, real speedup), recover by fine-tuning, and save a model that
+`load_pruned` loads back.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ _LAZY = {
     "push_folder_to_hub": "hfprune.remote",
     "prune_to_budget": "hfprune.budget",
     "DistillationTrainer": "hfprune.distill",
+    "ChannelGroup": "hfprune.arch.channels",
+    "channel_groups": "hfprune.arch.channels",
+    "channel_importance": "hfprune.importance.channels",
+    "ChannelScores": "hfprune.importance.channels",
+    "select_channels": "hfprune.selection_channels",
+    "NetworkSlimmingCallback": "hfprune.callbacks.slimming",
+    "recalibrate_batchnorm": "hfprune.bn_calibration",
+    "export_compressed_tensors": "hfprune.serving.compressed_tensors",
 }
 
 __all__ = [
@@ -65,7 +74,7 @@ __all__ += list(_LAZY)
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
 # of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
 _SUBMODULES = ("app", "budget", "callbacks", "criteria", "export", "export_remote", "flops", "importance", "io",
-               "remote", "selection", "sparsity", *_compat.MOVED)
+               "remote", "selection", "serving", "sparsity", *_compat.MOVED)
 
 
 def __getattr__(name: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .arch import get_adapter
+from .arch import get_adapter, unwrap_model
 from .plan import PruningPlan
 
 
@@ -59,11 +59,14 @@ class Gates:
         head_gates (`dict[int, torch.Tensor]`): layer -> `[num_heads]` gate (1 keeps, 0 removes).
         neuron_gates (`dict[int, torch.Tensor]`): layer -> `[intermediate_size]` gate.
         layer_gates (`dict[int, torch.Tensor]`): layer -> scalar gate.
+        channel_gates (`dict[str, torch.Tensor]`): CNN channel group name -> `[size]` gate
+            (`hfprune.masking_channels`).
     """
 
     head_gates: dict[int, torch.Tensor] = field(default_factory=dict)
     neuron_gates: dict[int, torch.Tensor] = field(default_factory=dict)
     layer_gates: dict[int, torch.Tensor] = field(default_factory=dict)
+    channel_gates: dict[str, torch.Tensor] = field(default_factory=dict)
     _handles: list = field(default_factory=list, repr=False)
 
     def remove(self) -> None:
@@ -72,7 +75,8 @@ class Gates:
         self._handles.clear()
 
     def parameters(self) -> list[torch.Tensor]:
-        return [*self.head_gates.values(), *self.neuron_gates.values(), *self.layer_gates.values()]
+        return [*self.head_gates.values(), *self.neuron_gates.values(), *self.layer_gates.values(),
+                *self.channel_gates.values()]
 
     def zero_grad(self) -> None:
         for gate in self.parameters():
@@ -98,6 +102,9 @@ def attach_gates(model: nn.Module, heads: bool = False, neurons: bool = False, l
     Returns:
         `Gates`: the handle; call `.remove()` to detach.
     """
+    # A DDP / accelerate / compiled wrapper: the hooks go on the inner model's modules, so they also act when the
+    # wrapper runs the forward (mask, then train on with DDP).
+    model = unwrap_model(model)
     adapter = get_adapter(model)
     if plan is not None:
         plan.validate(model)
@@ -143,6 +150,10 @@ def mask(model: nn.Module, plan: PruningPlan) -> Gates:
         >>> handle.remove()                  # the model is exactly as before
         ```
     """
+    if plan.channels:  # CNN channel groups: their own gates, on the inputs of every consumer
+        from .masking_channels import attach_channel_gates
+
+        return attach_channel_gates(model, plan=plan)
     return attach_gates(model, heads=bool(plan.heads), neurons=bool(plan.neurons), layers=bool(plan.layers),
                         plan=plan)
 

@@ -35,6 +35,33 @@ def _as_index_lists(name: str, value) -> dict[int, list[int]]:
     return out
 
 
+def _as_channel_lists(value) -> dict[str, list[int]]:
+    """`{group_name: [channel, ...]}` with sorted, unique, non-negative integer indices (empty lists dropped)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"PruningPlan.channels must be a dict {{group_name: [index, ...]}}, got {type(value).__name__}")
+    out: dict[str, list[int]] = {}
+    for name, indices in value.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"PruningPlan.channels: group key {name!r} must be a group name (a module path string)")
+        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+            raise TypeError(f"PruningPlan.channels[{name!r}] must be a list of integers, got {indices!r}")
+        items = list(indices)
+        ints = [int(i) for i in items] if all(isinstance(i, int) and not isinstance(i, bool) for i in items) \
+            else None
+        if ints is None:
+            raise ValueError(f"PruningPlan.channels[{name!r}] must hold integers, got {items!r}")
+        if len(set(ints)) != len(ints):
+            dup = sorted({i for i in ints if ints.count(i) > 1})
+            raise ValueError(f"PruningPlan.channels: group {name!r} lists channel {dup[0]} more than once")
+        if ints and min(ints) < 0:
+            raise ValueError(f"PruningPlan.channels: group {name!r} has negative index {min(ints)}")
+        if ints:
+            out[name] = sorted(ints)
+    return out
+
+
 def _as_layer_list(value) -> list[int]:
     if value is None:
         return []
@@ -62,6 +89,8 @@ class PruningPlan:
         heads (`dict[int, list[int]]`): attention heads to remove, per layer (query heads for GQA models).
         neurons (`dict[int, list[int]]`): FFN neurons (intermediate channels) to remove, per layer.
         layers (`list[int]`): whole blocks to remove.
+        channels (`dict[str, list[int]]`): CNN channels to remove, per channel group (the group's name from
+            `hfprune.channel_groups`, e.g. `"resnet.encoder.stages.0.layers.0.layer.0.convolution"`).
         meta (`dict`): free-form provenance (criterion, ratio, scores file ...), kept in the JSON.
 
     Example:
@@ -76,8 +105,10 @@ class PruningPlan:
     neurons: dict[int, list[int]] = field(default_factory=dict)
     layers: list[int] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    channels: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
+        self.channels = _as_channel_lists(self.channels)
         self.heads = _as_index_lists("heads", self.heads)
         self.neurons = _as_index_lists("neurons", self.neurons)
         layers = _as_layer_list(self.layers)
@@ -93,7 +124,10 @@ class PruningPlan:
 
     # ----- queries -------------------------------------------------------------------------------------------------
     def is_empty(self) -> bool:
-        return not (self.heads or self.neurons or self.layers)
+        return not (self.heads or self.neurons or self.layers or self.channels)
+
+    def num_channels(self) -> int:
+        return sum(len(v) for v in self.channels.values())
 
     def num_heads(self) -> int:
         return sum(len(v) for v in self.heads.values())
@@ -107,9 +141,15 @@ class PruningPlan:
         Raises:
             ValueError: naming the layer and the offending index (out of range for this model).
         """
-        from .arch import get_adapter
+        from .arch import get_adapter, unwrap_model
 
+        model = unwrap_model(model)
         adapter = get_adapter(model)
+        if self.channels or getattr(adapter, "has_channels", False):
+            from .arch.channels import validate_channel_plan
+
+            validate_channel_plan(self, model)
+            return self._check_structure(model)
         layers = adapter.layers(model)
         n_layers = len(layers)
         for layer in self.layers:
@@ -130,6 +170,9 @@ class PruningPlan:
                         f"PruningPlan.{name}: layer {layer} index {indices[-1]} is out of range "
                         f"(layer {layer} has {size} {name}); was this plan made for a different model?"
                     )
+        self._check_structure(model)
+
+    def _check_structure(self, model: nn.Module) -> None:
         expected = self.meta.get("model_structure")
         if expected is not None:
             from .structure import model_structure
@@ -147,16 +190,18 @@ class PruningPlan:
             "heads": {str(k): list(v) for k, v in sorted(self.heads.items())},
             "neurons": {str(k): list(v) for k, v in sorted(self.neurons.items())},
             "layers": list(self.layers),
+            **({"channels": {k: list(v) for k, v in self.channels.items()}} if self.channels else {}),
             "meta": self.meta,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
-        unknown = set(data) - {"heads", "neurons", "layers", "meta"}
+        unknown = set(data) - {"heads", "neurons", "layers", "channels", "meta"}
         if unknown:
-            raise ValueError(f"PruningPlan: unknown key {min(unknown)!r} (expected heads, neurons, layers, meta)")
+            raise ValueError(f"PruningPlan: unknown key {min(unknown)!r} "
+                             "(expected heads, neurons, layers, channels, meta)")
         return cls(heads=data.get("heads") or {}, neurons=data.get("neurons") or {}, layers=data.get("layers") or [],
-                   meta=data.get("meta") or {})
+                   meta=data.get("meta") or {}, channels=data.get("channels") or {})
 
     def to_json(self, path: str | Path | None = None, indent: int | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
@@ -173,4 +218,6 @@ class PruningPlan:
 
 
 def _short(structure: dict) -> str:
+    if "channels" in structure:
+        return f"channel groups {structure['channels']}"
     return f"{structure.get('num_layers')} layers, heads={structure.get('heads')}, ffn={structure.get('ffn')}"

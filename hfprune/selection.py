@@ -256,7 +256,7 @@ def iterative_head_pruning(model: nn.Module, dataloader: Iterable, *, step_ratio
         >>> hfprune.prune(model, plan)
         ```
     """
-    from .arch import get_adapter
+    from .arch import get_adapter, unwrap_model
     from .importance import head_importance
     from .masking import masked
 
@@ -271,6 +271,7 @@ def iterative_head_pruning(model: nn.Module, dataloader: Iterable, *, step_ratio
     for key in ("plan", "return_entropy"):
         if key in score_kwargs:
             raise ValueError(f"iterative_head_pruning: {key}= is managed by the loop; do not pass it")
+    model = unwrap_model(model)
     adapter = get_adapter(model)
     total = sum(adapter.num_heads(model, block) for block in adapter.layers(model))
     step = max(1, _round(step_ratio * total))

@@ -15,10 +15,16 @@ RECORD_FORMAT = 1
 
 
 def model_structure(model: nn.Module) -> dict:
-    """Per-layer head, KV-head and FFN counts of `model` as it is now."""
-    from .arch import get_adapter
+    """Per-layer head, KV-head and FFN counts of `model` as it is now (CNNs: the size of every channel group)."""
+    from .arch import get_adapter, unwrap_model
 
+    model = unwrap_model(model)
     adapter = get_adapter(model)
+    if getattr(adapter, "has_channels", False):
+        from .arch.channels import channel_groups
+
+        return {"model_type": model.config.model_type,
+                "channels": {name: g.size for name, g in channel_groups(model).items()}}
     layers = adapter.layers(model)
     return {
         "model_type": model.config.model_type,

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) scoring half of the batches each give the single-process scores."""
+"""Two CPU processes (gloo) scoring half of the batches each give the single-process scores, also through a model
+really wrapped in `DistributedDataParallel` (what `accelerate.prepare` returns on several processes)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import make_inputs, make_model
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 
 import hfprune
 
@@ -38,16 +40,42 @@ def _scores(batches_for) -> dict[str, torch.Tensor]:
         out[f"{family}.raw"], out[f"{family}.entropy"] = result.scores, result.entropy
         out[f"{family}.tokens"] = torch.tensor([float(result.num_tokens)])
         if family == "bert":
-            out["bert.taylor"] = torch.cat(hfprune.neuron_importance(model, batches, show_progress=False))
-            out["bert.layer_gate"] = hfprune.layer_importance(model, batches, method="gate", show_progress=False)
+            out.update(_bert_scores(model, batches))
     return {k: v.contiguous() for k, v in out.items()}
+
+
+PLAN = hfprune.PruningPlan(heads={0: [1, 3]}, neurons={1: list(range(8))}, layers=[2])
+
+
+def _bert_scores(model, batches) -> dict[str, torch.Tensor]:
+    """Scores, masks and masked logits; `model` may be the DDP wrapper (then the names get no "module." prefix)."""
+    out = {"bert.michel": hfprune.head_importance(model, batches, show_progress=False),
+           "bert.taylor": torch.cat(hfprune.neuron_importance(model, batches, show_progress=False)),
+           "bert.layer_gate": hfprune.layer_importance(model, batches, method="gate", show_progress=False),
+           "bert.ablation": hfprune.layer_importance(model, batches, show_progress=False)}
+    with hfprune.masked(model, PLAN), torch.no_grad():  # hooks on the inner modules act on the wrapper's forward
+        out["bert.masked_logits"] = model(**make_inputs(hfprune.arch.unwrap_model(model), seed=99)).logits
+    handle = hfprune.sparsify(model, 0.5, criterion="magnitude", targets=["default", "classifier"])
+    out.update({f"bert.mask.{name}": mask.float() for name, mask in handle.masks.items()})
+    handle.remove()
+    return out
+
+
+def _ddp_scores(batches_for) -> dict[str, torch.Tensor]:
+    model = make_model("bert")
+    ddp = DistributedDataParallel(model)  # CPU + gloo: a real wrapper, with its reducer and buffer broadcast
+    assert not hasattr(ddp, "config")
+    out = _bert_scores(ddp, batches_for(_batches(model)))
+    assert hfprune.prune(ddp, PLAN) is model and model.config.num_hidden_layers == 2  # the inner model is pruned
+    return {f"ddp.{k}": v.contiguous() for k, v in out.items()}
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        scores = _scores(lambda batches: batches[rank::WORLD])
+        shard = lambda batches: batches[rank::WORLD]  # noqa: E731
+        scores = {**_scores(shard), **_ddp_scores(shard)}
         save_file(scores, os.path.join(out_dir, f"rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
@@ -60,10 +88,27 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single = _scores(lambda batches: batches)
     for rank in range(WORLD):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
-        assert set(got) == set(single)
-        for key, expected in single.items():
+        wrapped = {k.removeprefix("ddp.") for k in got if k.startswith("ddp.")}
+        assert set(got) - {f"ddp.{k}" for k in wrapped} == set(single)
+        assert {"bert.michel", "bert.taylor", "bert.layer_gate", "bert.ablation", "bert.masked_logits"} <= wrapped
+        assert sum(k.startswith("bert.mask.") for k in wrapped) == 19  # 6 projections x 3 layers + classifier
+        for key, value in got.items():
+            expected = single[key.removeprefix("ddp.")]  # the wrapped model's result is the unwrapped one's
             # Relative to the largest score: raw scores of tiny random models are ~1e-6.
             scale = expected.double().abs().nan_to_num().max().clamp_min(1e-30)
-            assert torch.allclose(got[key].double() / scale, expected.double() / scale, atol=1e-5, rtol=0,
+            assert torch.allclose(value.double() / scale, expected.double() / scale, atol=1e-5, rtol=0,
                                   equal_nan=True), (rank, key)
     assert single["bert.raw"].abs().sum() > 0
+
+
+def test_wrappers_are_unwrapped_in_one_process():
+    # torch.compile keeps the model in `_orig_mod`, DataParallel (and DDP, above) in `.module`; neither has `.config`.
+    model = make_model("bert")
+    wrapped = torch.nn.DataParallel(torch.compile(model))  # nothing compiles until it is called
+    assert hfprune.arch.unwrap_model(wrapped) is model and hfprune.get_adapter(wrapped) is hfprune.get_adapter(model)
+    assert torch.equal(hfprune.head_importance(wrapped, criterion="magnitude"),
+                       hfprune.head_importance(model, criterion="magnitude"))
+    gates = hfprune.mask(wrapped, PLAN)
+    assert set(gates.layer_gates) == {0, 1, 2} and float(gates.layer_gates[2]) == 0.0
+    gates.remove()
+    assert hfprune.sparsify(wrapped, 0.5).keys()[0].startswith("bert.")  # the model's names, no "module." prefix

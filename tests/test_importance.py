@@ -209,13 +209,23 @@ def test_magnitude_is_the_l1_norm_of_the_head_weights():
     model = make_model("llama")  # GQA: 4 query heads share 2 KV heads
     adapter = hfprune.get_adapter(model)
     block = adapter.layers(model)[1]
-    q, k, v = (s.module.weight.detach() for s in adapter.qkv_segments(block))
+    segments = {s.role: s.module for s in adapter.qkv_segments(block)}
+    q, k, v = (segments[role].weight.detach() for role in ("q", "k", "v"))
     o = adapter.out_proj(block).weight.detach()
-    head, kv = 3, 1
-    expected = (q[24:32].abs().sum() + k[8:16].abs().sum() + v[8:16].abs().sum() + o[:, 24:32].abs().sum())
+    n, n_kv, hd = adapter.num_heads(model, block), adapter.num_kv_heads(model, block), adapter.head_dim(model)
+    assert (n, n_kv, hd) == (4, 2, 8)
     raw = hfprune.head_importance(model, criterion="magnitude", normalize_layers=False, normalize_global=False)
-    assert float(raw[1, head]) == pytest.approx(float(expected), rel=1e-5)
-    assert kv == head // 2
+    for head in range(n):
+        kv = head // (n // n_kv)  # query heads 0, 1 read KV head 0; heads 2, 3 read KV head 1
+        rows, kv_rows = slice(head * hd, (head + 1) * hd), slice(kv * hd, (kv + 1) * hd)
+        expected = q[rows].abs().sum() + k[kv_rows].abs().sum() + v[kv_rows].abs().sum() + o[:, rows].abs().sum()
+        assert float(raw[1, head]) == pytest.approx(float(expected), rel=1e-5), head
+    # The GQA mapping itself: larger keys of KV head 1 raise the scores of exactly the query heads it serves.
+    with torch.no_grad():
+        segments["k"].weight[hd:2 * hd] *= 3
+    after = hfprune.head_importance(model, criterion="magnitude", normalize_layers=False, normalize_global=False)
+    assert torch.equal(after[1, :2], raw[1, :2]) and (after[1, 2:] > raw[1, 2:]).all()
+    assert torch.equal(after[[0, 2]], raw[[0, 2]])
     neurons = hfprune.neuron_importance(model, criterion="magnitude")
     mlp_in = adapter.ffn_in(block)
     with torch.no_grad():

@@ -158,6 +158,18 @@ class ArchAdapter:
     def after_build(self, model: nn.Module, record: dict) -> None:
         """Hook for families whose modules derive values from the layer index at construction time."""
 
+    def plain_stand_in(self, config, architectures: list[str]) -> tuple[dict | None, str]:
+        """A stock family that runs this model's exact computation and whose config accepts shapes this one refuses.
+
+        Args:
+            architectures (`list[str]`): the model's class names (`config.architectures` is unset before a save).
+
+        Returns:
+            `(changes, reason)`: `changes` holds `model_type`, `architectures` and the config keys to drop / set
+            (`drop`, `set`), or is `None` when there is no such family; `reason` says why, for logs and model cards.
+        """
+        return None, f"no stock family stands in for {config.model_type!r}"
+
 
 def _in_features(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):

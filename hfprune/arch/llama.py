@@ -22,3 +22,33 @@ class LlamaAdapter(ArchAdapter):
     config_heads_key = "num_attention_heads"
     config_kv_heads_key = "num_key_value_heads"
     config_ffn_key = "intermediate_size"
+
+    # Llama classes -> the Mistral classes with the same weight names (LlamaForQuestionAnswering is left out: its
+    # base model sits under `transformer`, Mistral's under `model`).
+    _MISTRAL_CLASSES = {"LlamaForCausalLM": "MistralForCausalLM", "LlamaModel": "MistralModel",
+                        "LlamaForSequenceClassification": "MistralForSequenceClassification",
+                        "LlamaForTokenClassification": "MistralForTokenClassification"}
+
+    def plain_stand_in(self, config, architectures: list[str]) -> tuple[dict | None, str]:
+        """Llama as Mistral: transformers v5's `LlamaConfig` refuses `hidden_size % num_attention_heads != 0` although
+        `LlamaAttention` uses the explicit `head_dim`; `MistralConfig` accepts it. The Mistral modeling code is the
+        Llama code (RMSNorm, rotary embedding with every rope type, gated MLP, GQA attention) minus the biases, plus a
+        sliding window that `sliding_window=None` turns off, so without biases the logits are the same.
+        """
+        if config.model_type != "llama":
+            return None, f"{config.model_type!r} configs accept uniform head counts themselves"
+        blockers = [f"{key}=True (Mistral has no {what} bias)" for key, what in (("attention_bias", "attention"),
+                                                                                ("mlp_bias", "MLP"))
+                    if getattr(config, key, False)]
+        archs = list(architectures)
+        missing = [a for a in archs if a not in self._MISTRAL_CLASSES]
+        if missing:
+            blockers.append(f"no Mistral class with the same weight names for {missing}")
+        if blockers:
+            return None, "the Mistral classes cannot stand in: " + "; ".join(blockers)
+        changes = {"model_type": "mistral", "architectures": [self._MISTRAL_CLASSES[a] for a in archs],
+                   "drop": ("attention_bias", "mlp_bias", "pretraining_tp"), "set": {"sliding_window": None}}
+        reason = ("transformers v5's LlamaConfig rejects hidden_size % num_attention_heads != 0; the Mistral classes "
+                  "run the same computation (no attention/MLP bias, sliding_window=None) and their config accepts "
+                  "these head counts")
+        return changes, reason

@@ -4,6 +4,7 @@
   train end (and every N steps), expose `.scores`, write `importance.json` to `args.output_dir`.
 - `PruningCallback` (`pruning.py`): score at a step / epoch, mask, prune physically at train end.
 - `LayerDropCallback` (`layerdrop.py`): skip random layers during training (Fan et al., 2020).
+- `NetworkSlimmingCallback` (`slimming.py`): L1 penalty on CNN BatchNorm scales (Liu et al., 2017).
 """
 
 from .importance import (
@@ -17,7 +18,8 @@ from .importance import (
 )
 from .layerdrop import LayerDropCallback, LayerDropConfig
 from .pruning import PruningCallback, PruningConfig
+from .slimming import NetworkSlimmingCallback, NetworkSlimmingConfig
 
 __all__ = ["HeadImportanceCallback", "HeadScoringConfig", "LayerDropCallback", "LayerDropConfig",
-           "LayerImportanceCallback", "LayerScoringConfig", "NeuronImportanceCallback", "NeuronScoringConfig",
-           "PruningCallback", "PruningConfig", "ScoringConfig"]
+           "LayerImportanceCallback", "LayerScoringConfig", "NetworkSlimmingCallback", "NetworkSlimmingConfig",
+           "NeuronImportanceCallback", "NeuronScoringConfig", "PruningCallback", "PruningConfig", "ScoringConfig"]

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import TrainerCallback
 
+from ..arch import unwrap_model
 from ..criteria import criterion_names, get_criterion
 from ..importance import head_importance, layer_importance, neuron_importance
 from .base import build_config, check_choice, check_positive, dataloader_for, write_section
@@ -96,7 +97,7 @@ class _ScoringCallback(TrainerCallback):
         data_free = criterion is not None and not criterion.needs_data
         dataloader = None if data_free else dataloader_for(type(self).__name__, self.dataset, self.trainer, kwargs,
                                                            args)
-        self.scores = self._compute(kwargs["model"], dataloader)
+        self.scores = self._compute(unwrap_model(kwargs["model"]), dataloader)
         self.history.append({"step": state.global_step, "scores": self.scores})
         if state.is_world_process_zero:
             write_section(args.output_dir, self.config.output_file, self.units, {

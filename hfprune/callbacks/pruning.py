@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import TrainerCallback
 
+from ..arch import unwrap_model
 from ..criteria import criterion_names, get_criterion
 from ..importance import head_importance, layer_importance, neuron_importance
 from ..importance.common import check_ratio, is_distributed
@@ -34,6 +35,12 @@ class PruningConfig:
 
     heads_ratio: float | None = field(default=None, metadata={"help": "Fraction of attention heads to remove."})
     neurons_ratio: float | None = field(default=None, metadata={"help": "Fraction of FFN neurons to remove."})
+    channels_ratio: float | None = field(default=None, metadata={
+        "help": "CNNs: fraction of the channels of `channel_groups` to remove (scored by channel_criterion)."})
+    channel_criterion: str = field(default="l1", metadata={
+        "help": f"CNN channel criterion, one of {criterion_names('channels')}."})
+    channel_groups: str = field(default="all", metadata={
+        "help": "CNN channel groups scored: 'all' prunable, 'inner' (free) or 'coupled' (residual widths)."})
     layers: int | list[int] | None = field(default=None, metadata={
         "help": "Layers to remove: a count (the least important by layer_method) or explicit indices."})
     criterion: str = field(default="michel", metadata={
@@ -65,8 +72,10 @@ class PruningConfig:
         owner = "PruningCallback"
         check_ratio(f"{owner}: heads_ratio", self.heads_ratio)
         check_ratio(f"{owner}: neurons_ratio", self.neurons_ratio)
+        check_ratio(f"{owner}: channels_ratio", self.channels_ratio)
         for name, unit in self._CRITERIA.items():
             check_choice(owner, name, getattr(self, name), criterion_names(unit))
+        check_choice(owner, "channel_groups", self.channel_groups, ("all", "inner", "coupled"))
         check_choice(owner, "mode", self.mode, ("mask", "prune"))
         check_choice(owner, "scope", self.scope, ("global", "layer"))
         for name in ("at_step", "at_epoch", "max_batches", "num_samples", "round_to"):
@@ -79,8 +88,9 @@ class PruningConfig:
             raise ValueError(f"{owner}: layers (a count) must be >= 0, got {self.layers}")
         if isinstance(self.layers, list):
             PruningPlan(layers=self.layers)  # negative / duplicate / non-integer indices: an error naming them now
-        if self.heads_ratio is None and self.neurons_ratio is None and not self.layers:
-            raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio and/or layers")
+        if self.heads_ratio is None and self.neurons_ratio is None and not self.layers \
+                and self.channels_ratio is None:
+            raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio, layers or channels_ratio")
         if self.distill is not None and self.distill is not False:
             from ..distill import distill_options
 
@@ -94,12 +104,14 @@ class PruningConfig:
                 raise ValueError(f"{owner}: {name}={criterion.name!r} needs a seed, e.g. seed=0")
 
     # field -> the unit kind whose registered criteria it chooses among
-    _CRITERIA = {"criterion": "heads", "neuron_criterion": "neurons", "layer_method": "layers"}
+    _CRITERIA = {"criterion": "heads", "neuron_criterion": "neurons", "layer_method": "layers",
+                 "channel_criterion": "channels"}
 
     def criterion_for(self, name: str):
         """The criterion field `name` chooses, or None when that unit kind is not scored by this configuration."""
         used = {"criterion": self.heads_ratio is not None, "neuron_criterion": self.neurons_ratio is not None,
-                "layer_method": isinstance(self.layers, int) and self.layers > 0}[name]
+                "layer_method": isinstance(self.layers, int) and self.layers > 0,
+                "channel_criterion": self.channels_ratio is not None}[name]
         return get_criterion(getattr(self, name), self._CRITERIA[name]) if used else None
 
 
@@ -112,6 +124,10 @@ class PruningCallback(TrainerCallback):
     the rest of training and prunes at train end (`prune_at_end=False` leaves the mask on instead); mode="prune"
     prunes at once and re-points the optimizer to the smaller tensors (their Adam moments restart; one process
     only, since DDP / FSDP hold the old parameters).
+
+    CNNs: `channels_ratio` removes that fraction of the channels of `channel_groups` ("all", "inner", "coupled"),
+    scored by `channel_criterion` (`bn_scale` after `NetworkSlimmingCallback`, `l1`, `magnitude`, `taylor`,
+    `random`) and selected with `scope` / `round_to` / `min_per_layer` (per channel group).
 
     Args:
         dataset (`Dataset`, `DataLoader` or list of batch dicts, *optional*): scoring data; defaults to the trainer's
@@ -163,7 +179,8 @@ class PruningCallback(TrainerCallback):
         trainer.set_teacher(copy.deepcopy(model))
 
     def _select(self, args, state, kwargs) -> None:
-        c, model = self.config, kwargs["model"]
+        # The model inside a DDP / accelerate wrapper (a custom loop may hand the wrapper to the callbacks).
+        c, model = self.config, unwrap_model(kwargs["model"])
         needs_data = any(found is not None and found.needs_data for found in map(c.criterion_for, c._CRITERIA))
         data = dataloader_for("PruningCallback", self.dataset, self.trainer, kwargs, args) if needs_data else None
         limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
@@ -182,7 +199,15 @@ class PruningCallback(TrainerCallback):
             plan.layers = select_layers(self.scores["layers"], count=c.layers).layers
         elif isinstance(c.layers, list):
             plan.layers = sorted(c.layers)
-        plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers,
+        if c.channels_ratio is not None:  # CNN channel groups (hfprune.importance.channels)
+            from ..importance.channels import channel_importance
+            from ..selection_channels import select_channels
+
+            self.scores["channels"] = channel_importance(model, data, criterion=c.channel_criterion, seed=c.seed,
+                                                         groups=c.channel_groups, **limits)
+            plan.channels = select_channels(self.scores["channels"], ratio=c.channels_ratio, scope=c.scope,
+                                            round_to=c.round_to, min_per_group=c.min_per_layer).channels
+        plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers, channels=plan.channels,
                            meta={"callback": "PruningCallback", "global_step": state.global_step,
                                  "config": asdict(c)})
         self.plan = plan
@@ -192,8 +217,9 @@ class PruningCallback(TrainerCallback):
             self._prune_now(model, kwargs.get("optimizer"))
         else:
             self._gates = mask(model, plan)
-        logger.info("PruningCallback: step %d: %s %d heads, %d neurons, layers %s", state.global_step,
-                    "pruned" if self.pruned else "masking", plan.num_heads(), plan.num_neurons(), plan.layers)
+        logger.info("PruningCallback: step %d: %s %d heads, %d neurons, layers %s, %d channels", state.global_step,
+                    "pruned" if self.pruned else "masking", plan.num_heads(), plan.num_neurons(), plan.layers,
+                    plan.num_channels())
         self._write(args, state)
 
     def _prune_now(self, model, optimizer) -> None:
@@ -218,7 +244,7 @@ class PruningCallback(TrainerCallback):
         self._check_distill_trainer()
         # Explicit layer indices are checked against the model before training, not at the scoring step.
         if self.plan is None and isinstance(self.config.layers, list) and model is not None:
-            PruningPlan(layers=self.config.layers).validate(model)
+            PruningPlan(layers=self.config.layers).validate(unwrap_model(model))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.plan is None and self.config.at_step is not None and state.global_step >= self.config.at_step:
@@ -236,7 +262,7 @@ class PruningCallback(TrainerCallback):
             self._select(args, state, kwargs)
         if self.config.prune_at_end and not self.pruned:
             self.remove_mask()
-            prune(kwargs["model"], self.plan)
+            prune(unwrap_model(kwargs["model"]), self.plan)
             self.pruned = True
             self._write(args, state)
 

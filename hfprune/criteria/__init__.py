@@ -23,13 +23,16 @@ beyond the common ones (`def michel(model, dataloader, *, return_entropy=False, 
 `return_entropy`); an option no criterion of that name reads is refused with an error naming it, before any work.
 `check_call` applies the flags (`needs_data`, `needs_seed`) and the option check in one place.
 
-Example:
+Example (a module `hfprune/criteria/l2.py`; docs/importance.md has the same as a runnable session):
     ```python
+    >>> from hfprune.arch import get_adapter
     >>> from hfprune.criteria import register_criterion
-    >>> @register_criterion("l2", units=("neurons",), summary="L2 norm of the neuron's weights")
-    ... def l2_neurons(model, dataloader=None, **options):
-    ...     ...
+    >>> @register_criterion("l2", units=("neurons",), summary="L2 norm of the neuron's down-projection column")
+    ... def l2_neurons(model, dataloader=None, **common):
+    ...     adapter = get_adapter(model)
+    ...     return [adapter.ffn_out(block).weight.detach().norm(dim=0) for block in adapter.layers(model)]
     >>> hfprune.criteria.criterion_names("neurons")
+    ('taylor', 'magnitude', 'fisher', 'random', 'l2')
     ```
 """
 
@@ -39,7 +42,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 UNIT_KINDS = ("heads", "neurons", "layers", "weights", "channels")
 _DATA_KEYWORDS = ("plan", "max_batches", "num_samples", "show_progress", "distributed", "seed")
@@ -91,7 +94,6 @@ class UnitScores:
     rows: list
     entropy: list | None = None
     num_tokens: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 def _options_of(fn: Callable, unit: str) -> tuple[str, ...]:
@@ -131,6 +133,20 @@ def register_criterion(name: str, *, units: tuple[str, ...] | list[str], needs_d
         return fn
 
     return decorator
+
+
+def unregister_criterion(name: str, units: tuple[str, ...] | list[str] | str) -> None:
+    """Remove criterion `name` for each unit kind in `units` (a criterion registered for a session or a test).
+
+    Raises:
+        KeyError: `name` is not registered for one of `units` (nothing is removed then).
+    """
+    units = (units,) if isinstance(units, str) else tuple(units)
+    missing = [u for u in units if (u, name) not in _REGISTRY]
+    if missing:
+        raise KeyError(f"criterion {name!r} is not registered for {', '.join(missing)}")
+    for unit in units:
+        del _REGISTRY[(unit, name)]
 
 
 def _load() -> None:
@@ -213,4 +229,4 @@ def check_call(criterion: Criterion, *, caller: str, dataloader=_UNCHECKED, seed
 
 
 __all__ = ["COMMON_KEYWORDS", "UNIT_KINDS", "Criterion", "UnitScores", "check_call", "criteria", "criterion_names",
-           "get_criterion", "register_criterion"]
+           "get_criterion", "register_criterion", "unregister_criterion"]

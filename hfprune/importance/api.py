@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..arch import unwrap_model
 from ..criteria import UnitScores, check_call, criterion_names, get_criterion
 from ..plan import PruningPlan
 from .common import ImportanceResult, normalize_heads, pad_rows
@@ -25,10 +26,17 @@ def __getattr__(name: str):
 
 def score_units(unit: str, caller: str, model: nn.Module, dataloader: Iterable | None, criterion: str, *,
                 seed: int | None, options: dict, **common) -> UnitScores:
-    """Look `criterion` up for `unit`, check the call against its flags, run it: the dispatch of every scorer."""
+    """Look `criterion` up for `unit`, check the call against its flags, run it: the dispatch of every scorer.
+
+    A model wrapped by DDP / `accelerate` / `torch.compile` is scored through the model inside it. Not through the
+    wrapper: DDP's forward is a collective (it broadcasts buffers, and prepares a gradient all-reduce for the next
+    backward), so processes holding unequal numbers of batches would hang in it, and its all-reduce hooks have
+    nothing to do here (parameters are frozen while scoring; only the gates get gradients). hfprune sums its own
+    statistics over processes, once, at the end (`common.sum_per_token`).
+    """
     found = get_criterion(criterion, unit, caller=caller)
     check_call(found, caller=caller, dataloader=dataloader, seed=seed, options=options)
-    result = found.fn(model, dataloader, seed=seed, **common, **options)
+    result = found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
     return result if isinstance(result, UnitScores) else UnitScores(rows=list(result))
 
 

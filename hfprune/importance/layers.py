@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from ..arch import unwrap_model
 from ..criteria import check_call, criterion_names, get_criterion
 
 
@@ -55,6 +56,7 @@ def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "a
     if metric_fn is not None:
         options = {"metric_fn": metric_fn, **options}
     check_call(found, caller="layer_importance", dataloader=dataloader, options=options)
-    scores = found.fn(model, dataloader, plan=None, max_batches=max_batches, num_samples=num_samples,
+    # The model inside a DDP / accelerate wrapper, for the reason given in `api.score_units`.
+    scores = found.fn(unwrap_model(model), dataloader, plan=None, max_batches=max_batches, num_samples=num_samples,
                       show_progress=show_progress, distributed=distributed, seed=None, **options)
     return scores.detach().to("cpu", torch.float32)

@@ -5,8 +5,13 @@ may live with the feature that writes it (`hfprune.sparsity.compressed`); its lo
 folder of that format is loaded, so `import hfprune` stays light and no package must be imported first.
 
 - `hfprune-sparse`: written by `hfprune.save_compressed`; recognised by `hfprune_sparse.json` in the folder.
+- `compressed-tensors`: int8 / int4 weights written by `hfprune.export_compressed_tensors` (or llm-compressor, one
+  `pack-quantized` group); recognised by `quantization_config.quant_method` in config.json; dequantized to float.
 - `hfprune-structured`: written by `save_pruned` / `save_pretrained` after `prune`; the fallback (`config.json` with
   the `hfprune` record, weights in safetensors).
+
+Where `save_pruned` wrote a stand-in family's config (a Llama whose head count `LlamaConfig` refuses, saved under the
+Mistral classes: `hfprune.serving.plain`), the loaders give back the class the model was pruned as.
 """
 
 from __future__ import annotations
@@ -55,8 +60,22 @@ def _load_sparse(folder: Path, source: str, dtype, attn_implementation, config_k
     return load_compressed(folder, dtype=dtype, attn_implementation=attn_implementation, **config_kwargs)
 
 
+def _is_compressed_tensors(folder: Path) -> bool:
+    from ..serving.compressed_tensors import is_compressed_tensors_folder  # reads config.json only
+
+    return is_compressed_tensors_folder(folder)
+
+
+def _load_compressed_tensors(folder: Path, source: str, dtype, attn_implementation, config_kwargs: dict) -> nn.Module:
+    from ..serving.compressed_tensors import load_compressed_tensors  # needs the optional compressed-tensors package
+
+    return load_compressed_tensors(folder, source, dtype, attn_implementation, config_kwargs)
+
+
 def _load_structured(folder: Path, source: str, dtype, attn_implementation, config_kwargs: dict) -> nn.Module:
-    config = load_config(folder, attn_implementation, **config_kwargs)
+    from ..serving.plain import original_config
+
+    config = original_config(load_config(folder, attn_implementation, **config_kwargs), overrides=config_kwargs)
     if get_record(config) is None:
         raise ValueError(
             f"{source}: config.json has no 'hfprune' record, so this is not a model saved after hfprune.prune "
@@ -69,6 +88,7 @@ def _load_structured(folder: Path, source: str, dtype, attn_implementation, conf
 # Tried in order; the last one is the fallback. A new format is one entry here (placed before the fallback).
 FORMATS: tuple[DiskFormat, ...] = (
     DiskFormat(SPARSE_FORMAT, _is_sparse, _load_sparse),
+    DiskFormat("compressed-tensors", _is_compressed_tensors, _load_compressed_tensors),
     DiskFormat("hfprune-structured", lambda folder: True, _load_structured),
 )
 
@@ -141,7 +161,11 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     """Save `model` (and `tokenizer`) to `output_dir` atomically: written to a temporary folder, then moved.
 
     Plain `model.save_pretrained(output_dir)` works too; this adds the all-or-nothing write, so an interrupted save
-    never leaves a half-written folder behind, and refuses non-safetensors serialisation.
+    never leaves a half-written folder behind, refuses non-safetensors serialisation, and writes a plain config
+    wherever a stock class can run the pruned shapes: a uniformly pruned Llama whose head count `LlamaConfig`
+    refuses (`hidden_size % num_attention_heads != 0`) is written under the Mistral classes, which run the same
+    computation (`hfprune.serving.plain`). The log and the model card (README.md) say which class the folder loads
+    as with plain `from_pretrained`, and why; `load_pruned` returns the class the model was pruned as.
 
     Example:
         ```py
@@ -151,8 +175,13 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
     output_dir = Path(output_dir)
+    from ..serving.plain import model_card, write_plain_config
+
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp, **save_kwargs)
+        loads = write_plain_config(model, tmp, label=output_dir)  # a stand-in family's config where needed + log
+        if not (tmp / "README.md").exists():
+            (tmp / "README.md").write_text(model_card(model, loads))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return output_dir

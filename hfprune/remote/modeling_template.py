@@ -82,7 +82,8 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def _reshape(model: nn.Module, config, class_name: str) -> None:
     record = getattr(config, "hfprune", None)
-    layers = record.get("layers") if isinstance(record, dict) else None
+    # Per-layer specs (transformers) or channel-group sizes (CNNs).
+    layers = record.get("layers", record.get("channels")) if isinstance(record, dict) else None
     if layers != _SPEC["record_layers"]:
         raise ValueError(
             f"{class_name}: this modeling file was generated for another pruned structure than the one in "

@@ -82,8 +82,9 @@ def add_remote_code(folder: str | os.PathLike) -> Path:
         raise ValueError(f"add_remote_code: {config_path} already maps {foreign} to other remote code; hfprune "
                          "cannot combine its modeling file with it")
 
-    spec = {"record_layers": record["layers"], "classes": {name: class_spec(getattr(transformers, name), config, record)
-                                                           for name in classes}}
+    # The structure the file was made for: per-layer specs, or a CNN's channel-group sizes.
+    spec = {"record_layers": record.get("layers", record.get("channels")),
+            "classes": {name: class_spec(getattr(transformers, name), config, record) for name in classes}}
     text = render(spec, classes)
     with tempfile.TemporaryDirectory(prefix="hfprune-remote-") as tmp:
         candidate = Path(tmp) / MODELING_FILE

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+from ..arch import unwrap_model
 from ..criteria import check_call, get_criterion
 from .config import SparsifyConfig
 from .handle import SparsityHandle, check_not_masked, compute_masks
@@ -65,6 +66,9 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
     config = SparsifyConfig(sparsity=sparsity, criterion=criterion, pattern=pattern, scope=scope, targets=targets,
                             max_batches=max_batches, seed=seed, criterion_options=options)
     check_call(get_criterion(criterion, "weights"), caller="sparsify", dataloader=dataloader)
+    # Under DDP / accelerate the masks and the data criteria's forward passes use the inner model (see
+    # `hfprune.importance.api.score_units` for why); the wrapper's forward still goes through the masked weights.
+    model = unwrap_model(model)
     chosen = resolve_targets(model, config.targets)
     check_not_masked(model, chosen)
     masks = compute_masks(model, chosen, config, dataloader)

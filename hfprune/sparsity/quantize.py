@@ -20,7 +20,11 @@ def quantize_dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return `model` with every `nn.Linear` replaced by an int8 dynamically quantized Linear (CPU inference).
 
     Fold any active sparsity masks first (`handle.finalize()`): quantized modules have no `.weight` parameter to
-    mask. The result runs on CPU only and is for inference (no training, no `save_pretrained`).
+    mask. The result runs on CPU only and is for inference (no training, no `save_pretrained`; for int8 weights on
+    disk that serving engines read, use `hfprune.export_compressed_tensors`).
+
+    Built on `torch.ao.quantization` (deprecated in favour of torchao) on purpose: torchao's CPU int8 paths in eager
+    mode were slower here (see docs/serving.md, `benchmarks/int8_latency.py`); they need `torch.compile`.
 
     Args:
         model (`nn.Module`): a float32 model on CPU.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import get_adapter, unwrap_model
 
 DEFAULT = "default"
 
@@ -115,6 +115,7 @@ def resolve_targets(model: nn.Module, targets: str | Sequence[str] | None = None
     patterns = [DEFAULT] if targets is None else [targets] if isinstance(targets, str) else list(targets)
     if not patterns:
         raise ValueError("targets is empty; pass None for the default projections or a list of name patterns")
+    model = unwrap_model(model)  # names as the model has them, not "module."-prefixed by a DDP wrapper
     modules = dict(model.named_modules())
     tied = _embedding_weights(model)
     chosen: dict[str, None] = {}

@@ -8,7 +8,7 @@ from math import gcd
 import torch
 from torch import nn
 
-from ..arch import ArchAdapter, get_adapter
+from ..arch import ArchAdapter, get_adapter, unwrap_model
 from ..arch.base import get_submodule, set_submodule
 from ..plan import PruningPlan
 from ..structure import sync_config
@@ -123,11 +123,13 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
     For grouped-query attention a KV head is removed once every query head of its group is removed.
 
     Args:
-        model (`PreTrainedModel`): a model of a supported family.
+        model (`PreTrainedModel`): a model of a supported family; a DDP / accelerate / compiled wrapper is unwrapped
+            (the wrapper holds the old parameters afterwards: wrap the returned model again, e.g.
+            `accelerator.prepare(model)`).
         plan (`PruningPlan`): units to remove, indexed as the model is now.
 
     Returns:
-        The same `model` object, pruned.
+        The same `model` object (the model inside the wrapper, when given one), pruned.
 
     Raises:
         ValueError: the plan does not fit the model (nothing is changed then).
@@ -138,7 +140,12 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
         >>> hfprune.prune(model, hfprune.PruningPlan(heads={0: [0, 2]}, neurons={1: list(range(32))}, layers=[3]))
         ```
     """
+    model = unwrap_model(model)
     adapter = get_adapter(model)
+    if plan.channels or getattr(adapter, "has_channels", False):  # CNN channel groups
+        from .channels import prune_channels
+
+        return prune_channels(model, plan)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
     n_layers = len(adapter.layers(model))
     if plan.layers and len(plan.layers) >= n_layers:  # masking them all is a fine "what if"; removing them is not
@@ -191,6 +198,10 @@ def _refuse_attached_gates(model: nn.Module, adapter: ArchAdapter, plan: Pruning
 
 def apply_structure(model: nn.Module, record: dict) -> None:
     """Give a freshly built model the per-layer shapes in `record` (weights are loaded afterwards)."""
+    if "channels" in record:  # a CNN's channel-group record (hfprune.surgery.channels)
+        from .channels import apply_channel_structure
+
+        return apply_channel_structure(model, record)
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     specs = record["layers"]

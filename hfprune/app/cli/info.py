@@ -36,6 +36,8 @@ def describe(path: str, seq_len: int = 128) -> dict:
     record = get_record(config)
     if record is None:
         raise ValueError(f"{path}: config.json has no hfprune record (this model was not pruned by hfprune)")
+    if "channels" in record:
+        return _describe_channels(path, config, record)
     dense = model_costs(base_model_on_meta(config), seq_len)
     pruned = model_costs(pruned_model_on_meta(config), seq_len)
     return {
@@ -47,6 +49,35 @@ def describe(path: str, seq_len: int = 128) -> dict:
     }
 
 
+def _describe_channels(path: str, config, record: dict) -> dict:
+    """A CNN's channel record: group sizes before / after and parameter counts (the pruned model on meta)."""
+    from ...flops import pruned_model_on_meta
+
+    pruned = pruned_model_on_meta(config)
+    return {
+        "path": str(path), "model_type": config.model_type, "architectures": config.architectures,
+        "params_before": record.get("base_params"), "params_after": sum(p.numel() for p in pruned.parameters()),
+        "channels": [{"group": name, "before": size, "after": record["channels"].get(name, size)}
+                     for name, size in record["base"].items()],
+        "plain_config": record.get("plain_config"), "history": record.get("history", []),
+    }
+
+
+def _print_channels(info: dict) -> None:
+    from ..report.markdown import _big
+
+    before, after = info["params_before"], info["params_after"]
+    ratio = f" ({after / before:.1%})" if before else ""
+    print(f"{info['path']}: {info['model_type']} ({', '.join(info['architectures'] or [])}); parameters "
+          f"{_big(before)} -> {_big(after)}{ratio}; loads with plain from_pretrained: {bool(info['plain_config'])}")
+    width = max(len(r["group"]) for r in info["channels"])
+    for r in info["channels"]:
+        print(f"{r['group']:<{width}}  {r['before']:>5} -> {r['after']:<5}")
+    for i, step in enumerate(info["history"]):
+        removed = step.get("channels", {})
+        print(f"removed (step {i + 1}): {sum(len(v) for v in removed.values())} channels in {len(removed)} groups")
+
+
 def main(args: argparse.Namespace) -> int:
     from ..report.markdown import _big
 
@@ -55,6 +86,9 @@ def main(args: argparse.Namespace) -> int:
     info = describe(args.path, args.seq_len)
     if args.json:
         print(json.dumps(info, indent=2))
+        return 0
+    if "channels" in info:
+        _print_channels(info)
         return 0
     print(f"{info['path']}: {info['model_type']} ({', '.join(info['architectures'] or [])})")
     print(f"parameters {_big(info['params_before'])} -> {_big(info['params_after'])} "

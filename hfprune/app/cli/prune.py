@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ...criteria import criterion_names
-from ..recipes.config import SCOPES
+from ..recipes.config import CHANNEL_GROUPS, EXPORTS, SCOPES
 from .common import add_data_flags, add_flag, add_quiet, flags_to_dict
 
 EXAMPLE = """example:
   hfprune prune --model ../shared/models/all-MiniLM-L6-v2 --task sst2 --data-dir ../shared/data/glue \\
       --heads 0.5 --criterion michel --finetune-steps 200 --recover-steps 100 --output out/sst2
+  hfprune prune --model out/resnet --task image-classification --data-dir digits/ --image-size 32 \
+      --channels 0.5 --channel-criterion bn_scale --recover-steps 100 --output out/resnet-pruned
 """
 
 
@@ -40,6 +42,11 @@ def add_parser(sub) -> None:
     add_flag(p, "--heads", "prune.heads", type=float, metavar="R")
     add_flag(p, "--ffn", "prune.ffn", type=float, metavar="R")
     add_flag(p, "--layers", "prune.layers", type=int, metavar="N")
+    add_flag(p, "--channels", "prune.channels", type=float, metavar="R")
+    add_flag(p, "--channel-criterion", "prune.channel_criterion", choices=criterion_names("channels"))
+    add_flag(p, "--channel-groups", "prune.channel_groups", choices=CHANNEL_GROUPS)
+    add_flag(p, "--dataset", "data.dataset", metavar="NAME_OR_DIR")
+    add_flag(p, "--image-size", "data.image_size", type=int, metavar="PX")
     add_flag(p, "--criterion", "prune.criterion", choices=criterion_names("heads"))  # the registry's, as recipes
     add_flag(p, "--layer-method", "prune.layer_method", choices=criterion_names("layers"))
     add_flag(p, "--scope", "prune.scope", choices=SCOPES)
@@ -60,6 +67,9 @@ def add_parser(sub) -> None:
     add_flag(p, "--max-length", "model.max_length", type=int, metavar="N")
     add_flag(p, "--output", "output.dir", required=True, metavar="OUT")
     add_flag(p, "--push-to-hub", "output.push_to_hub", metavar="REPO")
+    add_flag(p, "--export", "output.export", choices=[e for e in EXPORTS if e])
+    add_flag(p, "--bits", "output.bits", type=int, choices=(8, 4))
+    add_flag(p, "--group-size", "output.group_size", type=int, metavar="N")
     p.add_argument("--seed", type=int, default=None, help="seed of the data subset, new head and training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other recipe field, e.g. --set recover.learning_rate=1e-4 (repeatable)")

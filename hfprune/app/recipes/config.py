@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from ...criteria import criterion_names
 
 SCOPES = ("global", "layer")
+IMAGE_TASK = "image-classification"  # the CNN path (hfprune.app.recipes.image); every other task is a GLUE task
+CHANNEL_GROUPS = ("inner", "all", "coupled")
 
 
 def __getattr__(name: str):
@@ -51,16 +53,36 @@ class ModelConfig:
 class DataConfig:
     """Where the task's examples come from."""
 
-    task: str = _f("", "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
-    data_dir: str | None = _f(None, "folder in the original GLUE layout (SST-2/train.tsv ...); default: the Hub")
-    train_file: str | None = _f(None, "CSV/TSV/JSON training file with the task's columns and a label column")
-    validation_file: str | None = _f(None, "CSV/TSV/JSON validation file, same columns")
+    task: str = _f("", f"GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli; or {IMAGE_TASK} (CNNs)")
+    data_dir: str | None = _f(None, "folder in the original GLUE layout (SST-2/train.tsv ...); default: the Hub. "
+                                    f"{IMAGE_TASK}: an imagefolder (train/ and validation/ of class folders)")
+    train_file: str | None = _f(None, "CSV/TSV/JSON training file with the task's columns and a label column; "
+                                      f"{IMAGE_TASK}: a .npz file with 'images' and 'labels' arrays")
+    validation_file: str | None = _f(None, "CSV/TSV/JSON validation file, same columns (.npz for images)")
+    dataset: str | None = _f(None, f"{IMAGE_TASK}: a `datasets` image dataset (Hub name or a save_to_disk folder) "
+                                   "with train and validation/test splits, an image column and a label column")
+    image_size: int | None = _f(None, f"{IMAGE_TASK}: resize images to this square size (default: the model "
+                                      "config's image_size, else the images' own size)")
     max_train_samples: int | None = _f(None, "use a seeded random subset of this many training examples")
     max_eval_samples: int | None = _f(None, "evaluate on the first this-many validation examples")
 
     def __post_init__(self):
         from ..data.tasks import get_task
 
+        if self.task == IMAGE_TASK:
+            sources = [n for n in ("data_dir", "dataset", "train_file") if getattr(self, n)]
+            _check(len(sources) == 1, f"{IMAGE_TASK} needs exactly one of data_dir (imagefolder), dataset or "
+                                      f"train_file (.npz), got {sources or 'none'}")
+            _check(not self.train_file or bool(self.validation_file),
+                   "train_file (.npz) needs a validation_file (.npz) too")
+            _check(self.image_size is None or 8 <= self.image_size <= 4096,
+                   f"image_size must be in [8, 4096], got {self.image_size}")
+            for name in ("max_train_samples", "max_eval_samples"):
+                value = getattr(self, name)
+                _check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
+            return
+        _check(self.dataset is None and self.image_size is None,
+               f"dataset and image_size are options of task {IMAGE_TASK} only")
         try:
             self.task = get_task(self.task).name
         except ValueError as err:  # the loader prefixes the section: "data.task: unknown task ..."
@@ -120,6 +142,9 @@ class PruneConfig:
     min_heads_per_layer: int = _f(1, "never remove the last this-many heads of a layer")
     round_ffn_to: int = _f(1, "keep a multiple of this many FFN neurons per layer (8 or 64 suit fast kernels)")
     score_batches: int = _f(32, "training batches used to score importance")
+    channels: float = _f(0.0, f"{IMAGE_TASK}: fraction of the CNN's channels (of channel_groups) to remove")
+    channel_criterion: str = _f("l1", "CNN channel criterion: " + ", ".join(criterion_names("channels")))
+    channel_groups: str = _f("inner", "CNN channel groups scored: inner (free), all prunable, or coupled")
     sweep: list = field(default_factory=list, metadata={
         "help": "also evaluate the masked model at these head fractions (metric-vs-fraction plot)"})
     budget: dict | None = _f(None, "prune to a budget instead of ratios (Kwon et al., 2022, no retraining): one of "
@@ -129,6 +154,12 @@ class PruneConfig:
 
     def __post_init__(self):
         _fraction("heads", self.heads)
+        _fraction("channels", self.channels)
+        channel_criteria = criterion_names("channels")
+        _check(self.channel_criterion in channel_criteria,
+               f"channel_criterion must be one of {', '.join(channel_criteria)}, got {self.channel_criterion!r}")
+        _check(self.channel_groups in CHANNEL_GROUPS,
+               f"channel_groups must be one of {', '.join(CHANNEL_GROUPS)}, got {self.channel_groups!r}")
         _fraction("ffn", self.ffn)
         _check(0 <= self.layers <= 1000, f"layers must be >= 0, got {self.layers}")
         criteria, methods = criterion_names("heads"), criterion_names("layers")
@@ -176,6 +207,9 @@ class EvalConfig:
         _check(1 <= self.latency_repeats <= 1000, f"latency_repeats must be in [1, 1000], got {self.latency_repeats}")
 
 
+EXPORTS = (None, "compressed-tensors")  # serving formats written beside the pruned model
+
+
 @dataclass
 class OutputConfig:
     """Where the results go."""
@@ -184,9 +218,20 @@ class OutputConfig:
     push_to_hub: str | None = _f(None, "also upload the output folder to this Hub repo (token from HF_TOKEN)")
     private: bool = _f(False, "create the Hub repo as private")
     plots: bool = _f(True, "write the PNG plots")
+    export: str | None = _f(None, "also write the model in a serving format: 'compressed-tensors' (int8/int4 "
+                                  "weights in the subfolder compressed-tensors/, needs pip install 'hfprune[serve]')")
+    bits: int = _f(8, "weight bits of the compressed-tensors export: 8 or 4")
+    group_size: int | None = _f(None, "compressed-tensors export: one scale per this many input columns (e.g. 128); "
+                                      "none: one per output channel")
 
     def __post_init__(self):
         _check(bool(str(self.dir).strip()), "dir is required (the output folder)")
+        _check(self.export in EXPORTS, f"export must be one of {[e for e in EXPORTS if e]} (or unset), "
+                                       f"got {self.export!r}")
+        _check(not isinstance(self.bits, bool) and self.bits in (4, 8), f"bits must be 8 or 4, got {self.bits!r}")
+        _check(self.group_size is None or (isinstance(self.group_size, int) and not isinstance(self.group_size, bool)
+                                           and self.group_size > 0),
+               f"group_size must be a positive integer or unset, got {self.group_size!r}")
         _check(self.push_to_hub is None or "/" in str(self.push_to_hub),
                f"push_to_hub must be a repo id like 'user/name', got {self.push_to_hub!r}")
 
@@ -215,7 +260,13 @@ class Recipe:
 
     def __post_init__(self):
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
-        nothing = not (self.prune.heads or self.prune.ffn or self.prune.layers or self.prune.budget)
+        image = self.data.task == IMAGE_TASK
+        units = ("heads", "ffn", "layers", "budget") if image else ("channels",)
+        given = [u for u in units if getattr(self.prune, u)]
+        _check(not given, f"prune.{given[0] if given else ''} does not apply to task {self.data.task}: "
+                          + ("a CNN is pruned by prune.channels" if image else "channels are for image-classification"))
+        nothing = not (self.prune.heads or self.prune.ffn or self.prune.layers or self.prune.channels
+                       or self.prune.budget)
         _check(not (nothing and self.recover.steps), "recover.steps > 0 but nothing is pruned "
                                                      "(set prune.heads, prune.ffn, prune.layers or prune.budget)")
 

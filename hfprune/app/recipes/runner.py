@@ -20,7 +20,7 @@ from ...structure import get_record, model_structure
 from ..data import get_task, load_task_data, tokenize
 from ..report.outputs import check_output_dir, push_outputs, write_outputs
 from ..report.progress import StageLog, quiet_libraries
-from .config import Recipe, TrainConfig
+from .config import IMAGE_TASK, Recipe, TrainConfig
 from .modeling import load_classifier
 from .training import evaluate_splits, make_trainer, scoring_batches, train_stage
 
@@ -130,10 +130,18 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
     """
     from transformers import set_seed
 
+    if recipe.data.task == IMAGE_TASK:  # CNN channel pruning: its own stages and outputs
+        from .image import run_image_recipe
+
+        return run_image_recipe(recipe, quiet=quiet)
     log = StageLog(quiet=quiet)
     task = get_task(recipe.data.task)
     out_dir = Path(recipe.output.dir)
     check_output_dir(out_dir)
+    if recipe.output.export == "compressed-tensors":  # fail before training, not after, when the package is missing
+        from ...serving.compressed_tensors import require_compressed_tensors
+
+        require_compressed_tensors()
     with quiet_libraries(quiet), tempfile.TemporaryDirectory(prefix="hfprune-run-") as work:
         set_seed(recipe.seed)
         with log.stage("load") as note:

@@ -17,15 +17,21 @@ logger = logging.getLogger("hfprune")
 _MARKER = "results.json"
 
 
+# The one subfolder a run writes (`--export compressed-tensors`); results.json lists it among its files.
+_SUBFOLDERS = ("compressed-tensors",)
+
+
 def _written_by_hfprune(out_dir: Path) -> bool:
-    """An earlier run's folder: flat (hfprune writes no subfolders) with hfprune's results.json."""
-    if any(p.is_dir() for p in out_dir.iterdir()):
-        return False  # a project folder (src/, .git/ ...) that merely holds some results.json
+    """An earlier run's folder: hfprune's results.json, and no subfolder but the ones a run writes and lists."""
     try:
         results = json.loads((out_dir / _MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(results, dict) and (not results or "hfprune_version" in results)
+    if not (isinstance(results, dict) and (not results or "hfprune_version" in results)):
+        return False
+    listed = set(results.get("files") or [])
+    # A project folder (src/, .git/ ...) that merely holds some results.json is never replaced.
+    return all(p.name in _SUBFOLDERS and p.name in listed for p in out_dir.iterdir() if p.is_dir())
 
 
 def check_output_dir(out_dir: str | Path) -> None:
@@ -67,6 +73,12 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
         diff = _reload_diff(tmp, model, run["latency_batch"])
         # The generated modeling file lets plain transformers load the folder (trust_remote_code=True).
         add_remote_code(tmp)
+        out = run["recipe"].output
+        if out.export == "compressed-tensors":  # int8/int4 weights a serving engine reads (vLLM, transformers)
+            from ...serving.compressed_tensors import export_compressed_tensors
+
+            export_compressed_tensors(model, tmp / "compressed-tensors", bits=out.bits, group_size=out.group_size,
+                                      tokenizer=tokenizer)
         results = build_results(run, get_record(model.config), diff)
         plots = write_plots(results, tmp) if run["recipe"].output.plots else []
         results["files"] = sorted([*os.listdir(tmp), "results.json", "report.md", "README.md"])

