@@ -157,30 +157,50 @@ def _check_floor(costs: UnitCosts, fraction: float, heads: list[int], neurons: l
 
 
 def _search_and_rearrange(grads, costs: UnitCosts, target: float, count):
-    """Search, rearrange, count exactly; tighten the search's budget by any excess and retry (a few times)."""
+    """Search, rearrange and count exactly; if the count exceeds the target (e.g. grouped-query KV heads that the
+    surgery has to repeat), bisect the search's own budget for the largest one whose exact count fits."""
     head_fisher, neuron_fisher = grads.head_fisher(), grads.neuron_fisher()
-    internal = target
-    search_s = rearrange_s = 0.0
-    for _ in range(8):
+    clock = {"search": 0.0, "rearrange": 0.0}
+
+    def attempt(internal: float):
         t0 = time.perf_counter()
         found = search_mask(head_fisher, neuron_fisher, costs, internal)
         t1 = time.perf_counter()
-        kept_h = rearrange(found.heads, grads.heads)
-        kept_n = rearrange(found.neurons, grads.neurons)
-        t2 = time.perf_counter()
-        search_s, rearrange_s = search_s + t1 - t0, rearrange_s + t2 - t1
+        kept_h, kept_n = rearrange(found.heads, grads.heads), rearrange(found.neurons, grads.neurons)
+        clock["search"] += t1 - t0
+        clock["rearrange"] += time.perf_counter() - t1
         plan = PruningPlan(
             heads={i: [h for h in range(g.shape[1]) if h not in set(k)] for i, (k, g) in enumerate(zip(kept_h,
                                                                                                      grads.heads))},
             neurons={i: [n for n in range(g.shape[1]) if n not in set(k)] for i, (k, g) in
                      enumerate(zip(kept_n, grads.neurons))},
         )
-        achieved = count(plan, kept_h, kept_n)
-        if achieved <= target * (1 + 1e-12):
-            return kept_h, kept_n, plan, achieved, search_s, rearrange_s
-        internal -= (achieved - target) * 1.0001
-    raise RuntimeError(f"prune_to_budget: could not meet the {costs.metric} target of {target:.6g} "
-                       f"(last count {achieved:.6g}); the cost model and the counter disagree")
+        return kept_h, kept_n, plan, count(plan, kept_h, kept_n)
+
+    fits = lambda result: result[3] <= target * (1 + 1e-12)  # noqa: E731
+    best = attempt(target)
+    # The exact count is not monotone in the search's budget (which KV heads survive depends on the mask), so
+    # step down one head's cost at a time first: the first fit is the closest to the target.
+    step = max([*costs.head, *costs.neuron, 0.0])
+    for k in range(1, 21):
+        if fits(best) or step <= 0:
+            break
+        best = attempt(target - k * step)
+    if not fits(best):
+        lo = minimum_cost(costs, [g.shape[1] for g in grads.heads], [g.shape[1] for g in grads.neurons])
+        hi, best = target, None
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            result = attempt(mid)
+            if result[3] <= target * (1 + 1e-12):
+                best, lo = result, mid
+            else:
+                hi = mid
+        if best is None:
+            raise ValueError(f"prune_to_budget: the {costs.metric} target of {target / costs.dense:.4f} of the dense "
+                             "model cannot be met with at least one head and one FFN neuron per layer as counted "
+                             "after surgery. Nothing was changed.")
+    return (*best, clock["search"], clock["rearrange"])
 
 
 def mask_with_scales(model: nn.Module, masks: BudgetMasks) -> Gates:

@@ -40,50 +40,39 @@ class UnitCosts:
     dense: float
 
 
-def _shape(module: nn.Module) -> tuple[int, int]:
-    """(in, out) of a Linear or transformers' Conv1D."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return int(module.weight.shape[0]), int(module.weight.shape[1])
-
-
-def _has_bias(module: nn.Module) -> int:
-    return int(getattr(module, "bias", None) is not None)
-
-
 def unit_costs(model: nn.Module, metric: str, seq_len: int) -> UnitCosts:
-    """Per-layer cost of one head and one neuron in FLOPs (one sequence of `seq_len` tokens) or parameters."""
-    from ..flops import model_costs
+    """Per-layer cost of one head and one neuron in FLOPs (one sequence of `seq_len` tokens) or parameters.
+
+    Read from hfprune's own counter: the per-layer counts of the model minus those of a meta-device copy with one
+    head (a whole KV group for grouped-query attention) and one neuron fewer in every layer, so the costs are what
+    `model_costs` will count (the sequence length it really uses, e.g. a ViT's patches). A layer with a single head
+    or neuron needs no cost: that unit is never optional.
+    """
+    from ..flops import layer_costs, model_costs
 
     adapter = get_adapter(model)
-    head_dim = adapter.head_dim(model)
-    heads, neurons = [], []
-    for block in adapter.layers(model):
-        n_heads = adapter.num_heads(model, block)
-        # With grouped-query attention a KV head is shared; its cost counts as fixed (an upper bound).
-        own_kv = not adapter.supports_gqa or adapter.num_kv_heads(model, block) == n_heads
-        head = 0.0
-        if n_heads:
-            for seg in adapter.qkv_segments(block):
-                if seg.role == "q" or own_kv:
-                    fan_in = _shape(seg.module)[0]
-                    head += 2 * seq_len * fan_in * head_dim if metric == "flops" else head_dim * (
-                        fan_in + _has_bias(seg.module))
-            out = adapter.out_proj(block)
-            head += 2 * seq_len * head_dim * _shape(out)[1] if metric == "flops" else head_dim * _shape(out)[1]
-            if metric == "flops":
-                head += 4 * seq_len * seq_len * head_dim  # scores and weighted sum
-        neuron = 0.0
-        if adapter.intermediate_size(block):
-            for module in adapter.ffn_in(block):
-                fan_in = _shape(module)[0]
-                neuron += 2 * seq_len * fan_in if metric == "flops" else fan_in + _has_bias(module)
-            fan_out = _shape(adapter.ffn_out(block))[1]
-            neuron += 2 * seq_len * fan_out if metric == "flops" else fan_out
-        heads.append(float(head))
-        neurons.append(float(neuron))
+    blocks = adapter.layers(model)
+    heads = [adapter.num_heads(model, b) for b in blocks]
+    ffn = [adapter.intermediate_size(b) for b in blocks]
+    base = [c[metric] for c in layer_costs(model, seq_len=seq_len)]
+
+    def fewer(plan: PruningPlan) -> list[float]:
+        clone = meta_copy(model)
+        if not plan.is_empty():
+            from ..surgery import prune
+
+            prune(clone, plan)
+        return [float(c[metric]) for c in layer_costs(clone, seq_len=seq_len)]
+
+    # Grouped-query attention: one query head alone never frees its KV head (and an uneven group makes the
+    # surgery repeat KV heads), so the cost of a head is that of a whole group, shared by its query heads.
+    group = [max(1, h // max(1, adapter.num_kv_heads(model, b))) for h, b in zip(heads, blocks)]
+    one_group = fewer(PruningPlan(heads={i: list(range(g)) for i, (h, g) in enumerate(zip(heads, group)) if h > g}))
+    one_neuron = fewer(PruningPlan(neurons={i: [0] for i, n in enumerate(ffn) if n > 1}))
+    head = [float(b - a) / g if h > g else 0.0 for b, a, h, g in zip(base, one_group, heads, group)]
+    neuron = [float(b - a) if n > 1 else 0.0 for b, a, n in zip(base, one_neuron, ffn)]
     dense = float(model_costs(model, seq_len=seq_len)[metric])
-    return UnitCosts(metric, heads, neurons, dense)
+    return UnitCosts(metric, head, neuron, dense)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
