@@ -288,3 +288,11 @@ def test_tuning_stops_at_a_scale_outside_the_bound(monkeypatch):
     big = torch.tensor([[1.0]], dtype=torch.float64)
     assert real(big, torch.tensor([50.0], dtype=torch.float64)) is None  # outside [-10, 10]
     assert real(big, torch.tensor([9.0], dtype=torch.float64)).item() == pytest.approx(9.0)
+
+
+def test_a_wrapped_model_is_unwrapped():
+    model = make_model("bert")
+    wrapped = torch.nn.DataParallel(model)  # the model in `.module`, as DDP / accelerate keep it
+    plan = hfprune.prune_to_budget(wrapped, _batches(model), flops=0.6, seq_len=16, show_progress=False)
+    assert plan.meta["achieved"]["flops"] <= 0.6
+    assert hfprune.model_structure(model)["heads"] != [4, 4, 4]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import get_adapter, unwrap_model
 from ..masking import Gates, attach_gates
 from ..plan import PruningPlan
 from .costs import UnitCosts, counted_cost, unit_costs
@@ -81,6 +81,7 @@ def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | 
             of an earlier call or to plan for timings taken elsewhere; by default one is timed here.
     """
     metric, fraction = _check_budget(flops, params, latency)
+    model = unwrap_model(model)  # DDP / accelerate / torch.compile: work on the model inside (statistics are gathered)
     _check_positive("seq_len", seq_len)
     _check_positive("num_samples", num_samples, allow_none=True)
     adapter = get_adapter(model)
@@ -224,6 +225,7 @@ def apply_budget_masks(model: nn.Module, masks: BudgetMasks) -> PruningPlan:
     from ..flops import model_costs
     from ..surgery import prune
 
+    model = unwrap_model(model)
     plan = masks.plan
     plan.validate(model)
     _refuse_gates(model)
