@@ -45,6 +45,8 @@ _LAZY = {
     "calibration_batches": "hfprune.calibration",
     "perplexity": "hfprune.lm_perplexity",
     "push_folder_to_hub": "hfprune.remote",
+    "prune_to_budget": "hfprune.budget",
+    "DistillationTrainer": "hfprune.distill",
     "ChannelGroup": "hfprune.arch.channels",
     "channel_groups": "hfprune.arch.channels",
     "channel_importance": "hfprune.importance.channels",
@@ -73,8 +75,8 @@ __all__ += list(_LAZY)
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
 # of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
-_SUBMODULES = ("app", "calibration", "callbacks", "criteria", "export", "export_remote", "flops", "importance", "io",
-               "remote", "selection", "serving", "sparsity", *_compat.MOVED)
+_SUBMODULES = ("app", "budget", "calibration", "callbacks", "criteria", "export", "export_remote", "flops", "importance",
+               "io", "remote", "selection", "serving", "sparsity", *_compat.MOVED)
 
 
 def __getattr__(name: str):

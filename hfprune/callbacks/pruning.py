@@ -64,6 +64,9 @@ class PruningConfig:
     show_progress: bool = field(default=False, metadata={"help": "Show a tqdm bar while scoring."})
     output_file: str = field(default="importance.json", metadata={
         "help": "JSON file in args.output_dir; this callback fills its 'pruning' section."})
+    distill: bool | dict | None = field(default=None, metadata={
+        "help": "Recover by distillation from the model as it was just before pruning (a frozen deep copy): True, "
+                "or {alpha, temperature, hidden_weight}. Needs trainer= to be an hfprune.DistillationTrainer."})
 
     def __post_init__(self):
         owner = "PruningCallback"
@@ -88,6 +91,12 @@ class PruningConfig:
         if self.heads_ratio is None and self.neurons_ratio is None and not self.layers \
                 and self.channels_ratio is None:
             raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio, layers or channels_ratio")
+        if self.distill is not None and self.distill is not False:
+            from ..distill import distill_options
+
+            self.distill = distill_options(self.distill, owner)
+        else:
+            self.distill = None
         # Checked now rather than when scoring, which may be at the end of a long training run.
         for name in self._CRITERIA:
             criterion = self.criterion_for(name)
@@ -148,7 +157,26 @@ class PruningCallback(TrainerCallback):
 
     def bind(self, trainer) -> PruningCallback:
         self.trainer = trainer
+        self._check_distill_trainer()
         return self
+
+    def _check_distill_trainer(self) -> None:
+        if self.config.distill is None:
+            return
+        from ..distill import DistillationTrainer
+
+        if not isinstance(self.trainer, DistillationTrainer):
+            raise ValueError("PruningCallback: distill= needs trainer= (or .bind(trainer)) to be an "
+                             f"hfprune.DistillationTrainer, got {type(self.trainer).__name__}")
+
+    def _start_distillation(self, model) -> None:
+        """Freeze a copy of the model as it is now (before the mask / surgery) as the trainer's teacher."""
+        import copy
+
+        d = self.config.distill
+        trainer = self.trainer
+        trainer.alpha, trainer.temperature, trainer.hidden_weight = d["alpha"], d["temperature"], d["hidden_weight"]
+        trainer.set_teacher(copy.deepcopy(model))
 
     def _select(self, args, state, kwargs) -> None:
         # The model inside a DDP / accelerate wrapper (a custom loop may hand the wrapper to the callbacks).
@@ -183,6 +211,8 @@ class PruningCallback(TrainerCallback):
                            meta={"callback": "PruningCallback", "global_step": state.global_step,
                                  "config": asdict(c)})
         self.plan = plan
+        if c.distill is not None:
+            self._start_distillation(model)
         if c.mode == "prune":
             self._prune_now(model, kwargs.get("optimizer"))
         else:
@@ -211,6 +241,7 @@ class PruningCallback(TrainerCallback):
             })
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._check_distill_trainer()
         # Explicit layer indices are checked against the model before training, not at the scoring step.
         if self.plan is None and isinstance(self.config.layers, list) and model is not None:
             PruningPlan(layers=self.config.layers).validate(unwrap_model(model))

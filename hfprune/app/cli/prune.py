@@ -27,6 +27,18 @@ def fractions(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def budget(text: str) -> dict:
+    """`"flops=0.6"` -> `{"flops": 0.6}` (also params=, latency=)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or key not in ("flops", "params", "latency"):
+        raise argparse.ArgumentTypeError(f"expected flops=F, params=F or latency=F, got {text!r}")
+    try:
+        return {key: float(value)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}= needs a number, got {value!r}") from None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a model on a GLUE task (flags spell a recipe)",
                        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +61,13 @@ def add_parser(sub) -> None:
     add_flag(p, "--score-batches", "prune.score_batches", type=int, metavar="N")
     p.add_argument("--sweep", type=fractions, default=None,
                    metavar="R,R,...", help="also evaluate the masked model at these head fractions (sweep plot)")
+    p.add_argument("--budget", type=budget, default=None, metavar="METRIC=F",
+                   help="prune to a fraction of the dense FLOPs / params / latency (flops=0.6) with the "
+                        "retraining-free search of Kwon et al. (2022), instead of --heads / --ffn")
+    add_flag(p, "--budget-samples", "prune.budget_samples", type=int, metavar="N")
+    p.add_argument("--distill", action="store_true",
+                   help="recover by distillation from the model before pruning (hfprune.DistillationTrainer; "
+                        "alpha / temperature / hidden_weight from --set recover.distill=... or recipes)")
     add_flag(p, "--finetune-steps", "finetune.steps", type=int, metavar="N")
     add_flag(p, "--recover-steps", "recover.steps", type=int, metavar="N")
     add_flag(p, "--batch-size", "finetune.batch_size", type=int, metavar="N")
@@ -80,6 +99,10 @@ def main(args: argparse.Namespace) -> int:
         data.setdefault("prune", {})["sweep"] = args.sweep
     if args.seed is not None:
         data["seed"] = args.seed
+    if args.budget is not None:
+        data.setdefault("prune", {})["budget"] = args.budget
+    if args.distill:
+        data.setdefault("recover", {}).setdefault("distill", {})
     # The recovery stage trains like the fine-tune unless told otherwise.
     for key in ("batch_size", "learning_rate"):
         if key in data.get("finetune", {}):

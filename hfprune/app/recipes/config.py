@@ -106,6 +106,8 @@ class TrainConfig:
     layerdrop: float = _f(0.0, "LayerDrop probability: skip each layer at random during this stage "
                                "(Fan et al., 2019), so that whole layers can be removed afterwards")
     layerdrop_mode: str = _f("uniform", "which layers LayerDrop may skip: uniform (any) or every_other")
+    distill: dict | None = _f(None, "recover by distillation from the model before pruning: {alpha, temperature, "
+                                    "hidden_weight} (hfprune.DistillationTrainer; {} for the defaults)")
 
     def __post_init__(self):
         _check(0 <= self.steps <= 10_000_000, f"steps must be >= 0, got {self.steps}")
@@ -116,6 +118,14 @@ class TrainConfig:
         _fraction("layerdrop", self.layerdrop)
         _check(self.layerdrop_mode in ("uniform", "every_other"),
                f"layerdrop_mode must be uniform or every_other, got {self.layerdrop_mode!r}")
+        if self.distill is not None:
+            from ...distill import distill_options
+
+            try:
+                self.distill = distill_options(self.distill)
+            except ValueError as err:
+                raise ValueError(str(err).replace("distill: ", "", 1).replace("DistillationTrainer: ",
+                                                                                "distill.")) from None
 
 
 @dataclass
@@ -137,6 +147,10 @@ class PruneConfig:
     channel_groups: str = _f("inner", "CNN channel groups scored: inner (free), all prunable, or coupled")
     sweep: list = field(default_factory=list, metadata={
         "help": "also evaluate the masked model at these head fractions (metric-vs-fraction plot)"})
+    budget: dict | None = _f(None, "prune to a budget instead of ratios (Kwon et al., 2022, no retraining): one of "
+                                   "{flops: F}, {params: F}, {latency: F}, F the fraction of the dense model kept")
+    budget_samples: int = _f(2048, "training samples read by the budget search (Fisher and mask tuning)")
+    budget_tune: bool = _f(True, "budget search: solve and fold the least-squares mask scales")
 
     def __post_init__(self):
         _fraction("heads", self.heads)
@@ -161,6 +175,19 @@ class PruneConfig:
                    f"sweep must be a list of fractions in [0, 1), got {value!r}")
             _fraction("sweep", value)
         self.sweep = sorted(float(v) for v in self.sweep)
+        _check(self.budget_samples >= 1, f"budget_samples must be >= 1, got {self.budget_samples}")
+        if self.budget is not None:
+            from ...budget.api import _check_budget
+
+            keys = sorted(set(self.budget) - {"flops", "params", "latency"})
+            _check(not keys, f"budget: unknown key {keys[0] if keys else ''!r} (known: flops, params, latency)")
+            try:
+                _check_budget(**{k: self.budget.get(k) for k in ("flops", "params", "latency")})
+            except ValueError as err:
+                raise ValueError(f"budget: {str(err).replace('prune_to_budget: ', '')}") from None
+            _check(not (self.heads or self.ffn or self.layers or self.sweep),
+                   "budget excludes heads / ffn / layers / sweep (the search chooses the heads and neurons)")
+            self.budget = {k: float(v) for k, v in self.budget.items()}
 
 
 @dataclass
@@ -234,13 +261,14 @@ class Recipe:
     def __post_init__(self):
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         image = self.data.task == IMAGE_TASK
-        units = ("heads", "ffn", "layers") if image else ("channels",)
+        units = ("heads", "ffn", "layers", "budget") if image else ("channels",)
         given = [u for u in units if getattr(self.prune, u)]
         _check(not given, f"prune.{given[0] if given else ''} does not apply to task {self.data.task}: "
                           + ("a CNN is pruned by prune.channels" if image else "channels are for image-classification"))
-        nothing = not (self.prune.heads or self.prune.ffn or self.prune.layers or self.prune.channels)
+        nothing = not (self.prune.heads or self.prune.ffn or self.prune.layers or self.prune.channels
+                       or self.prune.budget)
         _check(not (nothing and self.recover.steps), "recover.steps > 0 but nothing is pruned "
-                                                     "(set prune.heads, prune.ffn or prune.layers)")
+                                                     "(set prune.heads, prune.ffn, prune.layers or prune.budget)")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "finetune": TrainConfig, "prune": PruneConfig,

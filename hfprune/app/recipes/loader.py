@@ -36,6 +36,9 @@ def _check_type(key: str, value, type_name: str):
     elif base == "str":
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif base == "dict":
+        if isinstance(value, dict):
+            return value
     elif base == "list":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return [value]

@@ -85,6 +85,17 @@ def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: Stage
     return scores, plan
 
 
+def _prune_to_budget(model, loader, recipe: Recipe, structure: dict, quiet: bool) -> PruningPlan:
+    """`hfprune.prune_to_budget` on the training batches; FLOPs and latency at the report's sequence length."""
+    import hfprune
+
+    cfg = recipe.prune
+    plan = hfprune.prune_to_budget(model, loader, **cfg.budget, seq_len=recipe.eval.latency_seq_len,
+                                   num_samples=cfg.budget_samples, tune=cfg.budget_tune, show_progress=not quiet)
+    plan.meta.update({"criterion": "kwon2022", "model_structure": structure})
+    return plan
+
+
 def _sweep(model, trainer, task, eval_set, head_scores, recipe: Recipe, log: StageLog) -> list[dict]:
     import hfprune
 
@@ -171,14 +182,22 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         seq_len = recipe.eval.latency_seq_len
         dense_costs = model_costs(model, seq_len)
         dense_copy = copy.deepcopy(model).to("cpu")  # for a back-to-back latency comparison at the end
-        scores, plan = _score_and_select(model, scoring_batches(evaluator), recipe, dense_structure, log, quiet)
+        # Distillation recovery learns from the model as it is now, before pruning (a frozen copy).
+        teacher = copy.deepcopy(model) if recipe.recover.steps and recipe.recover.distill is not None else None
+        if recipe.prune.budget:
+            scores, plan = {}, None  # the budget search scores, selects and prunes in one step, below
+        else:
+            scores, plan = _score_and_select(model, scoring_batches(evaluator), recipe, dense_structure, log, quiet)
         sweep = []
         if recipe.prune.sweep:
             sweep = _sweep(model, evaluator, task, eval_sets[task.eval_splits[0]], scores["heads"], recipe, log)
         with log.stage("prune") as note:
             import hfprune
 
-            hfprune.prune(model, plan)
+            if recipe.prune.budget:
+                plan = _prune_to_budget(model, scoring_batches(evaluator), recipe, dense_structure, quiet)
+            else:
+                hfprune.prune(model, plan)
             pruned_structure = model_structure(model)
             note["summary"] = (f"heads {sum(dense_structure['heads'])} -> {sum(pruned_structure['heads'])}, "
                                f"FFN {sum(dense_structure['ffn'])} -> {sum(pruned_structure['ffn'])}, "
@@ -191,8 +210,11 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
             with log.stage("recover") as note:
                 trainer = make_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.recover,
                                        eval_batch_size=recipe.eval.batch_size, seed=recipe.seed + 1, quiet=quiet,
-                                       callbacks=_callbacks(recipe.recover), work_dir=Path(work) / "recover")
+                                       callbacks=_callbacks(recipe.recover), work_dir=Path(work) / "recover",
+                                       teacher=teacher)
                 recover = train_stage(trainer)
+                if teacher is not None:
+                    recover["distill"] = {**recipe.recover.distill, "trainer": type(trainer).__name__}
                 note["summary"] = f"{recover['steps']} steps, mean loss {recover['loss']:.4f}"
         with log.stage("evaluate pruned") as note:
             pruned_metrics = evaluate_splits(evaluator, task, eval_sets)

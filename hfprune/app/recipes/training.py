@@ -20,8 +20,11 @@ from .config import TrainConfig
 
 def make_trainer(model: nn.Module, tokenizer, task: TaskSpec, *, train_dataset=None, train: TrainConfig | None = None,
                  eval_batch_size: int = 64, seed: int = 0, quiet: bool = False, callbacks: list | None = None,
-                 work_dir: str | Path | None = None):
+                 work_dir: str | Path | None = None, teacher: nn.Module | None = None):
     """A `Trainer` for one stage; `train.steps == 0` gives an evaluation-only Trainer.
+
+    With `train.distill` set and a `teacher`, the stage is an `hfprune.DistillationTrainer` (recovery by
+    distillation from the model before pruning).
 
     Checkpoints are not written (`save_strategy="no"`): the recipe saves the final model itself, atomically.
     """
@@ -51,6 +54,11 @@ def make_trainer(model: nn.Module, tokenizer, task: TaskSpec, *, train_dataset=N
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    extra = {}
+    if train.distill is not None and teacher is not None:
+        from ...distill import DistillationTrainer as Trainer  # noqa: N814  (same constructor, distillation loss)
+
+        extra = {"teacher_model": teacher, **train.distill}
     trainer = Trainer(
         model=model,
         args=args,
@@ -59,6 +67,7 @@ def make_trainer(model: nn.Module, tokenizer, task: TaskSpec, *, train_dataset=N
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_fn(task),
         callbacks=callbacks or None,
+        **extra,
     )
     if quiet:
         from transformers import PrinterCallback
