@@ -75,8 +75,8 @@ __all__ += list(_LAZY)
 
 # Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
 # of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
-_SUBMODULES = ("app", "budget", "calibration", "callbacks", "criteria", "export", "export_remote", "flops", "importance",
-               "io", "remote", "selection", "serving", "sparsity", *_compat.MOVED)
+_SUBMODULES = ("app", "budget", "calibration", "callbacks", "criteria", "export", "export_remote", "flops",
+               "importance", "io", "remote", "selection", "serving", "sparsity", *_compat.MOVED)
 
 
 def __getattr__(name: str):
