@@ -21,6 +21,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev-limit", type=int, default=None, help="evaluate on the first N dev examples")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--plans-out", help="write every row's plan to this JSON file (for budget_speed.py)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = TASKS[args.task]
@@ -180,24 +182,30 @@ def main(argv: list[str] | None = None) -> int:
             structure = hfprune.model_structure(model)
             kept = (sum(structure["heads"]), sum(structure["ffn"]))
             rows.append({"budget": budget, "method": "prune_to_budget" + ("" if tune else " (no tuning)"),
+                         "plan": plan.to_dict(),
                          "score": evaluate(model, dev, spec["metric"]), "flops": plan.meta["achieved"]["flops"],
                          "speedup": dense_latency / latency(model, speed_batch), "kept": kept,
                          "time": f"{wall:.1f} s = {wall / fwd_bwd:.2f}x fwd+bwd (fisher {steps['fisher']:.1f}, "
                                  f"search {steps['search']:.2f}, rearrange {steps['rearrange']:.1f}"
                                  + (f", tune {steps['tune']:.1f}" if tune else "")
                                  + f", fold+prune {plan.meta['time_s']['prune']:.2f})"})
-            print(rows[-1], file=sys.stderr)
+            print({k: v for k, v in rows[-1].items() if k != "plan"}, file=sys.stderr)
         for name, (head_scores, neuron_scores) in baselines.items():
             model = copy.deepcopy(dense)
-            hfprune.prune(model, plan_at_counts(model, kept[0], kept[1], head_scores, neuron_scores))
+            counts_plan = plan_at_counts(model, kept[0], kept[1], head_scores, neuron_scores)
+            hfprune.prune(model, counts_plan)
             rows.append({"budget": budget, "method": name, "score": evaluate(model, dev, spec["metric"]),
+                         "plan": counts_plan.to_dict(),
                          "flops": model_costs(model, args.seq_len)["flops"] / model_costs(dense, args.seq_len)[
                              "flops"], "speedup": dense_latency / latency(model, speed_batch),
                          "kept": hfprune.model_structure(model)["heads"] and (
                              sum(hfprune.model_structure(model)["heads"]), sum(hfprune.model_structure(model)[
                                  "ffn"])), "time": ""})
-            print(rows[-1], file=sys.stderr)
+            print({k: v for k, v in rows[-1].items() if k != "plan"}, file=sys.stderr)
 
+    if args.plans_out:
+        Path(args.plans_out).write_text(json.dumps({"task": args.task, "model": spec["model"], "rows": [
+            {k: r[k] for k in ("budget", "method", "plan")} for r in rows]}, indent=1))
     metric = "accuracy" if spec["metric"] == "acc" else "F1"
     print(f"`{' '.join(['python', *sys.argv])}`  \n{platform.machine()}, {platform.processor() or 'cpu'}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
