@@ -13,6 +13,7 @@ ratio.
 
     python benchmarks/cnn_speed.py                   # ~1-2 min on 2 shared CPU cores
     python benchmarks/cnn_speed.py --channels-last   # the same in channels_last memory format
+    python benchmarks/cnn_speed.py --compile         # all three compiled (torch.compile, inductor, freezing)
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def main(argv=None):
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--channels-last", action="store_true",
                         help="time all three models in channels_last memory format (oneDNN kernels for every conv)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time all three models compiled by torch.compile (inductor, freezing: BatchNorm folded "
+                             "into the convolutions, ReLU / add fused), as a deployment would run them")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -95,7 +99,12 @@ def main(argv=None):
         x = x.contiguous(memory_format=torch.channels_last)
     cost = {k: flops(m, x) for k, m in models.items()}
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
-    for m in models.values():  # warm-up
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # eval weights as constants: conv + BN folding
+        models = {k: torch.compile(m) for k, m in models.items()}
+    for m in models.values():  # warm-up (and compilation)
         time_once(m, x)
     times = {k: [] for k in models}
     for _ in range(args.repeats):  # interleaved, so drifting load on a shared machine hits every model alike
@@ -108,7 +117,9 @@ def main(argv=None):
           f"jobs (load average {os.getloadavg()[0]:.1f} at the end), torch {torch.__version__}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; total {time.time() - started:.0f}s")
     print(f"model: ResNetModel(ResNetConfig()) (ResNet-50 shape), input {args.batch}x3x{args.size}x{args.size}, "
-          f"float32{', channels_last' if args.channels_last else ''}; plan: {plan.num_channels()} inner channels in "
+          f"float32{', channels_last' if args.channels_last else ''}"
+          f"{', torch.compile (inductor, freezing)' if args.compile else ''}; "
+          f"plan: {plan.num_channels()} inner channels in "
           f"{len(plan.channels)} groups "
           f"({args.ratio:.0%} of each bottleneck's inner channels, l1 per group); hfprune vs Torch-Pruning outputs "
           f"max |diff| = {agree:.2e}")
