@@ -296,3 +296,43 @@ def test_a_wrapped_model_is_unwrapped():
     plan = hfprune.prune_to_budget(wrapped, _batches(model), flops=0.6, seq_len=16, show_progress=False)
     assert plan.meta["achieved"]["flops"] <= 0.6
     assert hfprune.model_structure(model)["heads"] != [4, 4, 4]
+
+
+def _last_cls_error(model, dense, batches) -> float:
+    with torch.no_grad():
+        total = 0.0
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            got = model(**inputs, output_hidden_states=True).hidden_states[-1][:, 0]
+            want = dense(**inputs, output_hidden_states=True).hidden_states[-1][:, 0]
+            total += float((got - want).pow(2).sum())
+    return total
+
+
+def test_first_token_classifier_fits_the_last_layer_on_cls(monkeypatch):
+    # BertForSequenceClassification reads position 0 only: the last layer's neurons are fitted on [CLS] rows, so the
+    # [CLS] output is closer to the dense model's than with the all-token fit (same mask, same head scales).
+    dense = make_model("bert")
+    assert type(dense).__name__ == "BertForSequenceClassification"
+    batches = _batches(dense, n=8)
+    cls_fit, all_fit = copy.deepcopy(dense), copy.deepcopy(dense)
+    masks_cls = find_budget_masks(cls_fit, batches, flops=0.5, seq_len=16, show_progress=False)
+    from hfprune.arch.bert import BertAdapter
+
+    monkeypatch.setattr(BertAdapter, "first_token_heads", ())
+    masks_all = find_budget_masks(all_fit, batches, flops=0.5, seq_len=16, show_progress=False)
+    last = dense.config.num_hidden_layers - 1
+    assert masks_cls.plan.heads == masks_all.plan.heads and masks_cls.plan.neurons == masks_all.plan.neurons
+    assert torch.allclose(masks_cls.head_scales[last], masks_all.head_scales[last])
+    assert not torch.allclose(masks_cls.neuron_scales[last], masks_all.neuron_scales[last])
+    apply_budget_masks(cls_fit, masks_cls)
+    apply_budget_masks(all_fit, masks_all)
+    assert _last_cls_error(cls_fit, dense, batches) < _last_cls_error(all_fit, dense, batches)
+
+
+def test_only_first_token_heads_read_position_zero():
+    from hfprune.arch import get_adapter
+
+    assert get_adapter(make_model("bert")).reads_first_token_only(make_model("bert"))
+    llama = make_model("llama")
+    assert not get_adapter(llama).reads_first_token_only(llama)  # a causal LM's loss reads every position

@@ -65,8 +65,16 @@ class ArchAdapter:
     config_kv_heads_key: str | None = None
     config_ffn_key: str | None = None
     supports_gqa: bool = False
+    # Task heads (class-name suffixes) that read only the first token of the last block's output, the [CLS]
+    # position: mask tuning fits the last layer's FFN on that token alone (Kwon et al. 2022 do so for
+    # classification), since no other position of that output reaches the loss.
+    first_token_heads: tuple[str, ...] = ()
 
     # ----- where things are -------------------------------------------------------------------------------------
+    def reads_first_token_only(self, model: nn.Module) -> bool:
+        """Whether `model`'s task head uses only position 0 of the last block's output (a [CLS] classifier)."""
+        return type(model).__name__.endswith(self.first_token_heads) if self.first_token_heads else False
+
     def layers_path(self, model: nn.Module) -> str:
         for path in self.layers_paths:
             try:

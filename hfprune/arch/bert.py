@@ -18,6 +18,7 @@ class BertAdapter(ArchAdapter):
     o_path = "attention.output.dense"
     ffn_in_paths = ("intermediate.dense",)
     ffn_out_path = "output.dense"
+    first_token_heads = ("ForSequenceClassification", "ForMultipleChoice")  # their classifiers read position 0 only
     # The output projection sits outside `attention.self`, so a headless layer keeps `attention.output` as it is.
     headless_owns_output = False
     # BERT derives head size from hidden_size / num_attention_heads, so its config cannot express fewer heads.

@@ -17,5 +17,6 @@ class DistilBertAdapter(ArchAdapter):
     o_path = "attention.out_lin"
     ffn_in_paths = ("ffn.lin1",)
     ffn_out_path = "ffn.lin2"
+    first_token_heads = ("ForSequenceClassification", "ForMultipleChoice")  # their classifiers read position 0 only
     # head size is dim / n_heads, as in BERT; hidden_dim is the FFN width.
     config_ffn_key = "hidden_dim"

@@ -17,5 +17,6 @@ class ViTAdapter(ArchAdapter):
     o_path = "attention.o_proj"
     ffn_in_paths = ("mlp.fc1",)
     ffn_out_path = "mlp.fc2"
+    first_token_heads = ("ForImageClassification",)  # their classifiers read position 0 only
     config_heads_key = "num_attention_heads"
     config_ffn_key = "intermediate_size"

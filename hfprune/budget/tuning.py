@@ -7,7 +7,10 @@ down projection) of the *pruned* model and B the target (the unpruned sub-layer 
 pruned model's residual and bias), the scales solve min ||C s - B||^2; the normal equations C^T C and C^T B are
 summed over batches (and processes) and solved with `torch.linalg.lstsq`. Layers are tuned in order, on the pruned
 model's own inputs, so each layer also corrects the error that reaches it. As in the paper, tuning stops at the
-first solution with a scale outside [-10, 10] (or a non-finite one): that and later layers keep scale 1.
+first solution with a scale outside [-10, 10] (or a non-finite one): that and later layers keep scale 1. When the
+task head reads only the first token of the last block (a [CLS] classifier, `ArchAdapter.reads_first_token_only`),
+the last layer's neurons are fitted on that token alone, as in the paper's code for classification: the other
+positions of that output never reach the loss, and fitting them spends the few scales on what does not matter.
 
 The scales are folded into the input columns of the output / down projections afterwards (`fold_scales`), so the
 pruned model has no extra op.
@@ -140,16 +143,18 @@ def tune_scales(model: nn.Module, batches: list[dict], gates: Gates, kept_heads:
     result = TuneResult()
     from tqdm.auto import tqdm
 
+    first_only = adapter.reads_first_token_only(model)
     with torch.no_grad():
         teacher = capture_block_inputs(model, batches)  # block 0 sees the embeddings, unaffected by the mask
         student = list(teacher)
         for layer in tqdm(range(len(blocks)), desc="mask tuning", disable=not show_progress, leave=False):
             block = blocks[layer]
             probe = _Probe(adapter, block)
+            ffn_rows = _first_token if first_only and layer == len(blocks) - 1 else _all_tokens
             try:
-                targets, teacher_next, pre_ln = _teacher_pass(block, probe, gates, teacher)
-                result.stopped_at = _tune_layer(adapter, block, probe, gates, student, targets, pre_ln, layer,
-                                                kept_heads[layer], kept_neurons[layer], result, head_dim)
+                targets, teacher_next, pre_ln = _teacher_pass(block, probe, gates, teacher, ffn_rows)
+                result.stopped_at = _tune_layer(adapter, block, probe, gates, student, (targets, ffn_rows), pre_ln,
+                                                layer, kept_heads[layer], kept_neurons[layer], result, head_dim)
                 if result.stopped_at is not None:
                     break  # as in the paper: this and the later layers keep scale 1
                 result.layers_tuned += 1
@@ -161,8 +166,20 @@ def tune_scales(model: nn.Module, batches: list[dict], gates: Gates, kept_heads:
     return result
 
 
-def _teacher_pass(block, probe, gates, inputs: list[BlockInputs]):
-    """The unpruned block on the unpruned model's inputs: targets of both sub-layers and the next inputs."""
+def _all_tokens(valid: torch.Tensor) -> torch.Tensor:
+    return valid
+
+
+def _first_token(valid: torch.Tensor) -> torch.Tensor:
+    """Position 0 of every sequence (the [CLS] token a first-token classifier reads)."""
+    first = torch.zeros_like(valid)
+    first[:, 0] = True
+    return first
+
+
+def _teacher_pass(block, probe, gates, inputs: list[BlockInputs], ffn_rows=_all_tokens):
+    """The unpruned block on the unpruned model's inputs: targets of both sub-layers (the FFN's at the positions
+    `ffn_rows` selects) and the next inputs."""
     targets, outputs = [], []
     pre_ln = None
     with _dense(gates):
@@ -177,15 +194,16 @@ def _teacher_pass(block, probe, gates, inputs: list[BlockInputs]):
                     attn_sum.abs().max().clamp_min(1.0))))
             ffn_residual = attn_sum if pre_ln else seen["ffn_in"]
             valid = item.valid
-            targets.append((attn_sum[valid], (seen["ffn"] + ffn_residual)[valid]))
+            targets.append((attn_sum[valid], (seen["ffn"] + ffn_residual)[ffn_rows(valid)]))
             outputs.append(item.with_hidden(out))
     return targets, outputs, pre_ln
 
 
-def _tune_layer(adapter, block, probe, gates: Gates, student: list[BlockInputs], targets, pre_ln: bool,
+def _tune_layer(adapter, block, probe, gates: Gates, student: list[BlockInputs], targets_and_rows, pre_ln: bool,
                 layer: int, heads: list[int], neurons: list[int], result: TuneResult,
                 head_dim: int) -> dict | None:
     """Tune one layer's heads, then its neurons (on the head-tuned output); returns where it stopped, if it did."""
+    targets, ffn_rows = targets_and_rows
     if heads and layer in gates.head_gates:
         scales = _solve(*_head_system(adapter, block, probe, student, targets, heads, head_dim))
         if scales is None:
@@ -194,7 +212,7 @@ def _tune_layer(adapter, block, probe, gates: Gates, student: list[BlockInputs],
             gates.head_gates[layer].device)
         result.head_scales[layer] = scales.float().cpu()
     if neurons and layer in gates.neuron_gates:
-        scales = _solve(*_neuron_system(adapter, block, probe, student, targets, neurons, pre_ln))
+        scales = _solve(*_neuron_system(adapter, block, probe, student, targets, neurons, pre_ln, ffn_rows))
         if scales is None:
             return {"layer": layer, "units": "neurons"}
         gates.neuron_gates[layer].data[neurons] = scales.to(gates.neuron_gates[layer].dtype).to(
@@ -222,14 +240,14 @@ def _head_system(adapter, block, probe, student, targets, heads, head_dim: int):
     return ata, atb
 
 
-def _neuron_system(adapter, block, probe, student, targets, neurons, pre_ln: bool):
+def _neuron_system(adapter, block, probe, student, targets, neurons, pre_ln: bool, rows=_all_tokens):
     down = adapter.ffn_out(block)
     w = _weight_per_input(down).float()[neurons]  # [k, hidden]
     gram = w @ w.t()
     ata = atb = None
     for item, (_, ffn_target) in zip(student, targets):
         probe.run(block, item, stop="act")
-        valid = item.valid
+        valid = rows(item.valid)
         seen = probe.seen
         act = seen["act"][valid].float()[:, neurons]  # [T, k]
         residual = (seen["attn"] + item.hidden) if pre_ln else seen["ffn_in"]
