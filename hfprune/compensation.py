@@ -141,8 +141,64 @@ def _contribution(module: nn.Module, x: torch.Tensor, removed: torch.Tensor) -> 
     raise TypeError(f"compensate: cannot measure a {type(module).__name__} consumer")
 
 
+class _Stop(Exception):
+    """Ends a forward pass once the consumer being measured has run (the layers after it cannot change it)."""
+
+
+def _pixel_batches(dataloader: Iterable, max_batches: int | None):
+    for index, batch in enumerate(dataloader):
+        if max_batches is not None and index >= max_batches:
+            return
+        if not isinstance(batch, dict) or "pixel_values" not in batch:
+            got = f"keys {list(batch)}" if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"channel_compensation: every batch must be a dict with 'pixel_values' (got {got})")
+        yield batch["pixel_values"]
+
+
+def _mean_contributions(model: nn.Module, batches: Iterable, selected: dict[str, torch.Tensor],
+                        stop_after: str | None = None) -> tuple[dict[str, torch.Tensor], list[str], int]:
+    """Mean over `batches` of what the `selected` input channels add to each consumer's output, the order in which
+    the consumers ran, and the number of batches."""
+    sums = {path: [0.0, 0] for path in selected}
+    order: list[str] = []
+
+    def measure(path):
+        def hook(module, args):
+            total, count = _contribution(module, args[0], selected[path])
+            sums[path][0] = sums[path][0] + total
+            sums[path][1] += count
+            if path not in order:
+                order.append(path)
+            if path == stop_after:
+                raise _Stop
+
+        return hook
+
+    device = next(model.parameters()).device
+    # prepend: the hooks see the consumers' inputs before any channel gate
+    handles = [model.get_submodule(p).register_forward_pre_hook(measure(p), prepend=True) for p in selected]
+    used = 0
+    try:
+        for pixel_values in batches:
+            try:
+                model(pixel_values=pixel_values.to(device))
+            except _Stop:
+                pass
+            used += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not used:
+        raise ValueError("channel_compensation: the dataloader yielded no batch (compensation needs calibration "
+                         "data; there is no data-free estimate)")
+    missing = [path for path, (_, count) in sums.items() if not count]
+    if missing:
+        raise ValueError(f"channel_compensation: {missing[0]} never ran on the calibration batches")
+    return {p: (total / count).float() for p, (total, count) in sums.items()}, order, used
+
+
 def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterable, *,
-                         max_batches: int | None = None) -> ChannelCompensation:
+                         max_batches: int | None = None, sequential: bool = False) -> ChannelCompensation:
     """Measure, on calibration batches, the offsets that keep each consumer's mean output when `plan` is applied.
 
     The model does not change (eval mode, no gradients; the training mode is restored). Pass the result, or the
@@ -154,6 +210,11 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
         dataloader (`Iterable[dict]`): batches with `pixel_values` (other keys are ignored), e.g. a few hundred
             training images.
         max_batches (`int`, *optional*): use at most this many batches.
+        sequential (`bool`): `False` (one pass): each offset is the removed channels' mean contribution in the
+            original model. `True`: consumer by consumer in the order they run, the offset that brings the
+            consumer's mean output back to the original one *in the masked model with every earlier offset
+            applied*, so it also cancels the mean drift of its kept inputs caused by the removals upstream. One
+            pass, plus one pass per consumer that stops at that consumer; the batches are held in memory.
 
     Returns:
         `ChannelCompensation`.
@@ -170,6 +231,7 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
         ```
     """
     from .arch import unwrap_model
+    from .masking_channels import attach_channel_gates  # it imports this module to fold the offsets
 
     model = unwrap_model(model)
     if not plan.channels:
@@ -179,45 +241,38 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
         raise ValueError(f"channel_compensation: max_batches must be a positive integer or None, not {max_batches!r}")
     groups = channel_groups(model)
     targets = consumer_targets(model, plan, groups)
-    sums = {path: [0.0, 0] for path in targets}
-
-    def measure(path):
-        def hook(module, args):
-            total, count = _contribution(module, args[0], targets[path][2])
-            sums[path][0] = sums[path][0] + total
-            sums[path][1] += count
-
-        return hook
-
-    device = next(model.parameters()).device
+    removed = {path: t[2] for path, t in targets.items()}
     modes = [(m, m.training) for m in model.modules()]
-    # prepend: the hooks see the consumers' inputs before any channel gate of an attached mask
-    handles = [model.get_submodule(p).register_forward_pre_hook(measure(p), prepend=True) for p in targets]
-    used = 0
     try:
         model.eval()
         with torch.no_grad():
-            for index, batch in enumerate(dataloader):
-                if max_batches is not None and index >= max_batches:
-                    break
-                if not isinstance(batch, dict) or "pixel_values" not in batch:
-                    got = f"keys {list(batch)}" if isinstance(batch, dict) else type(batch).__name__
-                    raise ValueError(f"channel_compensation: every batch must be a dict with 'pixel_values' (got "
-                                     f"{got})")
-                model(pixel_values=batch["pixel_values"].to(device))
-                used += 1
+            if not sequential:
+                shifts, _, used = _mean_contributions(model, _pixel_batches(dataloader, max_batches), removed)
+            else:
+                batches = list(_pixel_batches(dataloader, max_batches))
+                full, order, used = _mean_contributions(model, batches, {p: torch.ones_like(r)
+                                                                         for p, r in removed.items()})
+                shifts = {p: torch.zeros_like(v) for p, v in full.items()}
+                draft = ChannelCompensation({}, {}, shifts, {p: t[:2] for p, t in targets.items()}, used)
+                gates = attach_channel_gates(model, plan, groups=groups)
+                try:
+                    for path in order:  # every earlier consumer's offset is final when this one is measured
+                        fold = draft.fold(model)
+                        try:
+                            kept = _mean_contributions(model, batches, {path: 1 - removed[path]}, stop_after=path)[0]
+                        finally:
+                            fold.remove()
+                        shifts[path] = full[path] - kept[path]
+                finally:
+                    gates.remove()
     finally:
-        for handle in handles:
-            handle.remove()
         for module, training in modes:
             module.training = training
-    if not used:
-        raise ValueError("channel_compensation: the dataloader yielded no batch (compensation needs calibration "
-                         "data; there is no data-free estimate)")
+    device = next(model.parameters()).device
     return ChannelCompensation(
         channels={k: list(v) for k, v in plan.channels.items()},
         sizes={name: groups[name].size for name in plan.channels},
-        shifts={p: (total / count).float().to(device) for p, (total, count) in sums.items()},
+        shifts={p: v.to(device) for p, v in shifts.items()},
         targets={p: (t[0], t[1]) for p, t in targets.items()},
         num_batches=used,
     )

@@ -111,6 +111,38 @@ def test_one_group_keeps_every_consumer_mean_output(family):
     assert behind_se or family not in ("regnet", "efficientnet")  # the SE case is really exercised
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sequential_keeps_every_consumer_mean_output_of_a_whole_plan(family, tmp_path):
+    """Sequential offsets are measured with everything upstream already masked and folded, so every consumer's mean
+    output is the original one, behind an SE gate and behind other removals too; masked == pruned still holds."""
+    model = make_cnn(family)
+    plan = _plan(model)
+    comp = hfprune.channel_compensation(model, plan, CALIB, sequential=True)
+    one_shot = hfprune.channel_compensation(model, plan, CALIB)
+    assert comp.targets == one_shot.targets
+    targets = [path for path, _ in comp.targets.values()]
+    before = _target_means(model, targets)
+    drift = {}
+    for name, c in (("one-shot", one_shot), ("sequential", comp)):
+        with hfprune.masked(model, plan, compensate=c):
+            means = _target_means(model, targets)
+        drift[name] = max(float((means[p] - before[p]).abs().max() / (before[p].abs().max() + 1)) for p in targets)
+    assert drift["sequential"] <= 1e-5 and drift["sequential"] < 0.1 * drift["one-shot"], drift
+    with hfprune.masked(model, plan, compensate=comp):
+        masked = _logits(model)
+    hfprune.prune(model, plan, compensate=comp)
+    assert (_logits(model) - masked).abs().max() <= TOL
+
+
+def test_sequential_equals_one_shot_without_upstream_removals():
+    model = make_cnn("resnet_basic")
+    plan = hfprune.PruningPlan(channels={"resnet.encoder.stages.0.layers.0.layer.0.convolution": [1, 4, 6]})
+    a = hfprune.channel_compensation(model, plan, CALIB)
+    b = hfprune.channel_compensation(model, plan, iter(CALIB), sequential=True)  # an iterator is read once
+    assert a.shifts.keys() == b.shifts.keys()
+    assert all(torch.allclose(a.shifts[p], b.shifts[p], atol=1e-5) for p in a.shifts)
+
+
 def test_bias_and_running_mean_targets_follow_the_adapter():
     model = make_cnn("resnet_basic")
     inner = "resnet.encoder.stages.0.layers.0.layer.0.convolution"
