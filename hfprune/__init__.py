@@ -54,6 +54,8 @@ _LAZY = {
     "select_channels": "hfprune.selection_channels",
     "NetworkSlimmingCallback": "hfprune.callbacks.slimming",
     "recalibrate_batchnorm": "hfprune.bn_calibration",
+    "channel_compensation": "hfprune.compensation",
+    "ChannelCompensation": "hfprune.compensation",
     "export_compressed_tensors": "hfprune.serving.compressed_tensors",
 }
 

@@ -140,8 +140,12 @@ def attach_gates(model: nn.Module, heads: bool = False, neurons: bool = False, l
     return gates
 
 
-def mask(model: nn.Module, plan: PruningPlan) -> Gates:
+def mask(model: nn.Module, plan: PruningPlan, compensate=None) -> Gates:
     """Zero the contributions of the plan's units through hooks; returns a handle whose `.remove()` undoes it.
+
+    `compensate` (CNN channel plans only): calibration batches or a `hfprune.channel_compensation`; the removed
+    channels' mean contribution is folded into each consumer's bias / BatchNorm running mean, exactly as
+    `hfprune.prune(model, plan, compensate=...)` does, and `.remove()` restores the original tensors.
 
     Example:
         ```python
@@ -153,13 +157,15 @@ def mask(model: nn.Module, plan: PruningPlan) -> Gates:
     if plan.channels:  # CNN channel groups: their own gates, on the inputs of every consumer
         from .masking_channels import attach_channel_gates
 
-        return attach_channel_gates(model, plan=plan)
+        return attach_channel_gates(model, plan=plan, compensate=compensate)
+    if compensate is not None:
+        raise ValueError("compensate= applies to CNN channel plans (PruningPlan(channels=...)) only")
     return attach_gates(model, heads=bool(plan.heads), neurons=bool(plan.neurons), layers=bool(plan.layers),
                         plan=plan)
 
 
 @contextmanager
-def masked(model: nn.Module, plan: PruningPlan):
+def masked(model: nn.Module, plan: PruningPlan, compensate=None):
     """Context manager form of `mask`: inside the block the model behaves as if `plan` had been applied.
 
     Example:
@@ -168,7 +174,7 @@ def masked(model: nn.Module, plan: PruningPlan):
         ...     masked_logits = model(**batch).logits
         ```
     """
-    handle = mask(model, plan)
+    handle = mask(model, plan, compensate=compensate)
     try:
         yield handle
     finally:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .arch.channels import ChannelGroup, channel_groups
+from .compensation import resolve_compensation
 from .masking import Gates
 from .plan import PruningPlan
 
@@ -31,7 +32,7 @@ def _channel_hook(gate: torch.Tensor, name: str):
 
 
 def attach_channel_gates(model: nn.Module, plan: PruningPlan | None = None, requires_grad: bool = False,
-                         groups: dict[str, ChannelGroup] | None = None, names=None) -> Gates:
+                         groups: dict[str, ChannelGroup] | None = None, names=None, compensate=None) -> Gates:
     """Attach a gate (all ones, or zero where `plan` removes a channel) to channel groups of a CNN.
 
     Args:
@@ -41,6 +42,9 @@ def attach_channel_gates(model: nn.Module, plan: PruningPlan | None = None, requ
         groups (`dict[str, ChannelGroup]`, *optional*): `hfprune.channel_groups(model)`, if already computed.
         names (`Iterable[str]`, *optional*): the groups that get gates (default: the plan's groups, or every prunable
             group when there is no plan).
+        compensate (`Iterable[dict]` or `ChannelCompensation`, *optional*): removed-channel compensation (needs
+            `plan`): calibration batches or a measured `hfprune.channel_compensation`; the offsets are folded while
+            the gates are on and restored by `.remove()`.
 
     Returns:
         `Gates` with `channel_gates` filled; `.remove()` detaches every hook.
@@ -58,6 +62,11 @@ def attach_channel_gates(model: nn.Module, plan: PruningPlan | None = None, requ
     groups = groups if groups is not None else channel_groups(model)
     if plan is not None:
         plan.validate(model)
+    compensation = None
+    if compensate is not None:
+        if plan is None:
+            raise ValueError("compensate= needs a plan: it folds the mean of the plan's removed channels")
+        compensation = resolve_compensation(model, plan, compensate)  # measured before any gate is attached
     if names is None:
         names = list(plan.channels) if plan is not None else [n for n, g in groups.items() if g.prunable]
     device = next(model.parameters()).device
@@ -73,6 +82,8 @@ def attach_channel_gates(model: nn.Module, plan: PruningPlan | None = None, requ
             for path in group.paths("in"):
                 module = model.get_submodule(path)
                 gates._handles.append(module.register_forward_pre_hook(_channel_hook(gate, name)))
+        if compensation is not None:
+            gates._handles.append(compensation.fold(model))  # after the hooks: remove() restores the offsets
     except Exception:
         gates.remove()
         raise

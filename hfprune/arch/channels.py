@@ -8,7 +8,9 @@ of the group removes index `i` from every one of them:
 * `out`: a convolution / linear layer producing the channels (weight rows, bias);
 * `norm`: a BatchNorm2d over them (weight, bias, running_mean, running_var);
 * `through`: a depthwise or grouped convolution they pass through 1:1 (grouped: in whole groups);
-* `in`: a convolution / linear layer consuming them (weight columns); masks gate these inputs;
+* `in`: a convolution / linear layer consuming them (weight columns); masks gate these inputs; `norm` names the
+  BatchNorm that normalises this consumer's output, where removed-channel compensation goes when the consumer has
+  no bias (`hfprune.compensation`);
 * `scale`: a squeeze-and-excitation expand convolution whose output rows scale them (rows sliced, not a producer).
 
 A group with several producers (a residual path: every block's last conv adds into the same stream) is *coupled*
@@ -29,10 +31,15 @@ OP_KINDS = ("out", "norm", "through", "in", "scale")
 
 @dataclass(frozen=True)
 class ChannelOp:
-    """One tensor the group's channels live in: `kind` (see the module docstring) and the module's path."""
+    """One tensor the group's channels live in: `kind` (see the module docstring) and the module's path.
+
+    For an `in` op, `norm` is the path of the BatchNorm right after the consumer (`None`: the consumer has a bias,
+    or nothing normalises its output); removed-channel compensation shifts that norm's running mean.
+    """
 
     kind: str
     path: str
+    norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class ChannelGroup:
     def paths(self, kind: str) -> list[str]:
         return [op.path for op in self.ops if op.kind == kind]
 
+    def consumers(self) -> list[ChannelOp]:
+        """The `in` ops: every layer that reads these channels (and the BatchNorm after it, if any)."""
+        return [op for op in self.ops if op.kind == "in"]
+
 
 class GroupBuilder:
     """Collects the ops of one group while an adapter walks its model (a mutable draft of a `ChannelGroup`)."""
@@ -77,10 +88,13 @@ class GroupBuilder:
         self.granularity = 1
         self.reason = ""
 
-    def add(self, kind: str, *paths: str | None) -> GroupBuilder:
+    def add(self, kind: str, *paths: str | None, norm: str | None = None) -> GroupBuilder:
+        """Add ops of one kind; `norm` (an `in` op only): the BatchNorm that follows that consumer."""
         if kind not in OP_KINDS:
             raise ValueError(f"unknown channel op {kind!r}; expected one of {OP_KINDS}")
-        self.ops.extend(ChannelOp(kind, p) for p in paths if p is not None)
+        if norm is not None and (kind != "in" or len(paths) != 1):
+            raise ValueError("norm= names the BatchNorm after one consumer: it goes with a single `in` op")
+        self.ops.extend(ChannelOp(kind, p, norm) for p in paths if p is not None)
         return self
 
     def head(self, classifier: str | None) -> GroupBuilder:

@@ -31,20 +31,20 @@ class EfficientNetAdapter(ChannelAdapter):
         for i, block in enumerate(model.get_submodule(join(base, "encoder.blocks"))):
             p = join(base, f"encoder.blocks.{i}")
             if block.expand:
-                stream.add("in", f"{p}.expansion.expand_conv")
+                stream.add("in", f"{p}.expansion.expand_conv", norm=f"{p}.expansion.expand_bn")
                 inner = _new(f"{p}.expansion.expand_conv", f"{p}.expansion.expand_bn")
                 groups.append(inner)
             else:  # no expansion: the depthwise conv and SE act on the block's input channels themselves
                 inner = stream
             inner.add("through", f"{p}.depthwise_conv.depthwise_conv").add("norm", f"{p}.depthwise_conv.depthwise_norm")
             inner.add("in", f"{p}.squeeze_excite.reduce").add("scale", f"{p}.squeeze_excite.expand")
-            inner.add("in", f"{p}.projection.project_conv")
+            inner.add("in", f"{p}.projection.project_conv", norm=f"{p}.projection.project_bn")
             if block.projection.apply_dropout:  # residual: the projection adds into the stream it read
                 stream.add("out", f"{p}.projection.project_conv").add("norm", f"{p}.projection.project_bn")
             else:
                 stream = _new(f"{p}.projection.project_conv", f"{p}.projection.project_bn")
                 groups.append(stream)
-        stream.add("in", join(base, "encoder.top_conv"))
+        stream.add("in", join(base, "encoder.top_conv"), norm=join(base, "encoder.top_bn"))
         top = _new(join(base, "encoder.top_conv"), join(base, "encoder.top_bn"))
         groups.append(top.head(self.classifier_path(model)))
         return groups

@@ -15,10 +15,10 @@ from .registry import register
 
 
 def _add(model: nn.Module, group: GroupBuilder, kind: str, conv_layer: str) -> GroupBuilder:
-    group.add(kind, f"{conv_layer}.convolution")
-    if kind != "in" and model.get_submodule(conv_layer).normalization is not None:
-        group.add("norm", f"{conv_layer}.normalization")
-    return group
+    norm = f"{conv_layer}.normalization" if model.get_submodule(conv_layer).normalization is not None else None
+    if kind == "in":  # a consumer: its own BatchNorm (if any) is where removed-channel compensation goes
+        return group.add(kind, f"{conv_layer}.convolution", norm=norm)
+    return group.add(kind, f"{conv_layer}.convolution").add("norm", norm)
 
 
 @register

@@ -25,7 +25,7 @@ class RegNetAdapter(ResNetAdapter):
         group = _conv_group(first).add("through", f"{grouped}.convolution").add("norm", f"{grouped}.normalization")
         if n == 4:  # RegNet-Y: the SE block between the grouped conv and the last 1x1
             group.add("in", f"{prefix}.layer.2.attention.0").add("scale", f"{prefix}.layer.2.attention.2")
-        group.add("in", f"{last}.convolution")
+        group.add("in", f"{last}.convolution", norm=f"{last}.normalization")
         conv = block.layer[1].convolution
         group.granularity = conv.out_channels // conv.groups
         return [group]

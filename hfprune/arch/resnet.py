@@ -28,10 +28,10 @@ class ResNetAdapter(ChannelAdapter):
             for b, block in enumerate(stage.layers):
                 prefix = join(base, f"encoder.stages.{s}.layers.{b}")
                 inner = self.inner_groups(prefix, block)
-                stream.add("in", f"{prefix}.layer.0.convolution")
+                stream.add("in", f"{prefix}.layer.0.convolution", norm=f"{prefix}.layer.0.normalization")
                 if not isinstance(block.shortcut, nn.Identity):
                     # A projection shortcut starts a new residual stream: its width is decoupled from the input's.
-                    stream.add("in", f"{prefix}.shortcut.convolution")
+                    stream.add("in", f"{prefix}.shortcut.convolution", norm=f"{prefix}.shortcut.normalization")
                     stream = _conv_group(f"{prefix}.shortcut")
                     groups.append(stream)
                 groups.extend(inner)
@@ -43,7 +43,8 @@ class ResNetAdapter(ChannelAdapter):
     def inner_groups(self, prefix: str, block: nn.Module) -> list[GroupBuilder]:
         """Each conv's output except the last one's, consumed by the next conv (basic: 1 group, bottleneck: 2)."""
         convs = [f"{prefix}.layer.{i}" for i in range(len(block.layer))]
-        return [_conv_group(a).add("in", f"{b}.convolution") for a, b in zip(convs, convs[1:])]
+        return [_conv_group(a).add("in", f"{b}.convolution", norm=f"{b}.normalization")
+                for a, b in zip(convs, convs[1:])]
 
     def config_updates(self, model: nn.Module, groups) -> dict:
         base = self.base_prefix(model)

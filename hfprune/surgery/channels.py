@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..arch.channels import ChannelOp, channel_adapter, channel_groups
+from ..compensation import resolve_compensation
 from ..plan import PruningPlan
 from ..structure import RECORD_FORMAT, RECORD_KEY, get_record
 
@@ -64,18 +65,22 @@ def slice_op(model: nn.Module, op: ChannelOp, index: torch.Tensor) -> None:
         module.groups = n // per_group
 
 
-def prune_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
+def prune_channels(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
     """Physically remove the channels of `plan` (`PruningPlan(channels=...)`) from a CNN, in place.
 
     Args:
         model (`PreTrainedModel`): a model of a supported CNN family.
         plan (`PruningPlan`): channels to remove per group, indexed as the model is now.
+        compensate (`Iterable[dict]` or `ChannelCompensation`, *optional*): fold each removed channel's mean
+            contribution into its consumers' biases / BatchNorm running means (`hfprune.compensation`): calibration
+            batches (measured here, before any change) or a measured `hfprune.channel_compensation`.
 
     Returns:
         The same `model`, pruned, with `config.hfprune` (and plain keys where they can say it) updated.
 
     Raises:
-        ValueError: the plan does not fit the model, or a channel gate is still attached (nothing is changed then).
+        ValueError: the plan does not fit the model, a channel gate is still attached, or the compensation cannot be
+            measured or does not fit (nothing is changed then).
 
     Example:
         ```python
@@ -94,8 +99,11 @@ def prune_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
         raise ValueError(f"hfprune.prune: channel gates are still attached to group {min(gated)!r} (an hfprune.mask "
                          "/ masked handle or PruningCallback's mask); remove them first (handle.remove()). Nothing "
                          "was changed.")
+    compensation = resolve_compensation(model, plan, compensate)  # measured on the model as it is, before slicing
     adapter = channel_adapter(model)
     groups = channel_groups(model)
+    if compensation is not None:
+        compensation.fold(model)  # full-size tensors: a target that is also sliced below keeps its kept rows' fold
     sync_channel_config(model, groups)  # a record of the structure *before* this plan
     for name, removed in plan.channels.items():
         group = groups[name]

@@ -112,7 +112,7 @@ def remove_layers(model: nn.Module, adapter: ArchAdapter, drop: list[int]) -> No
     model.config.num_hidden_layers = len(kept)
 
 
-def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
+def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
     """Physically remove the heads, FFN neurons and layers of `plan` from `model`, in place.
 
     Weights and biases of the q/k/v/o (or fused qkv) and FFN projections are sliced, removed layers are dropped and
@@ -127,6 +127,9 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
             (the wrapper holds the old parameters afterwards: wrap the returned model again, e.g.
             `accelerator.prepare(model)`).
         plan (`PruningPlan`): units to remove, indexed as the model is now.
+        compensate (`Iterable[dict]` or `ChannelCompensation`, *optional*): CNN channel plans only: calibration
+            batches (`pixel_values`) or a measured `hfprune.channel_compensation`; each removed channel's mean
+            contribution is folded into its consumers' biases / BatchNorm running means (see `docs/channels.md`).
 
     Returns:
         The same `model` object (the model inside the wrapper, when given one), pruned.
@@ -145,7 +148,9 @@ def prune(model: nn.Module, plan: PruningPlan) -> nn.Module:
     if plan.channels or getattr(adapter, "has_channels", False):  # CNN channel groups
         from .channels import prune_channels
 
-        return prune_channels(model, plan)
+        return prune_channels(model, plan, compensate=compensate)
+    if compensate is not None:
+        raise ValueError("compensate= applies to CNN channel plans (PruningPlan(channels=...)) only")
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
     n_layers = len(adapter.layers(model))
     if plan.layers and len(plan.layers) >= n_layers:  # masking them all is a fine "what if"; removing them is not
