@@ -106,7 +106,8 @@ def sparsegpt_solve(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                     summary="OBS reconstruction with the inverse Hessian of the calibration inputs, block by block "
                             "(Frantar & Alistarh 2023)")
 def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None, blocksize: int = 128,
-              percdamp: float = 0.01, originals: dict | None = None) -> CalibrationResult:
+              percdamp: float = 0.01, originals: dict | None = None,
+              true_sequential: bool = False) -> CalibrationResult:
     """SparseGPT masks and reconstructed weights for `targets`, block by block (the weights change in place).
 
     Args:
@@ -120,6 +121,9 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
         percdamp (`float`, defaults to 0.01): dampening, as a fraction of the Hessian's mean diagonal.
         originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
             `remove()` restores them).
+        true_sequential (`bool`, defaults to `False`): collect each block's Hessians in stages (q/k/v -> o ->
+            gate/up -> down for Llama), each after the earlier stages of the block were pruned and reconstructed
+            (the reference code's `--true-sequential`); `False`: every target of a block from one forward.
 
     Returns:
         `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).
@@ -136,5 +140,5 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
                                target.name)
 
     masks, info = run_sequential(model, targets, dataloader, lambda t: Hessian(t.canonical(t.weight).shape[1]),
-                                 solve, device=device, originals=originals)
+                                 solve, device=device, originals=originals, true_sequential=true_sequential)
     return CalibrationResult(masks, originals, info)

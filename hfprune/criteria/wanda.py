@@ -48,7 +48,7 @@ def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.T
 @register_criterion("wanda", units=("weights",), needs_data=True, sequential=True, order=30,
                     summary="|W| x ||X_col||, compared within each output row, block by block (Sun et al. 2023)")
 def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None,
-          originals: dict | None = None) -> CalibrationResult:
+          originals: dict | None = None, true_sequential: bool = False) -> CalibrationResult:
     """Wanda masks for `targets`, computed and applied block by block (the weights are zeroed in place).
 
     Args:
@@ -60,6 +60,9 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
         device (*optional*): where each block is processed (blocks move there one at a time).
         originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
             `remove()` restores them).
+        true_sequential (`bool`, defaults to `False`): collect each block's statistics in stages (q/k/v -> o ->
+            gate/up -> down for Llama), each after the earlier stages of the block were pruned; `False`: every
+            target of a block from one forward of the unpruned block (the Wanda reference code).
 
     Returns:
         `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).
@@ -71,5 +74,5 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
         return row_keep(wanda_scores(weight, stat.sum_sq.to(weight.device)), sparsity, pattern), None
 
     masks, info = run_sequential(model, targets, dataloader, lambda t: ColumnNorms(t.canonical(t.weight).shape[1]),
-                                 solve, device=device, originals=originals)
+                                 solve, device=device, originals=originals, true_sequential=true_sequential)
     return CalibrationResult(masks, originals, info)

@@ -22,7 +22,7 @@ from .sequential import block_targets
 from .targets import Target
 
 # Options each criterion accepts beyond the common ones (sparsify(..., blocksize=64) for SparseGPT).
-_OPTIONS = {"wanda": (), "sparsegpt": ("blocksize", "percdamp")}
+_OPTIONS = {"wanda": ("true_sequential",), "sparsegpt": ("blocksize", "percdamp", "true_sequential")}
 
 
 def _check(model: nn.Module, targets: list[Target], config: SparsifyConfig, dataloader, options: dict) -> None:
@@ -49,6 +49,9 @@ def _check(model: nn.Module, targets: list[Target], config: SparsifyConfig, data
     percdamp = options.get("percdamp", 0.01)
     if not isinstance(percdamp, (int, float)) or not 0 <= percdamp < 1:
         raise ValueError(f"percdamp must be in [0, 1); got {percdamp!r}")
+    true_sequential = options.get("true_sequential", False)
+    if not isinstance(true_sequential, bool):
+        raise ValueError(f"true_sequential must be True or False; got {true_sequential!r}")
     block_targets(model, targets)  # every target inside a block
 
 
