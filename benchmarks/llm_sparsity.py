@@ -72,6 +72,9 @@ def main() -> int:
     parser.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=None,
                         help="wanda / sparsegpt: calibrate each block in stages (q/k/v -> o -> gate/up -> down) or in "
                              "one pass; default: the library's default")
+    parser.add_argument("--precision", choices=("float32", "float64"),
+                        help="sparsegpt: dtype of the Hessian sum, its inversion and the OBS updates (default: the "
+                             "library's, float64; float32 is the reference code's arithmetic)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -100,6 +103,8 @@ def main() -> int:
             kwargs = {} if method == "magnitude" else {"dataloader": calib, "device": "cpu", "keep_original": False}
             if method != "magnitude" and args.true_sequential is not None:
                 kwargs["true_sequential"] = args.true_sequential
+            if method == "sparsegpt" and args.precision is not None:
+                kwargs["precision"] = args.precision
             start, cpu = time.perf_counter(), time.process_time()
             handle = hfprune.sparsify(model, sparsity, criterion=method, pattern=pattern, **kwargs)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

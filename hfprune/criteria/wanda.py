@@ -17,7 +17,11 @@ from . import register_criterion
 
 
 class ColumnNorms:
-    """Running sum of x_j^2 over every calibration token, per input feature j (float32)."""
+    """Running sum of x_j^2 over every calibration token, per input feature j.
+
+    Each batch's sum is float32; the running sum over batches is float64 (a vector per layer: free), so the norms
+    do not drift with the number of calibration batches.
+    """
 
     def __init__(self, in_features: int):
         self.sum_sq = None
@@ -25,7 +29,7 @@ class ColumnNorms:
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
-        part = x.pow(2).sum(dim=0)
+        part = x.pow(2).sum(dim=0).double()
         self.sum_sq = part if self.sum_sq is None else self.sum_sq.add_(part)
 
 
