@@ -142,14 +142,15 @@ def test_the_hessian_sums_in_float64_and_the_solve_runs_in_its_dtype():
     stat = Hessian(24)
     for batch in x:
         stat.add(batch)
-    assert stat.matrix().dtype == torch.float64 and stat.count == 120
+    hessian = stat.matrix()
+    assert hessian.dtype == torch.float64 and stat.count == 120 and stat.xtx is None  # handed over, not copied
     exact = 2 * x.reshape(-1, 24).double().t() @ x.reshape(-1, 24).double() / 120
-    torch.testing.assert_close(stat.matrix(), exact, rtol=1e-6, atol=1e-6)  # each batch product is float32
+    torch.testing.assert_close(hessian, exact, rtol=1e-6, atol=1e-6)  # each batch product is float32
     assert Hessian(24, torch.float32).dtype == torch.float32
     w = torch.randn(8, 24)
-    keep, new = sparsegpt_solve(w, stat.matrix(), 0.5, parse_pattern("2:4"), blocksize=8)
-    keep32, new32 = sparsegpt_solve(w, stat.matrix().float(), 0.5, parse_pattern("2:4"), blocksize=8)
-    exact = sparsegpt_solve(w.double(), stat.matrix(), 0.5, parse_pattern("2:4"), blocksize=8)[1]
+    keep, new = sparsegpt_solve(w, hessian.clone(), 0.5, parse_pattern("2:4"), blocksize=8)
+    keep32, new32 = sparsegpt_solve(w, hessian.float(), 0.5, parse_pattern("2:4"), blocksize=8)
+    exact = sparsegpt_solve(w.double(), hessian.clone(), 0.5, parse_pattern("2:4"), blocksize=8)[1]
     assert new.dtype == torch.float32 and torch.equal(new, exact.float())  # solved in float64, returned as float32
     assert torch.equal(keep, keep32) and not torch.equal(new, new32)
     torch.testing.assert_close(new, new32, rtol=1e-4, atol=1e-5)

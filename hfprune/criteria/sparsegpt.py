@@ -49,17 +49,27 @@ class Hessian:
         self.count += x.shape[0]
 
     def matrix(self) -> torch.Tensor:
-        """H = 2 X X^T / tokens (the scale does not change the result; it keeps float32 in range)."""
-        return self.xtx * (2.0 / max(1, self.count))
+        """H = 2 X X^T / tokens (the scale does not change the result; it keeps float32 in range).
+
+        Scaled in place and handed over (the running sum is gone afterwards): the solver then holds one fewer
+        (in x in) matrix, 18 MiB in float64 for a 1536-wide input.
+        """
+        hessian, self.xtx = self.xtx.mul_(2.0 / max(1, self.count)), None
+        return hessian
 
 
 def _upper_inverse_cholesky(hessian: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
-    """Upper Cholesky factor of (H + percdamp * mean(diag H) * I)^-1."""
+    """Upper Cholesky factor of (H + percdamp * mean(diag H) * I)^-1.
+
+    `hessian` is overwritten (its memory receives the inverse), so no more than two (in x in) matrices are alive.
+    """
     diag = torch.arange(hessian.shape[0], device=hessian.device)
     hessian[diag, diag] += percdamp * torch.mean(torch.diag(hessian))
     factor, info = torch.linalg.cholesky_ex(hessian)
     if info.item() == 0:
-        factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(factor), upper=True)
+        torch.cholesky_inverse(factor, out=hessian)
+        del factor
+        factor, info = torch.linalg.cholesky_ex(hessian, upper=True)
     if info.item() != 0:
         raise ValueError(f"SparseGPT: the dampened Hessian of {name} is not positive definite; raise percdamp "
                          f"(now {percdamp}) or give more calibration tokens")
@@ -150,7 +160,7 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
                              f"{type(target.module).__name__}")
 
     def solve(target, weight, stat):
-        if stat.xtx is None:
+        if stat.xtx is None:  # never filled (matrix() is called once, here)
             raise RuntimeError(f"{target.name} received no input during calibration (is it used in the forward?)")
         return sparsegpt_solve(weight, stat.matrix().to(weight.device), sparsity, pattern, blocksize, percdamp,
                                target.name)
