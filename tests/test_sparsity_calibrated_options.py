@@ -67,6 +67,17 @@ def test_true_sequential_equals_the_stage_by_stage_definition(criterion, pattern
     assert handle.mask_sparsity() == pytest.approx(0.5)
 
 
+def test_the_defaults_sparsegpt_in_stages_wanda_in_one_pass():
+    """The measured defaults (docs/llm.md): SparseGPT true-sequential in float64, Wanda one pass per block."""
+    assert hfprune.sparsify(make_model("llama"), 0.5, criterion="sparsegpt", dataloader=batches(1)).info["stages"] == 4
+    assert hfprune.sparsify(make_model("llama"), 0.5, criterion="wanda", dataloader=batches(1)).info["stages"] == 1
+    import inspect
+
+    from hfprune.criteria.sparsegpt import sparsegpt
+
+    assert inspect.signature(sparsegpt).parameters["precision"].default == "float64"
+
+
 @pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
 def test_true_sequential_differs_from_one_pass_after_the_first_stage(criterion):
     one_pass = hfprune.sparsify(make_model("llama"), 0.5, criterion=criterion, dataloader=batches(),

@@ -131,7 +131,7 @@ def sparsegpt_solve(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                             "(Frantar & Alistarh 2023)")
 def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None, blocksize: int = 128,
               percdamp: float = 0.01, originals: dict | None = None,
-              true_sequential: bool = False, precision: str = "float64") -> CalibrationResult:
+              true_sequential: bool = True, precision: str = "float64") -> CalibrationResult:
     """SparseGPT masks and reconstructed weights for `targets`, block by block (the weights change in place).
 
     Args:
@@ -145,9 +145,10 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
         percdamp (`float`, defaults to 0.01): dampening, as a fraction of the Hessian's mean diagonal.
         originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
             `remove()` restores them).
-        true_sequential (`bool`, defaults to `False`): collect each block's Hessians in stages (q/k/v -> o ->
+        true_sequential (`bool`, defaults to `True`): collect each block's Hessians in stages (q/k/v -> o ->
             gate/up -> down for Llama), each after the earlier stages of the block were pruned and reconstructed
-            (the reference code's `--true-sequential`); `False`: every target of a block from one forward.
+            (the reference code's `--true-sequential`); `False`: every target of a block from one forward (as
+            llm-compressor). The default is measured: SmolLM2-135M 2:4 perplexity 85.98 vs 92.61 (docs/llm.md).
         precision (`str`, defaults to `"float64"`): dtype of the Hessian's running sum, its inversion and the OBS
             updates (`"float32"`: the reference code's arithmetic); see the module docstring.
 

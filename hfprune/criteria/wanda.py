@@ -66,7 +66,8 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
             `remove()` restores them).
         true_sequential (`bool`, defaults to `False`): collect each block's statistics in stages (q/k/v -> o ->
             gate/up -> down for Llama), each after the earlier stages of the block were pruned; `False`: every
-            target of a block from one forward of the unpruned block (the Wanda reference code).
+            target of a block from one forward of the unpruned block (the Wanda reference code). The default is
+            measured on SmolLM2-135M: stages gave 44.62 vs 45.08 at 50% but 159.35 vs 158.38 at 2:4 (docs/llm.md).
 
     Returns:
         `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).

@@ -49,7 +49,7 @@ def _check(model: nn.Module, targets: list[Target], config: SparsifyConfig, data
     percdamp = options.get("percdamp", 0.01)
     if not isinstance(percdamp, (int, float)) or not 0 <= percdamp < 1:
         raise ValueError(f"percdamp must be in [0, 1); got {percdamp!r}")
-    true_sequential = options.get("true_sequential", False)
+    true_sequential = options.get("true_sequential", True)
     if not isinstance(true_sequential, bool):
         raise ValueError(f"true_sequential must be True or False; got {true_sequential!r}")
     precision = options.get("precision", "float64")
