@@ -8,6 +8,7 @@ memory the pass adds on top of the loaded model, from the kernel's high-water ma
 
     python benchmarks/llm_sparsity.py                          # the README table (about 40 min on 2 shared, busy cores)
     python benchmarks/llm_sparsity.py --calib-samples 8 --eval-windows 2 --methods wanda   # a quick look
+    python benchmarks/llm_sparsity.py --methods sparsegpt --patterns 2:4 --no-true-sequential   # one pass per block
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def main() -> int:
     parser.add_argument("--eval-seq-len", type=int, default=512)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=None,
+                        help="wanda / sparsegpt: calibrate each block in stages (q/k/v -> o -> gate/up -> down) or in "
+                             "one pass; default: the library's default")
+    parser.add_argument("--precision", choices=("float32", "float64"),
+                        help="sparsegpt: dtype of the Hessian sum, its inversion and the OBS updates (default: the "
+                             "library's, float64; float32 is the reference code's arithmetic)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -94,6 +101,10 @@ def main() -> int:
             model.load_state_dict(dense_state)
             sparsity = 0.5 if pattern == "unstructured" else None
             kwargs = {} if method == "magnitude" else {"dataloader": calib, "device": "cpu", "keep_original": False}
+            if method != "magnitude" and args.true_sequential is not None:
+                kwargs["true_sequential"] = args.true_sequential
+            if method == "sparsegpt" and args.precision is not None:
+                kwargs["precision"] = args.precision
             start, cpu = time.perf_counter(), time.process_time()
             handle = hfprune.sparsify(model, sparsity, criterion=method, pattern=pattern, **kwargs)
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -104,6 +115,7 @@ def main() -> int:
                    "eval_seconds": time.perf_counter() - start}
             if "peak_memory" in handle.info:
                 row["extra_mib"] = handle.info["peak_memory"]["extra_bytes"] / 2**20
+                row["stages"] = handle.info["stages"]
             rows.append(row)
             print(json.dumps(row), flush=True)
 

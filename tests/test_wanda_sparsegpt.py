@@ -147,7 +147,8 @@ def test_finalize_keeps_the_reconstructed_weights():
 
 
 def test_sequential_equals_one_shot_on_a_one_block_model():
-    """With one block the sequential pass must equal statistics from one plain forward + the per-layer solver."""
+    """With one block the one-pass scheme must equal statistics from one plain forward + the per-layer solver (the
+    true-sequential default is checked against its own definition in test_sparsity_calibrated_options.py)."""
     import transformers
 
     torch.manual_seed(0)
@@ -158,7 +159,8 @@ def test_sequential_equals_one_shot_on_a_one_block_model():
     reference = transformers.LlamaForCausalLM(config).eval()
     reference.load_state_dict(model.state_dict())
     data = batches()
-    hfprune.sparsify(model, 0.6, criterion="sparsegpt", dataloader=data, blocksize=16, device="cpu").finalize()
+    hfprune.sparsify(model, 0.6, criterion="sparsegpt", dataloader=data, blocksize=16, device="cpu",
+                     true_sequential=False).finalize()
     targets = resolve_targets(reference)
     xs = _inputs_of(reference, [t.name for t in targets], data)
     for t in targets:

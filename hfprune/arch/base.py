@@ -114,6 +114,27 @@ class ArchAdapter:
         return tuple(dict.fromkeys((self.q_path, self.k_path, self.v_path, self.o_path, *self.ffn_in_paths,
                                     self.ffn_out_path)))
 
+    def calibration_stages(self) -> tuple[tuple[str, ...], ...]:
+        """Layer-relative paths of the projections, grouped in the order a block's forward produces their inputs.
+
+        Used by true-sequential calibration (`sparsify(..., criterion="wanda" | "sparsegpt", true_sequential=True)`):
+        each stage's input statistics are collected after the earlier stages of the same block were pruned. The
+        order is the transformer block's data flow: q/k/v (the block input) -> the attention output projection (the
+        attention context) -> the FFN input projections (the post-attention hidden state) -> the FFN output
+        projection (the FFN neurons). Projections in one stage read the same input, so none of them changes another
+        one's input. An empty tuple (a family without attention/FFN roles) means one stage.
+        """
+        if not (self.q_path and self.o_path and self.ffn_in_paths and self.ffn_out_path):
+            return ()
+        stages, seen = [], set()
+        for group in ((self.q_path, self.k_path, self.v_path), (self.o_path,), self.ffn_in_paths,
+                      (self.ffn_out_path,)):
+            paths = tuple(p for p in dict.fromkeys(group) if p and p not in seen)  # GPT-2: q = k = v = c_attn
+            seen.update(paths)
+            if paths:
+                stages.append(paths)
+        return tuple(stages)
+
     # ----- geometry (read from the live modules, so it stays true after surgery) -----------------------------------
     def head_dim(self, model: nn.Module) -> int:
         config = model.config

@@ -22,7 +22,7 @@ from .sequential import block_targets
 from .targets import Target
 
 # Options each criterion accepts beyond the common ones (sparsify(..., blocksize=64) for SparseGPT).
-_OPTIONS = {"wanda": (), "sparsegpt": ("blocksize", "percdamp")}
+_OPTIONS = {"wanda": ("true_sequential",), "sparsegpt": ("blocksize", "percdamp", "true_sequential", "precision")}
 
 
 def _check(model: nn.Module, targets: list[Target], config: SparsifyConfig, dataloader, options: dict) -> None:
@@ -49,6 +49,12 @@ def _check(model: nn.Module, targets: list[Target], config: SparsifyConfig, data
     percdamp = options.get("percdamp", 0.01)
     if not isinstance(percdamp, (int, float)) or not 0 <= percdamp < 1:
         raise ValueError(f"percdamp must be in [0, 1); got {percdamp!r}")
+    true_sequential = options.get("true_sequential", True)
+    if not isinstance(true_sequential, bool):
+        raise ValueError(f"true_sequential must be True or False; got {true_sequential!r}")
+    precision = options.get("precision", "float64")
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64'; got {precision!r}")
     block_targets(model, targets)  # every target inside a block
 
 

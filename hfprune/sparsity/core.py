@@ -46,7 +46,9 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         keep_original (`bool`, defaults to `True`): wanda / sparsegpt: keep a CPU copy of the targeted weights, so
             `handle.remove()` restores them (`False` saves that memory).
         options: options of the chosen criterion (the named keyword parameters of its function; sparsegpt:
-            `blocksize` (128), `percdamp` (0.01)), kept in `handle.config.criterion_options` for `handle.update`.
+            `blocksize` (128), `percdamp` (0.01), `true_sequential` (True), `precision` ("float64"); wanda:
+            `true_sequential` (False); see `docs/llm.md`), kept in `handle.config.criterion_options` for
+            `handle.update`.
 
     Returns:
         `SparsityHandle`: the masks, already applied.

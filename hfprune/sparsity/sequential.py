@@ -12,6 +12,12 @@ the forward. Then, one block at a time:
 
 So the pruning of block l sees the errors of the pruned blocks before it, and only one block's statistics (plus
 one buffer of calibration activations) are in memory at a time.
+
+With `true_sequential=True` (the `--true-sequential` of the GPTQ / SparseGPT reference code for LLaMA), steps 2-3
+run once per stage of the block, in the order of its data flow (the family adapter's `calibration_stages()`, e.g.
+q/k/v -> o -> gate/up -> down): each stage's statistics are collected with the earlier stages of the same block
+already pruned, so e.g. `o_proj` is pruned for the context its pruned q/k/v produce. The forward of a stage stops
+as soon as every target of the stage has seen its input, and only one stage's statistics are held at a time.
 """
 
 from __future__ import annotations
@@ -203,7 +209,8 @@ class CalibrationResult:
 
 def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, make_stat: Callable[[Target], object],
                    solve: Solver, device: str | torch.device | None = None,
-                   originals: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+                   originals: dict[str, torch.Tensor] | None = None,
+                   true_sequential: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """Prune `targets` block by block with calibration statistics; the weights change in place.
 
     Args:
@@ -216,14 +223,21 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
         device (`str` or `torch.device`, *optional*): each block is moved there while it is processed, then moved
             back; the calibration activations live there. Default: where the model is.
         originals (`dict`, *optional*): filled with a CPU copy of every target's weight before it changes.
+        true_sequential (`bool`, defaults to `False`): calibrate each block in stages (see the module docstring);
+            a family whose adapter has no stages is calibrated in one stage.
 
     Returns:
         `(masks, info)`: module name -> bool keep-mask shaped like its weight (on CPU); and a dict with
-        `peak_memory`, `seconds`, `blocks`, `samples`, `tokens`, `activation_bytes` (one buffer of block inputs)
-        and `mask_bytes` (the bool masks, one byte per targeted weight, held on CPU).
+        `peak_memory`, `seconds`, `blocks`, `samples`, `tokens`, `activation_bytes` (one buffer of block inputs),
+        `mask_bytes` (the bool masks, one byte per targeted weight, held on CPU) and `stages` (the most stages
+        of one block: 1 unless `true_sequential`).
     """
     start = time.perf_counter()
     layers, per_block = block_targets(model, targets)
+    adapter = get_adapter(model)
+    stage_paths = adapter.calibration_stages() if true_sequential else ()
+    base = adapter.layers_path(model)
+    staged = [split_stages(block, f"{base}.{i}.", stage_paths) for i, block in enumerate(per_block)]
     model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else model_device
     masks: dict[str, torch.Tensor] = {}
@@ -239,7 +253,8 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
             for index, block in enumerate(layers):
                 home = next(block.parameters()).device
                 block.to(device)
-                _prune_block(block, per_block[index], inputs, make_stat, solve, masks, originals)
+                for stage in staged[index]:
+                    _prune_stage(block, stage, inputs, make_stat, solve, masks, originals, stop_early=true_sequential)
                 if index + 1 < len(layers):  # the pruned block's outputs feed the next block
                     for i, (args, kwargs) in enumerate(inputs):
                         inputs[i] = _with_hidden(args, kwargs, _run_block(block, args, kwargs))
@@ -255,7 +270,8 @@ def run_sequential(model: nn.Module, targets: list[Target], batches: Iterable, m
         model.train(was_training)
     info = {"peak_memory": meter.results, "seconds": time.perf_counter() - start, "blocks": len(layers),
             "samples": samples, "tokens": tokens, "device": str(device),
-            "activation_bytes": activation_bytes, "mask_bytes": sum(m.numel() for m in masks.values())}
+            "activation_bytes": activation_bytes, "mask_bytes": sum(m.numel() for m in masks.values()),
+            "stages": max(len(s) for s in staged)}
     return masks, info
 
 
@@ -269,16 +285,47 @@ def _unpack(packed: tuple[np.ndarray, torch.Size]) -> torch.Tensor:
     return torch.from_numpy(np.unpackbits(bits, count=shape.numel())).view(torch.bool).reshape(shape)
 
 
-def _prune_block(block, targets, inputs, make_stat, solve, masks, originals) -> None:
-    """Collect the statistics of `targets` over `inputs` through forward hooks, then prune each target."""
+def split_stages(targets: list[Target], prefix: str, stage_paths: tuple[tuple[str, ...], ...]) -> list[list[Target]]:
+    """The targets of one block (names under `prefix`) in calibration stages; `()` gives one stage.
+
+    A target no stage names joins the first stage: its statistics are then those of the one-stage scheme, which is
+    valid wherever it sits in the block (later stages are collected after it is pruned, as after any earlier one).
+    """
+    if not stage_paths:
+        return [targets] if targets else []
+    where = {path: i for i, paths in enumerate(stage_paths) for path in paths}
+    stages: list[list[Target]] = [[] for _ in stage_paths]
+    for target in targets:
+        stages[where.get(target.name[len(prefix):], 0)].append(target)
+    return [stage for stage in stages if stage]
+
+
+def _prune_stage(block, targets, inputs, make_stat, solve, masks, originals, stop_early: bool = False) -> None:
+    """Collect the statistics of `targets` over `inputs` through forward hooks, then prune each target.
+
+    With `stop_early`, each forward stops once every target has seen its input (the rest of the block cannot
+    change them; each projection runs once per block forward in the families hfprune supports): true-sequential
+    stages would otherwise run the whole block once per stage.
+    """
     if not targets:
         return
     stats = {t.name: make_stat(t) for t in targets}
-    hooks = [t.module.register_forward_hook(lambda m, inp, out, s=stats[t.name]: s.add(inp[0].detach()))
-             for t in targets]
+    pending: set[str] = set()
+
+    def record(name, inp):
+        stats[name].add(inp[0].detach())
+        pending.discard(name)
+        if stop_early and not pending:
+            raise _StopForward
+
+    hooks = [t.module.register_forward_hook(lambda m, inp, out, name=t.name: record(name, inp)) for t in targets]
     try:
         for args, kwargs in inputs:
-            _run_block(block, args, kwargs)
+            pending.update(stats)
+            try:
+                _run_block(block, args, kwargs)
+            except _StopForward:
+                pass
     finally:
         for hook in hooks:
             hook.remove()
