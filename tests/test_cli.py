@@ -88,9 +88,18 @@ def test_prune_writes_everything_and_reloads(tiny, tmp_path, capsys):
     model = hfprune.load_pruned(out)
     assert hfprune.model_structure(model) == results["pruned"]["structure"]
     # The reloaded model gives the metric the run measured on the same examples.
-    rc, stdout, stderr = _run(["eval", "--model", out, "--task", "sst2", "--data-dir", tiny / "glue", "--json",
-                               "--quiet"], capsys)
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        rc, stdout, stderr = _run(["eval", "--model", out, "--task", "sst2", "--data-dir", tiny / "glue", "--json",
+                                   "--quiet"], capsys)
+    finally:
+        tempfile.tempdir = saved_tempdir
     assert rc == 0, stderr
+    assert not any(scratch.iterdir())  # the evaluation Trainer's work folder does not outlive the command
     assert json.loads(stdout)["metrics"]["validation"]["accuracy"] == pytest.approx(
         results["pruned"]["metrics"]["validation"]["accuracy"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 
 from .causal_lm import add_eval_flags
 from .common import add_data_flags, add_quiet
@@ -55,8 +56,12 @@ def main(args: argparse.Namespace) -> int:
                               max_eval_samples=args.data__max_eval_samples)
         model, tokenizer, _ = load_classifier(args.model, task, allow_new_head=False)
         encoded = tokenize(data, tokenizer, task, args.max_length, show_progress=not args.quiet)
-        trainer = make_trainer(model, tokenizer, task, eval_batch_size=args.batch_size, quiet=args.quiet)
-        metrics = evaluate_splits(trainer, task, {s: encoded[s] for s in task.eval_splits if s in encoded})
+        # An evaluation-only Trainer writes nothing, but TrainingArguments wants an output_dir: a temporary one
+        # that goes away afterwards (the user's folders are untouched).
+        with tempfile.TemporaryDirectory(prefix="hfprune-eval-") as work:
+            trainer = make_trainer(model, tokenizer, task, eval_batch_size=args.batch_size, quiet=args.quiet,
+                                   work_dir=work)
+            metrics = evaluate_splits(trainer, task, {s: encoded[s] for s in task.eval_splits if s in encoded})
     if args.json:
         print(json.dumps({"task": task.name, "model": args.model, "metrics": metrics}, indent=2))
     else:
