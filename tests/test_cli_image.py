@@ -53,6 +53,32 @@ def test_prune_image_classification_from_arrays(resnet_dir, digits_npz, tmp_path
     assert "image-classification" in capsys.readouterr().out
 
 
+def test_compensate_folds_removed_channels_into_the_saved_model(resnet_dir, digits_npz, tmp_path):
+    from safetensors.torch import load_file
+
+    def run(out, *extra):
+        code = main(["prune", "--model", str(resnet_dir), "--task", "image-classification", "--train-file",
+                     str(digits_npz[0]), "--validation-file", str(digits_npz[1]), "--image-size", "16",
+                     "--channels", "0.5", "--channel-criterion", "l1", "--scope", "layer", "--finetune-steps", "4",
+                     "--batch-size", "32", "--output", str(out), "--quiet", *extra])
+        assert code == 0
+        return json.loads((out / "results.json").read_text()), load_file(out / "model.safetensors")
+
+    plain, plain_weights = run(tmp_path / "plain")
+    comp, comp_weights = run(tmp_path / "comp", "--compensate")
+    assert comp["removed"] == plain["removed"] and comp["reload_max_abs_diff"] <= 1e-4
+    assert comp["plan"]["meta"]["compensated"] is True and plain["plan"]["meta"]["compensated"] is False
+    # Same channels removed, same kept weights; only the consumers' BatchNorm means / biases absorbed the fold.
+    changed = {k for k in plain_weights if not torch.equal(plain_weights[k], comp_weights[k])}
+    assert changed and all(k.endswith(("running_mean", "bias")) for k in changed), changed
+
+
+def test_compensate_is_for_image_classification_only(tmp_path, capsys):
+    assert main(["prune", "--model", str(tmp_path / "m"), "--task", "sst2", "--data-dir", str(tmp_path),
+                 "--compensate", "--heads", "0.5", "--output", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "prune.channel_compensate does not apply to task sst2" in capsys.readouterr().err
+
+
 def test_prune_image_classification_from_an_imagefolder(resnet_dir, tmp_path):
     from PIL import Image
     from sklearn.datasets import load_digits

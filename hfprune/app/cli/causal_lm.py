@@ -19,6 +19,7 @@ _GLUE_ONLY = {"data__data_dir": "--data-dir", "data__train_file": "--train-file"
               "prune__scope": "--scope", "prune__score_batches": "--score-batches", "model__max_length": "--max-length",
               "output__push_to_hub": "--push-to-hub", "sweep": "--sweep", "prune__channels": "--channels",
               "prune__channel_criterion": "--channel-criterion", "prune__channel_groups": "--channel-groups",
+              "prune__channel_compensate": "--compensate",
               "data__dataset": "--dataset", "data__image_size": "--image-size", "output__export": "--export",
               "output__bits": "--bits", "output__group_size": "--group-size"}
 _LM_ONLY = {"text_file": "--text-file", "eval_text_file": "--eval-text-file", "gguf_file": "--gguf-file",

@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     add_flag(p, "--channels", "prune.channels", type=float, metavar="R")
     add_flag(p, "--channel-criterion", "prune.channel_criterion", choices=criterion_names("channels"))
     add_flag(p, "--channel-groups", "prune.channel_groups", choices=CHANNEL_GROUPS)
+    add_flag(p, "--compensate", "prune.channel_compensate", action="store_true")
     add_flag(p, "--dataset", "data.dataset", metavar="NAME_OR_DIR")
     add_flag(p, "--image-size", "data.image_size", type=int, metavar="PX")
     # The registry's, as recipes; --task causal-lm also takes the weight criteria (wanda, sparsegpt) with --sparsity.

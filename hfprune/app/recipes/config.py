@@ -145,6 +145,9 @@ class PruneConfig:
     channels: float = _f(0.0, f"{IMAGE_TASK}: fraction of the CNN's channels (of channel_groups) to remove")
     channel_criterion: str = _f("l1", "CNN channel criterion: " + ", ".join(criterion_names("channels")))
     channel_groups: str = _f("inner", "CNN channel groups scored: inner (free), all prunable, or coupled")
+    channel_compensate: bool = _f(False, "CNN: fold the removed channels' mean contribution (measured on the score "
+                                         "batches) into the next layers' biases / BatchNorm means before removal "
+                                         "(hfprune.channel_compensation)")
     sweep: list = field(default_factory=list, metadata={
         "help": "also evaluate the masked model at these head fractions (metric-vs-fraction plot)"})
     budget: dict | None = _f(None, "prune to a budget instead of ratios (Kwon et al., 2022, no retraining): one of "
@@ -261,7 +264,7 @@ class Recipe:
     def __post_init__(self):
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         image = self.data.task == IMAGE_TASK
-        units = ("heads", "ffn", "layers", "budget") if image else ("channels",)
+        units = ("heads", "ffn", "layers", "budget") if image else ("channels", "channel_compensate")
         given = [u for u in units if getattr(self.prune, u)]
         _check(not given, f"prune.{given[0] if given else ''} does not apply to task {self.data.task}: "
                           + ("a CNN is pruned by prune.channels" if image else "channels are for image-classification"))

@@ -135,13 +135,17 @@ def run_image_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         with log.stage("select") as note:
             plan = hfprune.select_channels(scores, ratio=cfg.channels, scope=cfg.scope)
             plan.meta.update({"criterion": cfg.channel_criterion, "groups": cfg.channel_groups,
+                              "compensated": cfg.channel_compensate,
                               "model_structure": dense_structure})
             note["summary"] = f"remove {plan.num_channels()} channels in {len(plan.channels)} groups"
         with log.stage("prune") as note:
-            hfprune.prune(model, plan)
+            # Compensation measures on the scoring batches: the removed channels' mean output moves into the biases /
+            # BatchNorm means of the layers that read them, so accuracy before recovery is not lost to a mean shift.
+            hfprune.prune(model, plan, compensate=batches if cfg.channel_compensate else None)
             pruned_structure = model_structure(model)
             note["summary"] = (f"channels {sum(dense_structure['channels'].values())} -> "
-                               f"{sum(pruned_structure['channels'].values())}")
+                               f"{sum(pruned_structure['channels'].values())}"
+                               + (f", compensated on {len(batches)} batches" if cfg.channel_compensate else ""))
         if recipe.recover.steps:
             with log.stage("evaluate pruned (before recovery)") as note:
                 before_recovery = accuracy(model, eval_set, recipe.eval.batch_size)
