@@ -158,8 +158,10 @@ def mask(model: nn.Module, plan: PruningPlan, compensate=None) -> Gates:
         from .masking_channels import attach_channel_gates
 
         return attach_channel_gates(model, plan=plan, compensate=compensate)
-    if compensate is not None:
-        raise ValueError("compensate= applies to CNN channel plans (PruningPlan(channels=...)) only")
+    if compensate is not None:  # refused for a plan without channels, with the message of every compensate=
+        from .compensation import resolve_compensation
+
+        resolve_compensation(model, plan, compensate)
     return attach_gates(model, heads=bool(plan.heads), neurons=bool(plan.neurons), layers=bool(plan.layers),
                         plan=plan)
 

@@ -153,8 +153,8 @@ def tune_scales(model: nn.Module, batches: list[dict], gates: Gates, kept_heads:
             ffn_rows = _first_token if first_only and layer == len(blocks) - 1 else _all_tokens
             try:
                 targets, teacher_next, pre_ln = _teacher_pass(block, probe, gates, teacher, ffn_rows)
-                result.stopped_at = _tune_layer(adapter, block, probe, gates, student, (targets, ffn_rows), pre_ln,
-                                                layer, kept_heads[layer], kept_neurons[layer], result, head_dim)
+                result.stopped_at = _tune_layer(adapter, block, probe, gates, student, targets, pre_ln, layer,
+                                                kept_heads[layer], kept_neurons[layer], result, head_dim, ffn_rows)
                 if result.stopped_at is not None:
                     break  # as in the paper: this and the later layers keep scale 1
                 result.layers_tuned += 1
@@ -199,11 +199,11 @@ def _teacher_pass(block, probe, gates, inputs: list[BlockInputs], ffn_rows=_all_
     return targets, outputs, pre_ln
 
 
-def _tune_layer(adapter, block, probe, gates: Gates, student: list[BlockInputs], targets_and_rows, pre_ln: bool,
+def _tune_layer(adapter, block, probe, gates: Gates, student: list[BlockInputs], targets, pre_ln: bool,
                 layer: int, heads: list[int], neurons: list[int], result: TuneResult,
-                head_dim: int) -> dict | None:
-    """Tune one layer's heads, then its neurons (on the head-tuned output); returns where it stopped, if it did."""
-    targets, ffn_rows = targets_and_rows
+                head_dim: int, ffn_rows=_all_tokens) -> dict | None:
+    """Tune one layer's heads, then its neurons (on the head-tuned output, at the positions `ffn_rows` selects);
+    returns where it stopped, if it did."""
     if heads and layer in gates.head_gates:
         scales = _solve(*_head_system(adapter, block, probe, student, targets, heads, head_dim))
         if scales is None:

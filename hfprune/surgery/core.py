@@ -149,8 +149,10 @@ def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
         from .channels import prune_channels
 
         return prune_channels(model, plan, compensate=compensate)
-    if compensate is not None:
-        raise ValueError("compensate= applies to CNN channel plans (PruningPlan(channels=...)) only")
+    if compensate is not None:  # refused for a plan without channels, with the message of every compensate=
+        from ..compensation import resolve_compensation
+
+        resolve_compensation(model, plan, compensate)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
     n_layers = len(adapter.layers(model))
     if plan.layers and len(plan.layers) >= n_layers:  # masking them all is a fine "what if"; removing them is not
