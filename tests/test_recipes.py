@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hfprune.data import GLUE_TASKS
-from hfprune.recipes import RecipeError, apply_overrides, field_help, load_recipe, recipe_from_dict
-from hfprune.recipes.config import SECTIONS, Recipe
+from hfprune.app.apps import field_help, load_recipe, recipe_from_dict
+from hfprune.app.common.recipe import RecipeError, apply_overrides
+from hfprune.app.glue.options import SECTIONS
+from hfprune.app.glue.options import GlueRecipe as Recipe
+from hfprune.app.glue.tasks import GLUE_TASKS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"task": "sst2"}, "output": {"dir": "out"}}
@@ -108,8 +110,8 @@ def test_shipped_recipes_run_on_the_original_glue_layout(name, tmp_path, capsys)
 
     import torch
 
-    from hfprune.cli.main import main
-    from hfprune.demo import build_base
+    from hfprune.app.cli.demo import build_base
+    from hfprune.app.cli.main import main
     from tests.test_data_glue import _write
 
     build_base(tmp_path / "base", seed=0)

@@ -9,19 +9,21 @@ batches, `select_channels`, `hfprune.prune`; training is `transformers.Trainer`.
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ...flops import measure_latency
+import hfprune
+
 from ...structure import model_structure
-from ..data.images import ImageSet, load_image_data
-from ..report.outputs import check_output_dir, push_outputs
-from ..report.progress import StageLog, quiet_libraries
-from .config import Recipe, TrainConfig
+from ..common.outputs import check_output_dir, push_outputs
+from ..common.progress import StageLog, quiet_libraries
+from ..common.training import compare_latency, make_trainer, train_stage
+from .data import ImageSet, load_image_data
+from .options import ImageRecipe
+from .writer import write_image_outputs
 
 
 def load_image_classifier(name_or_path: str, num_labels: int, allow_new_head: bool):
@@ -43,28 +45,6 @@ def load_image_classifier(name_or_path: str, num_labels: int, allow_new_head: bo
     return model, "new"
 
 
-def _trainer(model, data: ImageSet, train: TrainConfig, seed: int, quiet: bool, work: Path):
-    from transformers import Trainer, TrainingArguments
-
-    args = TrainingArguments(output_dir=str(work), max_steps=train.steps, per_device_train_batch_size=train.batch_size,
-                             learning_rate=train.learning_rate, weight_decay=train.weight_decay,
-                             warmup_steps=math.ceil(train.warmup_ratio * train.steps), lr_scheduler_type="linear",
-                             logging_steps=max(1, train.steps // 5), save_strategy="no", report_to="none",
-                             disable_tqdm=quiet, log_level="error" if quiet else "warning", seed=seed, data_seed=seed,
-                             dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
-    trainer = Trainer(model=model, args=args, train_dataset=data)
-    if quiet:
-        from transformers import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)  # without progress bars the Trainer prints every log dict
-    return trainer
-
-
-def _train(model, data, train: TrainConfig, seed, quiet, work) -> dict:
-    output = _trainer(model, data, train, seed, quiet, work).train()
-    return {"steps": int(output.global_step), "loss": float(output.training_loss)}
-
-
 def accuracy(model, data: ImageSet, batch_size: int) -> dict:
     device = next(model.parameters()).device
     model.eval()
@@ -83,21 +63,23 @@ def costs(model, example: torch.Tensor) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "flops": counter.get_total_flops()}
 
 
-def run_image_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
+def _train(model, data: ImageSet, recipe: ImageRecipe, stage: str, quiet: bool, work: str) -> dict:
+    train, seed = getattr(recipe, stage), recipe.seed + (stage == "recover")
+    trainer = make_trainer(model, train_dataset=data, train=train, seed=seed, quiet=quiet, work_dir=Path(work) / stage)
+    return train_stage(trainer)
+
+
+def run_image(recipe: ImageRecipe, *, quiet: bool = False) -> dict:
     """Run an image-classification `recipe` end to end and write its outputs to `recipe.output.dir`.
 
     Example:
         ```python
-        >>> results = run_recipe(recipe_from_dict({"model": {"name_or_path": "out/resnet"},
+        >>> results = run_image(recipe_from_dict({"model": {"name_or_path": "out/resnet"},
         ...     "data": {"task": "image-classification", "data_dir": "digits/"}, "prune": {"channels": 0.5},
         ...     "output": {"dir": "out/resnet-pruned"}}))
         ```
     """
     from transformers import AutoConfig, set_seed
-
-    import hfprune
-
-    from ..report.image import write_image_outputs
 
     log = StageLog(quiet=quiet)
     out_dir = Path(recipe.output.dir)
@@ -119,7 +101,7 @@ def run_image_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         finetune = recover = before_recovery = None
         if recipe.finetune.steps:
             with log.stage("finetune") as note:
-                finetune = _train(model, train_set, recipe.finetune, recipe.seed, quiet, Path(work) / "finetune")
+                finetune = _train(model, train_set, recipe, "finetune", quiet, work)
                 note["summary"] = f"{finetune['steps']} steps, mean loss {finetune['loss']:.4f}"
         with log.stage("evaluate dense") as note:
             dense_metrics = accuracy(model, eval_set, recipe.eval.batch_size)
@@ -151,7 +133,7 @@ def run_image_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
                 before_recovery = accuracy(model, eval_set, recipe.eval.batch_size)
                 note["summary"] = f"accuracy {before_recovery['accuracy']:.4f}"
             with log.stage("recover") as note:
-                recover = _train(model, train_set, recipe.recover, recipe.seed + 1, quiet, Path(work) / "recover")
+                recover = _train(model, train_set, recipe, "recover", quiet, work)
                 note["summary"] = f"{recover['steps']} steps, mean loss {recover['loss']:.4f}"
         with log.stage("evaluate pruned") as note:
             pruned_metrics = accuracy(model, eval_set, recipe.eval.batch_size)
@@ -160,10 +142,7 @@ def run_image_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         with log.stage("latency") as note:
             n = recipe.eval.latency_batch_size
             batch = {"pixel_values": eval_set.pixels[[i % len(eval_set) for i in range(n)]]}
-            reps = recipe.eval.latency_repeats
-            rounds = [(measure_latency(dense_copy, batch, reps), measure_latency(model, batch, reps))
-                      for _ in range(2)]  # alternating, so a load spike on a shared machine hits both alike
-            dense_t, pruned_t = min(r[0] for r in rounds), min(r[1] for r in rounds)
+            dense_t, pruned_t = compare_latency(dense_copy, model, batch, recipe.eval.latency_repeats)
             del dense_copy
             note["summary"] = (f"batch {n}: dense {dense_t * 1e3:.1f} ms, pruned {pruned_t * 1e3:.1f} ms "
                                f"({dense_t / pruned_t:.2f}x)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import datasets
 
-from .glue_files import features_for, load_glue_dir
+from .files import features_for, load_glue_dir
 from .tasks import TaskSpec, get_task
 
 GLUE_HUB_ID = "nyu-mll/glue"

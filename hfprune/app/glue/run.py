@@ -1,8 +1,8 @@
-"""Running a recipe: optional fine-tune -> score -> select -> prune -> optional recovery -> evaluate -> save.
+"""Running a GLUE recipe: optional fine-tune -> score -> select -> prune -> optional recovery -> evaluate -> save.
 
 A thin shell over the library stages: `transformers.Trainer` trains and evaluates, `hfprune.head_importance` /
 `neuron_importance` / `layer_importance` score (on the Trainer's own training dataloader), `select_*` turn scores into
-a `PruningPlan`, `hfprune.prune` removes the units, and `hfprune.app.report` writes the outputs atomically.
+a `PruningPlan`, `hfprune.prune` removes the units, and `writer.write_outputs` writes the outputs atomically.
 """
 
 from __future__ import annotations
@@ -13,16 +13,40 @@ from pathlib import Path
 
 import torch
 
+import hfprune
+
 from ...criteria import criterion_names
-from ...flops import measure_latency, model_costs
+from ...flops import model_costs
 from ...plan import PruningPlan
+from ...serving.compressed_tensors import require_compressed_tensors
 from ...structure import get_record, model_structure
-from ..data import get_task, load_task_data, tokenize
-from ..report.outputs import check_output_dir, push_outputs, write_outputs
-from ..report.progress import StageLog, quiet_libraries
-from .config import IMAGE_TASK, Recipe, TrainConfig
+from ..common.outputs import check_output_dir, push_outputs
+from ..common.progress import StageLog, quiet_libraries, show_bars
+from ..common.training import compare_latency, make_trainer, train_stage
+from .data import load_task_data, tokenize
+from .metrics import compute_metrics_fn
 from .modeling import load_classifier
-from .training import evaluate_splits, make_trainer, scoring_batches, train_stage
+from .options import GlueRecipe, GlueTrain
+from .tasks import TaskSpec, get_task
+from .writer import write_outputs
+
+
+def glue_trainer(model, tokenizer, task: TaskSpec, **kwargs):
+    """`common.training.make_trainer` with the task's padding collator and GLUE metrics."""
+    from transformers import DataCollatorWithPadding
+
+    return make_trainer(model, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                        compute_metrics=compute_metrics_fn(task), **kwargs)
+
+
+def evaluate_splits(trainer, task: TaskSpec, eval_sets: dict) -> dict[str, dict[str, float]]:
+    """The task's metrics on each eval split: `{split: {metric: value}}`."""
+    out = {}
+    for split, dataset in eval_sets.items():
+        raw = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
+        out[split] = {name: raw[f"eval_{name}"] for name in task.metrics}
+        out[split]["loss"] = raw.get("eval_loss")
+    return out
 
 
 def _fmt(metrics: dict, task) -> str:
@@ -30,7 +54,7 @@ def _fmt(metrics: dict, task) -> str:
     return ", ".join(f"{m} {split[m]:.4f}" for m in task.metrics)
 
 
-def _latency_batch(data, tokenizer, task, recipe: Recipe) -> dict:
+def _latency_batch(data, tokenizer, task, recipe: GlueRecipe) -> dict:
     rows = data[task.eval_splits[0]]
     n = recipe.eval.latency_batch_size
     idx = [i % rows.num_rows for i in range(n)]
@@ -39,24 +63,20 @@ def _latency_batch(data, tokenizer, task, recipe: Recipe) -> dict:
                           return_tensors="pt"))
 
 
-def _callbacks(train: TrainConfig) -> list:
+def _callbacks(train: GlueTrain) -> list:
     if not train.layerdrop:
         return []
-    import hfprune
-
     return [hfprune.LayerDropCallback(p=train.layerdrop, mode=train.layerdrop_mode)]
 
 
-def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: StageLog, quiet: bool):
-    import hfprune
-
+def _score_and_select(model, loader, recipe: GlueRecipe, structure: dict, log: StageLog, quiet: bool):
     cfg = recipe.prune
     scores: dict = {}
     with log.stage("score") as note:
         # One name for both unit kinds; a head-only criterion (Michel et al.'s gate gradients) scores neurons with the
         # same first-order gate criterion, Taylor.
         neuron_criterion = cfg.criterion if cfg.criterion in criterion_names("neurons") else "taylor"
-        common = {"max_batches": cfg.score_batches, "show_progress": not quiet}
+        common = {"max_batches": cfg.score_batches, "show_progress": show_bars(quiet)}
         seed = {"seed": recipe.seed}  # read only by criteria that need one (random); the others ignore it
         if cfg.heads or cfg.sweep:
             scores["heads"] = hfprune.head_importance(model, loader, criterion=cfg.criterion, **common, **seed)
@@ -85,20 +105,17 @@ def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: Stage
     return scores, plan
 
 
-def _prune_to_budget(model, loader, recipe: Recipe, structure: dict, quiet: bool) -> PruningPlan:
+def _prune_to_budget(model, loader, recipe: GlueRecipe, structure: dict, quiet: bool) -> PruningPlan:
     """`hfprune.prune_to_budget` on the training batches; FLOPs and latency at the report's sequence length."""
-    import hfprune
-
     cfg = recipe.prune
     plan = hfprune.prune_to_budget(model, loader, **cfg.budget, seq_len=recipe.eval.latency_seq_len,
-                                   num_samples=cfg.budget_samples, tune=cfg.budget_tune, show_progress=not quiet)
+                                   num_samples=cfg.budget_samples, tune=cfg.budget_tune,
+                                   show_progress=show_bars(quiet))
     plan.meta.update({"criterion": "kwon2022", "model_structure": structure})
     return plan
 
 
-def _sweep(model, trainer, task, eval_set, head_scores, recipe: Recipe, log: StageLog) -> list[dict]:
-    import hfprune
-
+def _sweep(model, trainer, task, eval_set, head_scores, recipe: GlueRecipe, log: StageLog) -> list[dict]:
     points = []
     with log.stage("sweep") as note:
         for fraction in recipe.prune.sweep:
@@ -111,11 +128,11 @@ def _sweep(model, trainer, task, eval_set, head_scores, recipe: Recipe, log: Sta
     return points
 
 
-def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
-    """Run `recipe` end to end and write its outputs to `recipe.output.dir`.
+def run_glue(recipe: GlueRecipe, *, quiet: bool = False) -> dict:
+    """Run a GLUE `recipe` end to end and write its outputs to `recipe.output.dir`.
 
     Args:
-        recipe (`Recipe`): a validated recipe (`load_recipe`, or built from `hfprune prune` flags).
+        recipe (`GlueRecipe`): validated options (`hfprune.app.apps.load_recipe`, or `hfprune prune` flags).
         quiet (`bool`, defaults to `False`): no progress bars, no stage lines.
 
     Returns:
@@ -123,24 +140,18 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
 
     Example:
         ```python
-        >>> from hfprune.app.recipes import load_recipe, run_recipe
-        >>> results = run_recipe(load_recipe("recipes/sst2.yaml", ["data.data_dir=../shared/data/glue"]))
+        >>> from hfprune.app.apps import load_recipe
+        >>> results = run_glue(load_recipe("recipes/sst2.yaml", ["data.data_dir=../shared/data/glue"]))
         >>> results["pruned"]["metrics"]["validation"]["accuracy"]
         ```
     """
     from transformers import set_seed
 
-    if recipe.data.task == IMAGE_TASK:  # CNN channel pruning: its own stages and outputs
-        from .image import run_image_recipe
-
-        return run_image_recipe(recipe, quiet=quiet)
     log = StageLog(quiet=quiet)
     task = get_task(recipe.data.task)
     out_dir = Path(recipe.output.dir)
     check_output_dir(out_dir)
     if recipe.output.export == "compressed-tensors":  # fail before training, not after, when the package is missing
-        from ...serving.compressed_tensors import require_compressed_tensors
-
         require_compressed_tensors()
     with quiet_libraries(quiet), tempfile.TemporaryDirectory(prefix="hfprune-run-") as work:
         set_seed(recipe.seed)
@@ -156,7 +167,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
             if recipe.prune.layers >= dense_structure["num_layers"]:
                 raise ValueError(f"prune.layers={recipe.prune.layers} would remove every layer "
                                  f"(the model has {dense_structure['num_layers']})")
-            encoded = tokenize(data, tokenizer, task, recipe.model.max_length, show_progress=not quiet)
+            encoded = tokenize(data, tokenizer, task, recipe.model.max_length, show_progress=show_bars(quiet))
             eval_sets = {s: encoded[s] for s in task.eval_splits if s in encoded}  # files: the first one only
             note["summary"] = (f"{task.name}: {encoded['train'].num_rows} train / "
                                f"{eval_sets[task.eval_splits[0]].num_rows} eval examples; "
@@ -165,14 +176,14 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         finetune = None
         if recipe.finetune.steps:
             with log.stage("finetune") as note:
-                trainer = make_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.finetune,
+                trainer = glue_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.finetune,
                                        eval_batch_size=recipe.eval.batch_size, seed=recipe.seed, quiet=quiet,
                                        callbacks=_callbacks(recipe.finetune), work_dir=Path(work) / "finetune")
                 finetune = train_stage(trainer)
                 note["summary"] = f"{finetune['steps']} steps, mean loss {finetune['loss']:.4f}"
         # One evaluation Trainer (its train dataloader feeds the scorers) for the dense model and the sweep.
-        evaluator = make_trainer(model, tokenizer, task, train_dataset=encoded["train"],
-                                 train=TrainConfig(batch_size=recipe.finetune.batch_size),
+        evaluator = glue_trainer(model, tokenizer, task, train_dataset=encoded["train"],
+                                 train=GlueTrain(batch_size=recipe.finetune.batch_size),
                                  eval_batch_size=recipe.eval.batch_size, seed=recipe.seed, quiet=quiet,
                                  work_dir=Path(work) / "eval")
         with log.stage("evaluate dense") as note:
@@ -187,15 +198,14 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         if recipe.prune.budget:
             scores, plan = {}, None  # the budget search scores, selects and prunes in one step, below
         else:
-            scores, plan = _score_and_select(model, scoring_batches(evaluator), recipe, dense_structure, log, quiet)
+            loader = evaluator.get_train_dataloader()
+            scores, plan = _score_and_select(model, loader, recipe, dense_structure, log, quiet)
         sweep = []
         if recipe.prune.sweep:
             sweep = _sweep(model, evaluator, task, eval_sets[task.eval_splits[0]], scores["heads"], recipe, log)
         with log.stage("prune") as note:
-            import hfprune
-
             if recipe.prune.budget:
-                plan = _prune_to_budget(model, scoring_batches(evaluator), recipe, dense_structure, quiet)
+                plan = _prune_to_budget(model, evaluator.get_train_dataloader(), recipe, dense_structure, quiet)
             else:
                 hfprune.prune(model, plan)
             pruned_structure = model_structure(model)
@@ -208,7 +218,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
                 before_recovery = evaluate_splits(evaluator, task, eval_sets)
                 note["summary"] = _fmt(before_recovery, task)
             with log.stage("recover") as note:
-                trainer = make_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.recover,
+                trainer = glue_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.recover,
                                        eval_batch_size=recipe.eval.batch_size, seed=recipe.seed + 1, quiet=quiet,
                                        callbacks=_callbacks(recipe.recover), work_dir=Path(work) / "recover",
                                        teacher=teacher)
@@ -223,11 +233,7 @@ def run_recipe(recipe: Recipe, *, quiet: bool = False) -> dict:
         pruned_costs = model_costs(model, seq_len)
         with log.stage("latency") as note:
             batch = _latency_batch(data, tokenizer, task, recipe)
-            reps = recipe.eval.latency_repeats
-            # Alternate the two models so that a load spike on a shared machine hits both alike.
-            rounds = [(measure_latency(dense_copy, batch, reps), measure_latency(model, batch, reps))
-                      for _ in range(2)]
-            dense_t, pruned_t = min(r[0] for r in rounds), min(r[1] for r in rounds)
+            dense_t, pruned_t = compare_latency(dense_copy, model, batch, recipe.eval.latency_repeats)
             del dense_copy
             note["summary"] = (f"batch {batch['input_ids'].shape[0]} x {seq_len} tokens, {torch.get_num_threads()} "
                                f"threads: dense {dense_t * 1e3:.1f} ms, pruned {pruned_t * 1e3:.1f} ms "
