@@ -325,3 +325,23 @@ def test_demo_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):
     assert "-> positive" in stdout or "-> negative" in stdout
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["removed"]["heads"] == 16 and results["pruned"]["params"] < results["dense"]["params"]
+
+
+def test_demo_writes_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, capfd, monkeypatch):
+    """`hfprune demo 2>&1 | cat`: no carriage-return bars (Trainer, tokenization, scoring, loading), stage lines and
+    log lines instead."""
+    full = demo.demo_recipe
+
+    def short(work, output, seed=0):
+        recipe = full(work, output, seed)
+        recipe.finetune.steps, recipe.recover.steps, recipe.prune.score_batches = 10, 5, 2
+        recipe.prune.sweep, recipe.eval.latency_repeats = [0.5], 1
+        return recipe
+
+    monkeypatch.setattr(demo, "demo_recipe", short)
+    assert not sys.stderr.isatty()
+    assert main(["demo", "--output", str(tmp_path / "demo")]) == 0
+    out = capfd.readouterr()
+    assert "\r" not in out.err and "\r" not in out.out
+    assert "[hfprune] finetune: 10 steps" in out.err and "[hfprune] score:" in out.err
+    assert "'loss':" in out.out  # the Trainer's log lines stand in for its bar
