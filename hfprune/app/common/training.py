@@ -64,8 +64,10 @@ def make_trainer(model: nn.Module, *, train_dataset=None, train: TrainConfig | N
         trainer_class, extra = distillation.DistillationTrainer, {"teacher_model": teacher, **distill}
     trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks or None,
                             **trainer_kwargs, **extra)
-    if quiet:
-        trainer.remove_callback(PrinterCallback)  # without progress bars the Trainer prints every log dict
+    if quiet or not steps:
+        # Without a bar the Trainer prints every log dict: the training losses stand in for the bar, but an
+        # evaluation's metrics are the stage line's already.
+        trainer.remove_callback(PrinterCallback)
     return trainer
 
 
