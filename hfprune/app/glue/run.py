@@ -128,6 +128,114 @@ def _sweep(model, trainer, task, eval_set, head_scores, recipe: GlueRecipe, log:
     return points
 
 
+def _load(run: dict) -> None:
+    """Data, model (with a head of the task's size) and tokenized splits into `run`."""
+    recipe, task = run["recipe"], run["task"]
+    with run["log"].stage("load") as note:
+        d = recipe.data
+        run["data"] = load_task_data(task, data_dir=d.data_dir, train_file=d.train_file,
+                                     validation_file=d.validation_file, max_train_samples=d.max_train_samples,
+                                     max_eval_samples=d.max_eval_samples, seed=recipe.seed)
+        model, tokenizer, run["head"] = load_classifier(recipe.model.name_or_path, task,
+                                                        allow_new_head=recipe.finetune.steps > 0)
+        structure = model_structure(model)
+        run["dense_record"] = copy.deepcopy(get_record(model.config))  # set when starting from a pruned checkpoint
+        if recipe.prune.layers >= structure["num_layers"]:
+            raise ValueError(f"prune.layers={recipe.prune.layers} would remove every layer "
+                             f"(the model has {structure['num_layers']})")
+        encoded = tokenize(run["data"], tokenizer, task, recipe.model.max_length, show_progress=show_bars(run["quiet"]))
+        run["eval_sets"] = {s: encoded[s] for s in task.eval_splits if s in encoded}  # files: the first one only
+        run.update(model=model, tokenizer=tokenizer, train_set=encoded["train"], dense_structure=structure)
+        note["summary"] = (f"{task.name}: {encoded['train'].num_rows} train / "
+                           f"{run['eval_sets'][task.eval_splits[0]].num_rows} eval examples; "
+                           f"{structure['num_layers']} layers x {max(structure['heads'])} heads; "
+                           f"classification head {run['head']}")
+
+
+def _trainer(run: dict, stage: str, **kwargs):
+    recipe = run["recipe"]
+    return glue_trainer(run["model"], run["tokenizer"], run["task"], train_dataset=run["train_set"],
+                        eval_batch_size=recipe.eval.batch_size, quiet=run["quiet"], work_dir=run["work"] / stage,
+                        **kwargs)
+
+
+def _train(run: dict, stage: str, teacher=None) -> dict:
+    """The fine-tune or recovery stage (`Trainer.train()`); returns its `{"steps", "loss"}`."""
+    recipe = run["recipe"]
+    train = getattr(recipe, stage)
+    with run["log"].stage(stage) as note:
+        trainer = _trainer(run, stage, train=train, seed=recipe.seed + (stage == "recover"),
+                           callbacks=_callbacks(train), teacher=teacher)
+        out = train_stage(trainer)
+        if teacher is not None:
+            out["distill"] = {**recipe.recover.distill, "trainer": type(trainer).__name__}
+        note["summary"] = f"{out['steps']} steps, mean loss {out['loss']:.4f}"
+    return out
+
+
+def _evaluate(run: dict, stage: str) -> dict:
+    with run["log"].stage(stage) as note:
+        metrics = evaluate_splits(run["evaluator"], run["task"], run["eval_sets"])
+        note["summary"] = _fmt(metrics, run["task"])
+    return metrics
+
+
+def _prune(run: dict) -> None:
+    """Score and select (or search a budget), the optional sweep, and the removal itself."""
+    recipe, model, log = run["recipe"], run["model"], run["log"]
+    loader, dense = run["evaluator"].get_train_dataloader(), run["dense_structure"]
+    scores, plan = {}, None  # with a budget, the search scores, selects and prunes in one step, below
+    if not recipe.prune.budget:
+        scores, plan = _score_and_select(model, loader, recipe, dense, log, run["quiet"])
+    run["sweep"] = []
+    if recipe.prune.sweep:
+        eval_set = run["eval_sets"][run["task"].eval_splits[0]]
+        run["sweep"] = _sweep(model, run["evaluator"], run["task"], eval_set, scores["heads"], recipe, log)
+    with log.stage("prune") as note:
+        if recipe.prune.budget:
+            plan = _prune_to_budget(model, loader, recipe, dense, run["quiet"])
+        else:
+            hfprune.prune(model, plan)
+        pruned = model_structure(model)
+        note["summary"] = (f"heads {sum(dense['heads'])} -> {sum(pruned['heads'])}, "
+                           f"FFN {sum(dense['ffn'])} -> {sum(pruned['ffn'])}, "
+                           f"layers {dense['num_layers']} -> {pruned['num_layers']}")
+    run.update(scores=scores, plan=plan, pruned_structure=pruned)
+
+
+def _latency(run: dict, dense_copy) -> None:
+    recipe = run["recipe"]
+    with run["log"].stage("latency") as note:
+        batch = _latency_batch(run["data"], run["tokenizer"], run["task"], recipe)
+        dense_t, pruned_t = compare_latency(dense_copy, run["model"], batch, recipe.eval.latency_repeats)
+        note["summary"] = (f"batch {batch['input_ids'].shape[0]} x {recipe.eval.latency_seq_len} tokens, "
+                           f"{torch.get_num_threads()} threads: dense {dense_t * 1e3:.1f} ms, pruned "
+                           f"{pruned_t * 1e3:.1f} ms ({dense_t / pruned_t:.2f}x)")
+    run.update(dense_latency=dense_t, pruned_latency=pruned_t, latency_batch=batch)
+
+
+def _stages(run: dict) -> None:
+    """Every stage between loading and saving, in order; each adds its results to `run`."""
+    recipe, seq_len = run["recipe"], run["recipe"].eval.latency_seq_len
+    run["finetune"] = _train(run, "finetune") if recipe.finetune.steps else None
+    # One evaluation Trainer (its train dataloader feeds the scorers) for the dense model and the sweep.
+    run["evaluator"] = _trainer(run, "eval", train=GlueTrain(batch_size=recipe.finetune.batch_size), seed=recipe.seed)
+    run["dense_metrics"] = _evaluate(run, "evaluate dense")
+    model = run["model"].eval()
+    run["dense_costs"] = model_costs(model, seq_len)
+    dense_copy = copy.deepcopy(model).to("cpu")  # for a back-to-back latency comparison at the end
+    # Distillation recovery learns from the model as it is now, before pruning (a frozen copy).
+    teacher = copy.deepcopy(model) if recipe.recover.steps and recipe.recover.distill is not None else None
+    _prune(run)
+    run["before_recovery"] = run["recover"] = None
+    if recipe.recover.steps:
+        run["before_recovery"] = _evaluate(run, "evaluate pruned (before recovery)")
+        run["recover"] = _train(run, "recover", teacher=teacher)
+    run["pruned_metrics"] = _evaluate(run, "evaluate pruned")
+    run["pruned_costs"] = model_costs(model.eval(), seq_len)
+    _latency(run, dense_copy)
+
+
 def run_glue(recipe: GlueRecipe, *, quiet: bool = False) -> dict:
     """Run a GLUE `recipe` end to end and write its outputs to `recipe.output.dir`.
 
@@ -147,106 +255,18 @@ def run_glue(recipe: GlueRecipe, *, quiet: bool = False) -> dict:
     """
     from transformers import set_seed
 
-    log = StageLog(quiet=quiet)
-    task = get_task(recipe.data.task)
     out_dir = Path(recipe.output.dir)
     check_output_dir(out_dir)
     if recipe.output.export == "compressed-tensors":  # fail before training, not after, when the package is missing
         require_compressed_tensors()
+    log = StageLog(quiet=quiet)
     with quiet_libraries(quiet), tempfile.TemporaryDirectory(prefix="hfprune-run-") as work:
         set_seed(recipe.seed)
-        with log.stage("load") as note:
-            d = recipe.data
-            data = load_task_data(task, data_dir=d.data_dir, train_file=d.train_file,
-                                  validation_file=d.validation_file, max_train_samples=d.max_train_samples,
-                                  max_eval_samples=d.max_eval_samples, seed=recipe.seed)
-            model, tokenizer, head = load_classifier(recipe.model.name_or_path, task,
-                                                     allow_new_head=recipe.finetune.steps > 0)
-            dense_structure = model_structure(model)
-            dense_record = copy.deepcopy(get_record(model.config))  # set when starting from a pruned checkpoint
-            if recipe.prune.layers >= dense_structure["num_layers"]:
-                raise ValueError(f"prune.layers={recipe.prune.layers} would remove every layer "
-                                 f"(the model has {dense_structure['num_layers']})")
-            encoded = tokenize(data, tokenizer, task, recipe.model.max_length, show_progress=show_bars(quiet))
-            eval_sets = {s: encoded[s] for s in task.eval_splits if s in encoded}  # files: the first one only
-            note["summary"] = (f"{task.name}: {encoded['train'].num_rows} train / "
-                               f"{eval_sets[task.eval_splits[0]].num_rows} eval examples; "
-                               f"{dense_structure['num_layers']} layers x {max(dense_structure['heads'])} heads; "
-                               f"classification head {head}")
-        finetune = None
-        if recipe.finetune.steps:
-            with log.stage("finetune") as note:
-                trainer = glue_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.finetune,
-                                       eval_batch_size=recipe.eval.batch_size, seed=recipe.seed, quiet=quiet,
-                                       callbacks=_callbacks(recipe.finetune), work_dir=Path(work) / "finetune")
-                finetune = train_stage(trainer)
-                note["summary"] = f"{finetune['steps']} steps, mean loss {finetune['loss']:.4f}"
-        # One evaluation Trainer (its train dataloader feeds the scorers) for the dense model and the sweep.
-        evaluator = glue_trainer(model, tokenizer, task, train_dataset=encoded["train"],
-                                 train=GlueTrain(batch_size=recipe.finetune.batch_size),
-                                 eval_batch_size=recipe.eval.batch_size, seed=recipe.seed, quiet=quiet,
-                                 work_dir=Path(work) / "eval")
-        with log.stage("evaluate dense") as note:
-            dense_metrics = evaluate_splits(evaluator, task, eval_sets)
-            note["summary"] = _fmt(dense_metrics, task)
-        model.eval()
-        seq_len = recipe.eval.latency_seq_len
-        dense_costs = model_costs(model, seq_len)
-        dense_copy = copy.deepcopy(model).to("cpu")  # for a back-to-back latency comparison at the end
-        # Distillation recovery learns from the model as it is now, before pruning (a frozen copy).
-        teacher = copy.deepcopy(model) if recipe.recover.steps and recipe.recover.distill is not None else None
-        if recipe.prune.budget:
-            scores, plan = {}, None  # the budget search scores, selects and prunes in one step, below
-        else:
-            loader = evaluator.get_train_dataloader()
-            scores, plan = _score_and_select(model, loader, recipe, dense_structure, log, quiet)
-        sweep = []
-        if recipe.prune.sweep:
-            sweep = _sweep(model, evaluator, task, eval_sets[task.eval_splits[0]], scores["heads"], recipe, log)
-        with log.stage("prune") as note:
-            if recipe.prune.budget:
-                plan = _prune_to_budget(model, evaluator.get_train_dataloader(), recipe, dense_structure, quiet)
-            else:
-                hfprune.prune(model, plan)
-            pruned_structure = model_structure(model)
-            note["summary"] = (f"heads {sum(dense_structure['heads'])} -> {sum(pruned_structure['heads'])}, "
-                               f"FFN {sum(dense_structure['ffn'])} -> {sum(pruned_structure['ffn'])}, "
-                               f"layers {dense_structure['num_layers']} -> {pruned_structure['num_layers']}")
-        before_recovery, recover = None, None
-        if recipe.recover.steps:
-            with log.stage("evaluate pruned (before recovery)") as note:
-                before_recovery = evaluate_splits(evaluator, task, eval_sets)
-                note["summary"] = _fmt(before_recovery, task)
-            with log.stage("recover") as note:
-                trainer = glue_trainer(model, tokenizer, task, train_dataset=encoded["train"], train=recipe.recover,
-                                       eval_batch_size=recipe.eval.batch_size, seed=recipe.seed + 1, quiet=quiet,
-                                       callbacks=_callbacks(recipe.recover), work_dir=Path(work) / "recover",
-                                       teacher=teacher)
-                recover = train_stage(trainer)
-                if teacher is not None:
-                    recover["distill"] = {**recipe.recover.distill, "trainer": type(trainer).__name__}
-                note["summary"] = f"{recover['steps']} steps, mean loss {recover['loss']:.4f}"
-        with log.stage("evaluate pruned") as note:
-            pruned_metrics = evaluate_splits(evaluator, task, eval_sets)
-            note["summary"] = _fmt(pruned_metrics, task)
-        model.eval()
-        pruned_costs = model_costs(model, seq_len)
-        with log.stage("latency") as note:
-            batch = _latency_batch(data, tokenizer, task, recipe)
-            dense_t, pruned_t = compare_latency(dense_copy, model, batch, recipe.eval.latency_repeats)
-            del dense_copy
-            note["summary"] = (f"batch {batch['input_ids'].shape[0]} x {seq_len} tokens, {torch.get_num_threads()} "
-                               f"threads: dense {dense_t * 1e3:.1f} ms, pruned {pruned_t * 1e3:.1f} ms "
-                               f"({dense_t / pruned_t:.2f}x)")
-        run = {
-            "task": task, "recipe": recipe, "plan": plan, "scores": scores, "sweep": sweep, "head": head,
-            "finetune": finetune, "recover": recover, "dense_structure": dense_structure, "dense_record": dense_record,
-            "pruned_structure": pruned_structure, "dense_metrics": dense_metrics, "pruned_metrics": pruned_metrics,
-            "before_recovery": before_recovery, "dense_costs": dense_costs, "pruned_costs": pruned_costs,
-            "dense_latency": dense_t, "pruned_latency": pruned_t, "latency_batch": batch, "log": log,
-        }
+        run = {"recipe": recipe, "task": get_task(recipe.data.task), "log": log, "quiet": quiet, "work": Path(work)}
+        _load(run)
+        _stages(run)
         with log.stage("save") as note:
-            results = write_outputs(model, tokenizer, run, out_dir)
+            results = write_outputs(run["model"], run["tokenizer"], run, out_dir)
             note["summary"] = f"{out_dir} (reloaded logits max |diff| {results['reload_max_abs_diff']:.2e})"
     if recipe.output.push_to_hub:
         with log.stage("push") as note:
