@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..common.render import clean, machine_info, pyplot, results_header
+from ..common.render import bar_chart, clean, machine_info, results_header
 
 
 def build_results(run: dict) -> dict:
@@ -40,20 +40,6 @@ def render_report(results: dict, plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _bars(folder: Path, name: str, labels, values, colors, xlabel: str, ylabel: str, title: str = "") -> str:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(values) + 3), 3.2))
-    ax.bar(labels, values, color=colors)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(folder / name, dpi=100)
-    plt.close(fig)
-    return name
-
-
 def write_plots(results: dict, scores: dict, folder: Path) -> list[str]:
     """perplexity.png (every measured stage) and, for a layer plan, layer_scores.png (removed layers in red)."""
     try:
@@ -61,13 +47,15 @@ def write_plots(results: dict, scores: dict, folder: Path) -> list[str]:
     except ImportError:
         return []
     names = [k for k, v in results["perplexity"].items() if v is not None]
-    written = [_bars(folder, "perplexity.png", names, [results["perplexity"][k] for k in names], "#2171b5", "",
-                     "perplexity", "perplexity before / after pruning")]
+    bar_chart(folder / "perplexity.png", names, [([results["perplexity"][k] for k in names], "#2171b5", None)],
+              ylabel="perplexity", title="perplexity before / after pruning")
+    written = ["perplexity.png"]
     if "layers" in scores:
         removed, values = set(results["plan"]["layers"]), scores["layers"].tolist()
         colors = ["#cb181d" if i in removed else "#2171b5" for i in range(len(values))]
-        written.append(_bars(folder, "layer_scores.png", range(len(values)), values, colors, "layer (red: removed)",
-                             results["recipe"]["prune"]["layer_method"]))
+        bar_chart(folder / "layer_scores.png", range(len(values)), [(values, colors, None)], "layer (red: removed)",
+                  results["recipe"]["prune"]["layer_method"], width=6.0)
+        written.append("layer_scores.png")
     return written
 
 

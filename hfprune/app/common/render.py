@@ -64,6 +64,26 @@ def pyplot():
     return plt
 
 
+def bar_chart(path, labels, series: list[tuple[list, object, str | None]], xlabel: str = "", ylabel: str = "",
+              title: str = "", width: float = 5.0):
+    """One bar chart written to `path`: each series `(values, color or colors, legend label or None)` drawn over the
+    previous one (so `before` then `kept` shows what was removed)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(width, 0.3 * len(labels) + 3), 3.4))
+    for values, color, label in series:
+        ax.bar(labels, values, color=color, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if any(label for _, _, label in series):
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def print_summary(results: dict, out_dir) -> None:
     """The final lines of a GLUE or image run (always printed, also with --quiet)."""
     split, metric = results["eval_split"], results["metric"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from ..common.render import bar_chart, clean, machine_info, results_header
 from ..common.render import big as _big
-from ..common.render import clean, machine_info, pyplot, results_header
 from ..common.render import num as _num
 
 SPLIT = "validation"
@@ -47,20 +47,13 @@ def build_image_results(run: dict, reload_diff: float) -> dict:
 
 
 def channel_widths_plot(results: dict, path: Path) -> Path:
-    plt = pyplot()
+    """channels.png: every channel group's width before (grey) and after (blue), in model order."""
     before, after = results["dense"]["structure"]["channels"], results["pruned"]["structure"]["channels"]
     names = list(before)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names)), 3.5))
-    ax.bar(range(len(names)), [before[n] for n in names], color="#cccccc", label="dense")
-    ax.bar(range(len(names)), [after.get(n, 0) for n in names], color="#1f77b4", label="pruned")
-    ax.set_xlabel("channel group (model order)")
-    ax.set_ylabel("channels")
-    ax.set_title(f"channel widths: {results['removed']['channels']} channels removed")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return bar_chart(path, range(len(names)), [([before[n] for n in names], "#cccccc", "dense"),
+                                              ([after.get(n, 0) for n in names], "#1f77b4", "pruned")],
+                     "channel group (model order)", "channels",
+                     f"channel widths: {results['removed']['channels']} channels removed", width=6.0)
 
 
 def _table(r: dict) -> str:
