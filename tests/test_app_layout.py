@@ -1,5 +1,5 @@
-"""The application lives in `hfprune.app`, apart from the library: the core imports without it, and `python -m hfprune`
-is the `hfprune` command."""
+"""The application lives in `hfprune.app`, apart from the library: the core imports without it, there are no old
+import paths (nothing was released), and `python -m hfprune` is the `hfprune` command."""
 
 from __future__ import annotations
 
@@ -46,6 +46,24 @@ def test_every_library_module_imports_without_the_application():
     assert not any(n.startswith("hfprune.app") for n in names)
     code = "import importlib\n" + "".join(f"importlib.import_module({n!r})\n" for n in names)
     assert _imported_after(code) == []
+
+
+@pytest.mark.parametrize("old", ["hfprune.recipes", "hfprune.recipes.runner", "hfprune.data", "hfprune.metrics",
+                                 "hfprune.report", "hfprune.cli", "hfprune.cli.main", "hfprune.demo"])
+def test_old_application_paths_are_gone(old):
+    """No compatibility layer (nothing was released): the application is imported as `hfprune.app...`."""
+    with pytest.raises(ModuleNotFoundError, match=r"No module named 'hfprune\.[a-z]+'"):
+        importlib.import_module(old)
+    assert not hasattr(hfprune, old.split(".")[1])
+    assert not any(getattr(finder, "__module__", "").startswith("hfprune") for finder in sys.meta_path)
+
+
+def test_no_module_only_re_exports_another():
+    """Saving and loading are `hfprune.io`, the remote-code export and the Hub push `hfprune.remote`: there is no
+    second path to them (the older `hfprune.export` is gone)."""
+    assert not (ROOT / "export.py").exists() and not hasattr(hfprune, "export")
+    assert [p.name for p in ROOT.glob("*.py") if p.name.startswith("_") and p.name not in ("__init__.py",
+                                                                                           "__main__.py")] == []
 
 
 def test_python_dash_m_hfprune_is_the_command(tmp_path):

@@ -137,7 +137,7 @@ def test_output_folders_follow_the_umask(tmp_path):
     owner-only (0700) temporary folders they start as: a server or teammate must be able to read them."""
     import os
 
-    from hfprune.export import atomic_dir
+    from hfprune.io import atomic_dir
 
     old = os.umask(0o022)
     try:

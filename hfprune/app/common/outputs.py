@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ...io import load_pruned
-from ...remote.hub import push_folder_to_hub
+from ...remote import push_folder_to_hub
 
 # A folder we may replace: empty, or written by an earlier run (it has results.json). Anything else is the user's.
 _MARKER = "results.json"
@@ -64,4 +64,4 @@ def push_outputs(folder: str | Path, repo_id: str, private: bool = False) -> str
         return push_folder_to_hub(folder, repo_id, private=private)
     except (ConnectionError, PermissionError) as err:
         raise type(err)(f"{err} (the outputs are complete in {folder}; push them later with "
-                        f"hfprune.remote.hub.push_folder_to_hub)") from None
+                        f"hfprune.remote.push_folder_to_hub)") from None

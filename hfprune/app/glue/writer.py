@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ...io import atomic_dir
-from ...remote.remote_code import add_remote_code
+from ...remote import add_remote_code
 from ...serving.compressed_tensors import export_compressed_tensors
 from ...structure import get_record
 from ..common.outputs import reload_diff

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ...io import atomic_dir
-from ...remote.remote_code import add_remote_code
+from ...remote import add_remote_code
 from ..common.outputs import reload_diff
 from .report import build_image_results, channel_widths_plot, render_image_card, render_image_report
 
