@@ -16,7 +16,7 @@ the older import paths of these names and keep working.
 """
 
 from .atomic import atomic_dir, check_output, is_hfprune_output, replace_dir, write_atomic
-from .folders import read_safetensors, resolve_folder, safetensors_sizes
+from .folders import read_safetensors, require_safetensors, resolve_folder, safetensors_sizes
 from .formats import FORMATS, DiskFormat, detect_format, load_pruned, save_pruned
 from .rebuild import build_model, load_state_strict, model_class_for, to_model_keys
 
@@ -33,6 +33,7 @@ __all__ = [
     "model_class_for",
     "read_safetensors",
     "replace_dir",
+    "require_safetensors",
     "resolve_folder",
     "safetensors_sizes",
     "save_pruned",

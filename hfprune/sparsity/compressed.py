@@ -28,7 +28,7 @@ from torch import nn
 
 from ..dequantized import detach_gguf_quantizer
 from ..io.atomic import atomic_dir, check_output
-from ..io.folders import read_safetensors_file, safetensors_sizes
+from ..io.folders import file_inside, read_safetensors_file, safetensors_sizes
 from ..io.names import SPARSE_FORMAT as FORMAT
 from ..io.names import SPARSE_MANIFEST_NAME as MANIFEST_NAME
 from ..io.names import SPARSE_WEIGHTS_NAME as WEIGHTS_NAME
@@ -215,11 +215,17 @@ def load_compressed(folder: str | os.PathLike, dtype=None, attn_implementation: 
     return build_model(config, state, str(folder), dtype, checkpoint_names=False)
 
 
+def _weights_file(folder: Path, manifest: dict) -> Path:
+    """The weights file the manifest names, inside the folder."""
+    name = manifest["weights"]
+    return file_inside(folder, name, f"weights file {name!r} named in {folder / MANIFEST_NAME}")
+
+
 def read_compressed_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The dense state dict of a `save_compressed` folder (sparse tensors decoded), under the model's own names."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    raw = read_safetensors_file(folder / manifest["weights"])
+    raw = read_safetensors_file(_weights_file(folder, manifest))
     state = {k: v for k, v in raw.items() if "::" not in k}
     for key, meta in manifest["tensors"].items():
         state[key] = _decode(key, meta, raw)
@@ -236,7 +242,7 @@ def compressed_stats(folder: str | os.PathLike) -> dict[str, float]:
     """
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    sizes = safetensors_sizes(folder / manifest["weights"])
+    sizes = safetensors_sizes(_weights_file(folder, manifest))
     sparse_stored = sum(n for k, n in sizes.items() if "::" in k)
     sparse_dense = sum(int(np.prod(m["shape"], dtype=np.int64)) * getattr(torch, m["dtype"]).itemsize
                        for m in manifest["tensors"].values())
