@@ -164,11 +164,11 @@ def build_model(config, state: dict[str, torch.Tensor], source: str, dtype=None,
     return model.eval()
 
 
-# Per-layer counts of a record, each with the adapter method that gives the count the config builds and the module
-# whose weight an error names.
+# Per-layer counts of a record, each with the most a layer of the config can hold and the module whose weight an
+# error names. Key/value heads: at most one per query head (pruning inside a GQA group may repeat a shared one).
 _COUNTS = (
     ("heads", "attention heads", lambda a, m, b: a.num_heads(m, b), lambda a, b: a.out_proj(b)),
-    ("kv_heads", "key/value heads", lambda a, m, b: a.num_kv_heads(m, b), lambda a, b: a.qkv_segments(b)[1].module),
+    ("kv_heads", "key/value heads", lambda a, m, b: a.num_heads(m, b), lambda a, b: a.qkv_segments(b)[1].module),
     ("ffn", "FFN neurons", lambda a, m, b: a.intermediate_size(b), lambda a, b: a.ffn_out(b)),
 )
 
@@ -194,8 +194,8 @@ def check_record(model: nn.Module, record: dict, state: dict[str, torch.Tensor],
                 weight = module_of(adapter, block).weight
                 name, saved = _saved_shape(model, weight, state, checkpoint_names)
                 raise ValueError(
-                    f"{source}: the hfprune record keeps {kept} {what} in layer {index}, but the config builds "
-                    f"{built}; tensor {name!r} has shape {saved} in the checkpoint ({tuple(weight.shape)} unpruned), "
+                    f"{source}: the hfprune record keeps {kept} {what} in layer {index}, but a layer of this config "
+                    f"holds at most {built}; tensor {name!r} has shape {saved} in the checkpoint ({tuple(weight.shape)} unpruned), "
                     "so the record does not match the weights"
                 )
 
