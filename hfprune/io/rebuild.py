@@ -195,8 +195,8 @@ def check_record(model: nn.Module, record: dict, state: dict[str, torch.Tensor],
                 name, saved = _saved_shape(model, weight, state, checkpoint_names)
                 raise ValueError(
                     f"{source}: the hfprune record keeps {kept} {what} in layer {index}, but a layer of this config "
-                    f"holds at most {built}; tensor {name!r} has shape {saved} in the checkpoint ({tuple(weight.shape)} unpruned), "
-                    "so the record does not match the weights"
+                    f"holds at most {built}; tensor {name!r} has shape {saved} in the checkpoint "
+                    f"({tuple(weight.shape)} unpruned), so the record does not match the weights"
                 )
 
 
