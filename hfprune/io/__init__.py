@@ -11,8 +11,8 @@
 - `stale`: which temporaries of earlier writes that died may be removed or recovered.
 - `names`: the file names of the formats.
 
-The remote-code export and the Hub push are in `hfprune.remote`; `hfprune.export` and `hfprune.export_remote` are
-the older import paths of these names and keep working.
+The remote-code export and the Hub push are in `hfprune.remote`; a GGUF file becomes a plain folder with
+`gguf.convert_gguf`.
 """
 
 from .atomic import atomic_dir, check_output, is_hfprune_output, replace_dir, write_atomic
