@@ -500,6 +500,11 @@ def test_saved_folder_loads_with_plain_transformers(tmp_path, caplog, monkeypatc
     _, module, diff = next(x for x in proc.stdout.splitlines() if x.startswith("LOADED ")).split()
     assert module == "transformers_modules" and float(diff) <= 1e-5
 
+    # A copy of the pruned model (deepcopy, or a pickle) saves with its remote code too.
+    clone = copy.deepcopy(model)
+    clone.save_pretrained(tmp_path / "clone")
+    assert (tmp_path / "clone" / "modeling_hfprune.py").is_file()
+
     # When the export is refused, the save still happens and the line says how to load the folder instead.
     def refuse(folder):
         raise ValueError("refused for the test")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import types
 import weakref
 from pathlib import Path
 
@@ -54,18 +53,24 @@ def announce(what: str, before: dict[str, int], after: dict[str, int]) -> None:
 def export_on_save(model) -> None:
     """From now on `model.save_pretrained(folder)` also writes the remote-code export into `folder`.
 
-    The instance's `save_pretrained` is replaced by a bound method (`copy.deepcopy` re-binds it to the copy); the
-    class and every other model are left alone. Calling it again does nothing.
+    Only this instance's `save_pretrained` is replaced (the class and every other model are left alone); copies
+    (`copy.deepcopy`) and pickles keep the behaviour. Calling it again does nothing.
     """
-    if "save_pretrained" not in vars(model):
-        model.save_pretrained = types.MethodType(_save_pretrained_with_remote_code, model)
+    if not isinstance(vars(model).get("save_pretrained"), SaveWithRemoteCode):
+        model.save_pretrained = SaveWithRemoteCode(model)
 
 
-def _save_pretrained_with_remote_code(self, save_directory, *args, **kwargs):
-    result = type(self).save_pretrained(self, save_directory, *args, **kwargs)
-    if kwargs.get("is_main_process", True):
-        write_remote_code(self, Path(save_directory))
-    return result
+class SaveWithRemoteCode:
+    """A pruned model's `save_pretrained`: its class's `save_pretrained`, then `write_remote_code` (main process)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, save_directory, *args, **kwargs):
+        result = type(self.model).save_pretrained(self.model, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(self.model, Path(save_directory))
+        return result
 
 
 def write_remote_code(model, folder: Path) -> None:
