@@ -446,6 +446,21 @@ def test_data_and_plan_problems_fail_before_training(tmp_path, dataset, options,
     assert probe.steps == 0 and trainer.state.global_step == 0 and pruning.plan is None
 
 
+def test_untokenized_training_set_fails_before_training(tmp_path):
+    # The default scoring slice comes from the training set, through the Trainer's column removal and collator: a
+    # text column the model cannot read leaves batches with labels only.
+    from datasets import Dataset
+
+    raw = Dataset.from_list([{"sentence": f"sentence {i}", "label": i % 3} for i in range(40)])
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, at_step=2)
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3), train_dataset=raw,
+                      callbacks=[pruning])
+    with pytest.raises(ValueError, match=r"^PruningCallback: the scoring data \(40 of 40 training examples, seed 0\)"
+                                         r" does not run through .*\['labels'\]"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_eval_scoring_without_an_eval_dataset_fails_before_training(tmp_path):
     pruning = hfprune.PruningCallback(heads_ratio=0.5, at_step=2, scoring_data="eval")
     trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3),
