@@ -144,12 +144,12 @@ class PruningCallback(TrainerCallback):
     scored by `channel_criterion` (`bn_scale` after `NetworkSlimmingCallback`, `l1`, `magnitude`, `taylor`,
     `random`) and selected with `scope` / `round_to` / `min_per_layer` (per channel group).
 
-    Scoring data: `dataset` when given; otherwise a held-apart slice of the TRAINING set: `num_samples` examples
-    (512 when None, or the whole training set when smaller), chosen by a permutation seeded with `seed` (`args.seed`
-    when None), collated by the Trainer's collator. The eval dataset is read only with `scoring_data="eval"`. The
-    slice is also trained on: the Trainer fixes its training set, step count and schedule before any callback
-    runs, and the callback does not rewrite them (`hfprune.callbacks.scoring_data` says why); pass `dataset=` for
-    a strictly unseen split. `plan.meta["scoring_data"]` records which examples were used.
+    Scoring data: `dataset` when given; otherwise a seeded slice of the TRAINING set, never the eval set:
+    `num_samples` examples (512 when None, or the whole training set when smaller), chosen by a permutation seeded
+    with `seed` (`args.seed` when None), collated by the Trainer's collator. The eval dataset is read only with
+    `scoring_data="eval"`. The slice is also trained on: the Trainer fixes its training set, step count and
+    schedule before any callback runs, and the callback does not rewrite them (`hfprune.callbacks.scoring_data`
+    says why); pass `dataset=` for a strictly unseen split. `plan.meta["scoring_data"]` records the examples used.
 
     Checked at `on_train_begin`, so a mistake fails before the first step with one `ValueError`: an empty or
     iterable training set, a collator that fails on the scoring examples, missing columns (one batch is run through
