@@ -97,10 +97,12 @@ def token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def windows(stream: torch.Tensor, seq_len: int, count: int) -> dict[str, torch.Tensor]:
-    """The first `count` consecutive non-overlapping windows, as one batch."""
+def windows(stream: torch.Tensor, seq_len: int, count: int, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+    """The first `count` consecutive non-overlapping windows, in batches of `batch_size` (the logits of a batch are
+    batch x seq_len x 30,522 floats: 8 x 64 is 63 MB)."""
     count = min(count, stream.numel() // seq_len)
-    return {"input_ids": stream[:count * seq_len].reshape(count, seq_len)}
+    ids = stream[:count * seq_len].reshape(count, seq_len)
+    return [{"input_ids": ids[i:i + batch_size]} for i in range(0, count, batch_size)]
 
 
 def testbed_config(settings: Settings, tokenizer) -> transformers.Qwen3MoeConfig:
@@ -180,7 +182,8 @@ def size_of(model) -> dict[str, int]:
             "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
-def prune_table(model, calib: list[dict], evaluation: dict, ratios=RATIOS, criteria=CRITERIA) -> list[dict] | None:
+def prune_table(model, calib: list[dict], evaluation: list[dict], ratios=RATIOS,
+                criteria=CRITERIA) -> list[dict] | None:
     """TODO(issue 21, once the `experts` unit kind and its criteria land): one row per (criterion, ratio).
 
     Intended calls, to be kept as they are when the API exists (`uniform=True`: the same count in every layer, so
@@ -238,9 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     cache = Path(os.environ.get("HFPRUNE_CACHE", Path.home() / ".cache" / "hfprune"))
     out = args.out or cache / ("moe-testbed-qwen3" + ("-tiny" if args.tiny else ""))
     model, tokenizer = load_or_build(settings, out, args.rebuild)
-    calib_ids = windows(token_ids(tokenizer, sentences("SST-2/dev.tsv", ("sentence",))), settings.seq_len,
-                        settings.calib_windows)["input_ids"]
-    calib = [{"input_ids": calib_ids[i:i + 8]} for i in range(0, calib_ids.shape[0], 8)]
+    calib = windows(token_ids(tokenizer, sentences("SST-2/dev.tsv", ("sentence",))), settings.seq_len,
+                    settings.calib_windows)
     evaluation = windows(token_ids(tokenizer, sentences("MRPC/dev.tsv", ("#1 String", "#2 String"))),
                          settings.seq_len, settings.eval_windows)
     dense = {"ppl": hfprune.perplexity(model, evaluation), **size_of(model)}

@@ -163,8 +163,7 @@ def prune_by_hand(model, removed: dict[int, list[int]], family: str):
     setattr(config, count_key(family), counts.pop())
     rebuilt = type(model)(config)
     rebuilt.load_state_dict(pruned.state_dict(), strict=True)
-    if hasattr(model.config, "_experts_implementation"):
-        rebuilt.set_experts_implementation(model.config._experts_implementation)
+    rebuilt.set_experts_implementation(model.config._experts_implementation)
     return rebuilt.eval()
 
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -66,7 +68,9 @@ def test_uniform_plan_is_a_plain_config(family, tmp_path):
     pruned = prune_by_hand(model, plan, family)
     pruned.save_pretrained(tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert getattr(reloaded.config, count_key(family)) == NUM_EXPERTS - removed
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk[count_key(family)] == NUM_EXPERTS - removed
+    assert on_disk["num_experts_per_tok"] == TOP_K
     assert torch.allclose(_logits(reloaded, batch).logits, masked, atol=1e-5, rtol=0)
     block = next(iter(moe_blocks(model).values()))
     inter, hidden = block.experts.down_proj.shape[2], block.experts.down_proj.shape[1]
