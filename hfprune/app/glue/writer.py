@@ -24,7 +24,7 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
         `dict`: the results written to results.json.
     """
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=True) as tmp:  # check_output_dir (the --output guard) decided before any work
         model.save_pretrained(tmp)  # safetensors; the config carries the hfprune structure record
         tokenizer.save_pretrained(tmp)
         diff = reload_diff(tmp, model, run["latency_batch"])

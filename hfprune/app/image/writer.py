@@ -16,7 +16,7 @@ from .report import build_image_results, channel_widths_plot, render_image_card,
 def write_image_outputs(model, run: dict, out_dir: str | Path) -> dict:
     """Write model, remote code, results.json, report.md, plot and README.md; move them to `out_dir`."""
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=True) as tmp:  # check_output_dir (the --output guard) decided before any work
         model.save_pretrained(tmp)
         diff = reload_diff(tmp, model, run["latency_batch"])
         add_remote_code(tmp)
