@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import make_inputs, make_model
 
 import hfprune
-from hfprune.distill import DistillationTrainer
+from hfprune.recovery.distill import DistillationTrainer
 
 
 def _args(tmp_path, **kw):

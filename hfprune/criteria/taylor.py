@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..importance.common import layer_rows
-from ..importance.gradients import per_example_stats
+from ..passes import per_example_stats
 from . import register_criterion
+from ._rows import layer_rows
 
 if TYPE_CHECKING:
     from ..sparsity.targets import Target
@@ -35,7 +35,7 @@ def _units(model, dataloader, units: str, *, plan=None, max_batches=None, num_sa
     return layer_rows(model, per_layer, units)
 
 
-@register_criterion("taylor", units=("heads",), order=20, needs_data=True, needs_labels=True,
+@register_criterion("taylor", units=("heads",), order=20, needs="gradients", needs_labels=True,
                     summary="|per-example a * dL/da| at each head's context (Molchanov et al., 2017)")
 def taylor_heads(model: nn.Module, dataloader: Iterable, *, plan=None, max_batches=None, num_samples=None,
                  show_progress=True, distributed=True, **common) -> list[torch.Tensor]:
@@ -43,7 +43,7 @@ def taylor_heads(model: nn.Module, dataloader: Iterable, *, plan=None, max_batch
                   show_progress=show_progress, distributed=distributed)
 
 
-@register_criterion("taylor", units=("neurons",), order=20, needs_data=True, needs_labels=True,
+@register_criterion("taylor", units=("neurons",), order=20, needs="gradients", needs_labels=True,
                     summary="|per-example a * dL/da| at each FFN neuron (Molchanov et al., 2017)")
 def taylor_neurons(model: nn.Module, dataloader: Iterable, *, plan=None, max_batches=None, num_samples=None,
                    show_progress=True, distributed=True, **common) -> list[torch.Tensor]:
@@ -131,7 +131,7 @@ def taylor_scores(model: nn.Module, targets: list[Target], dataloader: Iterable,
     return {t.name: s for t, s in zip(targets, scores)}
 
 
-@register_criterion("taylor", units=("weights",), order=20, needs_data=True, needs_labels=True,
+@register_criterion("taylor", units=("weights",), order=20, needs="gradients", needs_labels=True,
                     summary="|w * dL/dw| summed over the dataloader's batches (Molchanov et al., 2019)")
 def taylor_weights(model: nn.Module, dataloader: Iterable, *, targets: list[Target], max_batches=None,
                    **common) -> dict[str, torch.Tensor]:
