@@ -193,7 +193,7 @@ def rowmag():
     import hfprune.criteria as registry
     from hfprune.criteria import BlockwiseResult, Option, register_criterion
     from hfprune.criteria._blockwise import prune_blocks
-    from hfprune.keep import lowest_k
+    from hfprune.ranking import lowest_k
 
     seen = {}
 

@@ -91,3 +91,7 @@ def test_iter_batches_reads_token_ids_checks_positions_and_refuses_nothing():
         list(iter_batches([], show_progress=False))
     with pytest.raises(TypeError, match="single batch dict"):
         list(iter_batches({"input_ids": torch.zeros(1, 2)}))
+
+
+def test_one_definition_of_scopes():
+    assert _definitions("SCOPES") == ["ranking.py"] and not _definitions("_SCOPES")

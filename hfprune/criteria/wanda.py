@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..keep import n_m_keep
+from ..ranking import n_m_keep
 from . import BlockwiseResult, register_criterion
 from ._blockwise import TRUE_SEQUENTIAL, prune_blocks
 

@@ -43,6 +43,17 @@ def all_reduce_sum(tensors: list[torch.Tensor], enabled: bool = True) -> list[to
     return out
 
 
+def all_reduce_sum_(tensors: list[torch.Tensor], enabled: bool = True) -> None:
+    """Sum each tensor over processes in place, one at a time (no second copy of all of them: weight-sized scores);
+    a no-op outside torch.distributed."""
+    if not enabled or not is_distributed():
+        return
+    for tensor in tensors:
+        buffer = tensor.to(_collective_device(tensor.device))
+        torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
+        tensor.copy_(buffer)
+
+
 def sum_per_token(stats: list[torch.Tensor], tokens: int | float, distributed: bool = True,
                   ) -> tuple[list[torch.Tensor], int]:
     """Sum `stats` and this process's token count over processes (one collective), then divide by the total.

@@ -167,6 +167,28 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str | tuple[s
     return total_tokens
 
 
+def weight_gradient_passes(model: nn.Module, params: list[nn.Parameter], dataloader: Iterable,
+                           on_batch: Callable[[tuple[torch.Tensor, ...]], None], *,
+                           max_batches: int | None = None) -> int:
+    """Forward + backward of the model's own loss per batch, calling `on_batch(grads)` with dL/dp for each of
+    `params` (weight-level Taylor). Eval mode; only `params` require gradients while it runs; `autograd.grad` leaves
+    every `.grad` untouched, so scoring cannot disturb a training loop around it.
+
+    Returns:
+        `int`: the number of batches seen on this process.
+    """
+    device = params[0].device
+    batches = 0
+    with torch.inference_mode(False), torch.enable_grad(), scoring_mode(model):
+        for p in params:
+            p.requires_grad_(True)
+        for index, batch in enumerate(iter_batches(dataloader, device, max_batches=max_batches, show_progress=False,
+                                                   need_labels=False)):
+            on_batch(torch.autograd.grad(model_loss(model(**batch), index), params))
+            batches += 1
+    return batches
+
+
 def per_example_unit_grads(x: torch.Tensor, units: str, head_dim: int) -> torch.Tensor:
     """`[batch, units]`: the gradient of the batch loss w.r.t. each example's share of a unit's gate.
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..keep import lowest_k, n_m_keep
+from ..ranking import lowest_k, n_m_keep
 from .targets import Target
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...criteria import criterion_names
+from ...ranking import SCOPES
 
-SCOPES = ("global", "layer")
 IMAGE_TASK = "image-classification"  # the CNN path (hfprune.app.recipes.image); every other task is a GLUE task
 CHANNEL_GROUPS = ("inner", "all", "coupled")
 

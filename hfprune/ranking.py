@@ -1,12 +1,17 @@
-"""Keep-masks from scores, shared by the weight criteria and the sparsity patterns (a neutral place: both read it).
+"""Ranking scores into what is kept, shared by the criteria, the unit selection and the weight sparsity (a neutral
+place: each of them reads it, it reads none of them).
 
-`n_m_keep` keeps the N highest of every M consecutive scores along the last axis (Mishra et al. 2021, N:M
-sparsity); `lowest_k` marks the k lowest entries of a vector, ties broken by position, so counts are exact.
+`SCOPES` are the two ways a ranking is cut: `"global"` (one ranking across every layer / tensor) or `"layer"` (each
+layer / tensor on its own). `n_m_keep` keeps the N highest of every M consecutive scores along the last axis
+(Mishra et al. 2021, N:M sparsity); `lowest_k` marks the k lowest entries of a vector, ties broken by position, so
+counts are exact.
 """
 
 from __future__ import annotations
 
 import torch
+
+SCOPES = ("global", "layer")
 
 
 def n_m_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
