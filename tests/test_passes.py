@@ -95,3 +95,9 @@ def test_iter_batches_reads_token_ids_checks_positions_and_refuses_nothing():
 
 def test_one_definition_of_scopes():
     assert _definitions("SCOPES") == ["ranking.py"] and not _definitions("_SCOPES")
+
+
+def test_one_capture_of_block_inputs():
+    assert _definitions("capture_block_inputs") == ["budget/blocks.py", "passes/blocks.py"]
+    source = (PACKAGE / "budget" / "blocks.py").read_text()
+    assert "passes.capture_block_inputs(" in source and "register_forward_pre_hook" not in source

@@ -109,10 +109,7 @@ def _prepare(raw, index: int, device: torch.device | None, need_labels: bool, po
             f"batch {index} has no 'labels' (keys: {sorted(batch)}): importance is the gradient of the model's own "
             "loss, so the batches must carry labels (for causal LMs: labels=input_ids)"
         )
-    if positions_of is not None:
-        if "input_ids" not in batch:
-            raise TypeError(f"batch {index} has no 'input_ids' (keys: {sorted(batch)}); calibration / evaluation "
-                            "batches of a language model are dicts with 'input_ids' (or tensors of token ids)")
+    if positions_of is not None and isinstance(batch.get("input_ids"), torch.Tensor):
         check_seq_len(int(batch["input_ids"].shape[-1]), positions_of, what="sequence length of a batch")
     if device is None:
         return batch
@@ -160,7 +157,8 @@ def iter_batches(dataloader: Iterable, device: torch.device | None = None, *, ma
             examples are used.
         show_progress (`bool`): a progress bar on the main process.
         need_labels (`bool`): refuse a batch without `labels` (after mapping `label` / `label_ids`).
-        positions_of (`nn.Module`, *optional*): check each batch's `input_ids` length against this model's positions.
+        positions_of (`nn.Module`, *optional*): check each batch's `input_ids` length (when it has them) against
+            this model's positions.
 
     Raises:
         ValueError: the iterable yields nothing (so an empty dataloader never yields all-zero scores), or a batch

@@ -11,6 +11,7 @@ one buffer of activations) has to be worked on at a time.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -58,24 +59,29 @@ def names_per_block(model: nn.Module, names: Sequence[str]) -> list[list[int]]:
     return per_block
 
 
-def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable, device: torch.device | None):
-    """Run each batch up to `first_block` and return its inputs as a list of (args, kwargs), on `device`."""
+def capture_block_inputs(model: nn.Module, first_block: nn.Module, batches: Iterable,
+                         device: torch.device | None = None) -> list[tuple[tuple, dict]]:
+    """Run each batch up to `first_block` and return its inputs as a list of (args, kwargs), on `device` (`None`:
+    where the model put them); one entry per batch, in order. Sequence lengths are checked against the model's
+    positions; labels are dropped (no loss is computed)."""
     captured = []
 
     def grab(module, args, kwargs):
-        captured.append((_to(args, device), _to(kwargs, device)))
+        captured.append((args, kwargs) if device is None else (_to(args, device), _to(kwargs, device)))
         raise StopForward
 
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     model_device = next(model.parameters()).device
     try:
-        for batch in iter_batches(batches, model_device, show_progress=False, need_labels=False, positions_of=model):
-            inputs = {k: v for k, v in batch.items() if k != "labels"}  # no loss needed; the forward stops early
-            try:
-                model(**inputs, use_cache=False)
-            except StopForward:
-                continue
-            raise RuntimeError(f"the forward of {type(model).__name__} never reached its first block")
+        with torch.no_grad():
+            for batch in iter_batches(batches, model_device, show_progress=False, need_labels=False,
+                                      positions_of=model):
+                try:
+                    model(**{k: v for k, v in batch.items() if k != "labels"}, **extra)
+                except StopForward:
+                    continue
+                raise RuntimeError(f"the forward of {type(model).__name__} never reached its first block")
     finally:
         handle.remove()
     return captured
