@@ -101,3 +101,13 @@ def test_one_capture_of_block_inputs():
     assert _definitions("capture_block_inputs") == ["budget/blocks.py", "passes/blocks.py"]
     source = (PACKAGE / "budget" / "blocks.py").read_text()
     assert "passes.capture_block_inputs(" in source and "register_forward_pre_hook" not in source
+
+
+@pytest.mark.parametrize("place", ["passes", "criteria", "recovery", "sparsity/blockwise.py", "sparsity/criteria.py",
+                                   "importance/layers.py", "importance/common.py", "budget/fisher.py",
+                                   "calibration.py", "batchnorm.py", "lm_perplexity.py"])
+def test_no_module_level_getattr(place):
+    paths = [PACKAGE / place] if place.endswith(".py") else sorted((PACKAGE / place).glob("*.py"))
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body), path
