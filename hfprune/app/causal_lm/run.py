@@ -13,6 +13,7 @@ import torch
 import hfprune
 
 from ...arch import get_adapter
+from ...criteria import get_criterion
 from ..common.outputs import check_output_dir
 from ..common.progress import StageLog, quiet_libraries
 from .data import eval_windows, load_model, split_texts
@@ -83,8 +84,8 @@ def _prune(model, calib: list[dict], recipe: CausalLMRecipe, log: StageLog):
     prune = recipe.prune
     if prune.weights:
         with log.stage("prune") as note:
-            # The calibration solvers can skip their copy of the original weights: the run finalizes at once.
-            extra = {"keep_original": False} if prune.criterion in ("wanda", "sparsegpt") else {}
+            # The block-by-block criteria can skip their copy of the original weights: the run finalizes at once.
+            extra = {"keep_original": False} if get_criterion(prune.criterion, "weights").sequential else {}
             hfprune.sparsify(model, prune.sparsity, criterion=prune.criterion, pattern=prune.pattern or "unstructured",
                              dataloader=calib, **extra).finalize()
             note["summary"] = f"{prune.criterion}, {prune.pattern or prune.sparsity}"

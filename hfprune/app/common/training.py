@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ... import distill as distillation
 from ...flops import measure_latency
 from .options import TrainConfig
 from .progress import show_bars
@@ -33,6 +32,10 @@ def make_trainer(model: nn.Module, *, train_dataset=None, train: TrainConfig | N
     Checkpoints are not written (`save_strategy="no"`): the run saves the final model itself, atomically.
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    # Here, not at the top: `recovery.distill` subclasses `transformers.Trainer` at import, which loads `datasets`,
+    # and `hfprune --help` should not wait for that.
+    from ...recovery.distill import DistillationTrainer
 
     train = train or TrainConfig()
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix="hfprune-trainer-"))
@@ -61,7 +64,7 @@ def make_trainer(model: nn.Module, *, train_dataset=None, train: TrainConfig | N
     distill = getattr(train, "distill", None)
     trainer_class, extra = Trainer, {}
     if distill is not None and teacher is not None:
-        trainer_class, extra = distillation.DistillationTrainer, {"teacher_model": teacher, **distill}
+        trainer_class, extra = DistillationTrainer, {"teacher_model": teacher, **distill}
     trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, callbacks=callbacks or None,
                             **trainer_kwargs, **extra)
     if quiet or not steps:

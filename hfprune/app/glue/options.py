@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from ...budget.api import _check_budget
 from ...criteria import criterion_names
-from ...distill import distill_options
+from ...ranking import SCOPES
+from ...recovery.kd import distill_options
 from ..common.options import (
     EvalConfig,
     ModelConfig,
@@ -24,7 +25,6 @@ from ..common.options import (
 from ..common.recipe import sections
 from .tasks import GLUE_TASKS, get_task
 
-SCOPES = ("global", "layer")
 EXPORTS = (None, "compressed-tensors")  # serving formats written beside the pruned model
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...criteria import criterion_names
+from ...ranking import SCOPES
 from ..common.options import (
     EvalConfig,
     ModelConfig,
@@ -21,7 +22,6 @@ from ..common.options import (
 from ..common.recipe import sections
 
 IMAGE_TASK = "image-classification"
-SCOPES = ("global", "layer")
 CHANNEL_GROUPS = ("inner", "all", "coupled")
 
 
