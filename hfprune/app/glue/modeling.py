@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ...io import load_pruned
-from ...sparsity.compressed import MANIFEST_NAME
+from ...io.names import SPARSE_MANIFEST_NAME as MANIFEST_NAME
 from ...structure import get_record
 from .tasks import TaskSpec
 
