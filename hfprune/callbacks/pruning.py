@@ -17,11 +17,11 @@ from transformers import TrainerCallback
 
 from ..arch import unwrap_model
 from ..criteria import criterion_names, get_criterion
-from ..importance import head_importance, layer_importance, neuron_importance
+from ..importance import channel_importance, head_importance, layer_importance, neuron_importance
 from ..importance.common import check_ratio, is_distributed
 from ..masking import mask
 from ..plan import PruningPlan
-from ..selection import select_heads, select_layers, select_neurons
+from ..selection import select_channels, select_heads, select_layers, select_neurons
 from ..surgery import prune
 from .base import build_config, check_choice, check_positive, dataloader_for, write_section
 from .optim import parameter_owners, repoint_optimizer
@@ -199,10 +199,7 @@ class PruningCallback(TrainerCallback):
             plan.layers = select_layers(self.scores["layers"], count=c.layers).layers
         elif isinstance(c.layers, list):
             plan.layers = sorted(c.layers)
-        if c.channels_ratio is not None:  # CNN channel groups (hfprune.importance.channels)
-            from ..importance.channels import channel_importance
-            from ..selection_channels import select_channels
-
+        if c.channels_ratio is not None:  # CNN channel groups
             self.scores["channels"] = channel_importance(model, data, criterion=c.channel_criterion, seed=c.seed,
                                                          groups=c.channel_groups, **limits)
             plan.channels = select_channels(self.scores["channels"], ratio=c.channels_ratio, scope=c.scope,

@@ -1,11 +1,13 @@
-"""Importance scorers for attention heads, FFN neurons and whole layers: the public entry points and their machinery.
+"""Importance scorers for attention heads, FFN neurons, whole layers and CNN channels: the public entry points and
+their machinery.
 
 The criteria themselves live in `hfprune.criteria` (one module each, found by the registry); here are the
-dispatchers `head_importance`, `neuron_importance` and `layer_importance`, plus the shared machinery: `common`
-(batch handling, the scoring mode, the distributed "sum, then divide by tokens") and `gradients` (the gated pass).
+dispatchers `head_importance`, `neuron_importance`, `layer_importance` and `channel_importance`, plus the shared
+machinery: `common` (batch handling, the scoring mode, the distributed "sum, then divide by tokens") and `gradients`
+(the gated pass).
 """
 
-from .api import head_importance, neuron_importance
+from .api import ChannelScores, channel_importance, head_importance, neuron_importance
 from .common import ImportanceResult, normalize_heads
 from .layers import layer_importance
 
@@ -19,5 +21,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["HEAD_CRITERIA", "NEURON_CRITERIA", "ImportanceResult", "head_importance", "layer_importance",
-           "neuron_importance", "normalize_heads"]
+__all__ = ["HEAD_CRITERIA", "NEURON_CRITERIA", "ChannelScores", "ImportanceResult", "channel_importance",
+           "head_importance", "layer_importance", "neuron_importance", "normalize_heads"]
