@@ -175,7 +175,7 @@ def has_gate(module: nn.Module, tag: str) -> bool:
     return any(getattr(hook, "hfprune_gate", None) == tag for hook in module._forward_pre_hooks.values())
 
 
-def refuse_gated(layer: int, what: str) -> ValueError:
+def gated_error(layer: int, what: str) -> ValueError:
     return ValueError(f"hfprune.prune: layer {layer} still has {what} gates attached (an hfprune.mask / masked / "
                       f"attach_gates handle, or PruningCallback's mask) and this plan resizes its {what}; remove "
                       "them first (handle.remove(), leave the `with hfprune.masked(...)` block, or "

@@ -18,11 +18,11 @@ from ..arch.base import set_submodule
 from .base import (
     UnitKind,
     check_per_layer,
+    gated_error,
     has_gate,
     new_gate,
     per_layer_entry,
     per_layer_json,
-    refuse_gated,
     set_if_valid,
 )
 from .headless import HeadlessAttention
@@ -77,7 +77,7 @@ class Heads(UnitKind):
         layers = adapter.layers(model)
         for idx in plan.heads:
             if idx not in plan.layers and has_gate(adapter.out_proj(layers[idx]), self.name):
-                raise refuse_gated(idx, self.name)
+                raise gated_error(idx, self.name)
 
     def remove(self, model, adapter, plan):
         for idx, block in enumerate(adapter.layers(model)):

@@ -14,11 +14,11 @@ from ..arch.base import set_submodule
 from .base import (
     UnitKind,
     check_per_layer,
+    gated_error,
     has_gate,
     new_gate,
     per_layer_entry,
     per_layer_json,
-    refuse_gated,
     set_if_valid,
 )
 from .slicing import select_inputs, select_outputs, zero_width_safe
@@ -65,7 +65,7 @@ class Neurons(UnitKind):
         layers = adapter.layers(model)
         for idx in plan.neurons:
             if idx not in plan.layers and has_gate(adapter.ffn_out(layers[idx]), self.name):
-                raise refuse_gated(idx, self.name)
+                raise gated_error(idx, self.name)
 
     def remove(self, model, adapter, plan):
         for idx, block in enumerate(adapter.layers(model)):
