@@ -26,18 +26,24 @@ def __getattr__(name: str):
 
 
 def score_units(unit: str, caller: str, model: nn.Module, dataloader: Iterable | None, criterion: str, *,
-                seed: int | None, options: dict, **common) -> UnitScores:
-    """Look `criterion` up for `unit`, check the call against its flags, run it: the dispatch of every scorer.
+                seed: int | None, options: dict, **common):
+    """Look `criterion` up for the unit kind `unit`, check the call against its flags, run it: the dispatch of every
+    scorer (heads, neurons, channels). Returns what the criterion returns.
 
     A model wrapped by DDP / `accelerate` / `torch.compile` is scored through the model inside it. Not through the
     wrapper: DDP's forward is a collective (it broadcasts buffers, and prepares a gradient all-reduce for the next
     backward), so processes holding unequal numbers of batches would hang in it, and its all-reduce hooks have
     nothing to do here (parameters are frozen while scoring; only the gates get gradients). hfprune sums its own
-    statistics over processes, once, at the end (`common.sum_per_token`).
+    statistics over processes, once, at the end (`common.sum_per_token`). A criterion without data runs without
+    autograd.
     """
     found = get_criterion(criterion, unit, caller=caller)
     check_call(found, caller=caller, dataloader=dataloader, seed=seed, options=options)
-    result = found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
+    with torch.enable_grad() if found.needs_data else torch.no_grad():
+        return found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
+
+
+def _unit_scores(result) -> UnitScores:
     return result if isinstance(result, UnitScores) else UnitScores(rows=list(result))
 
 
@@ -95,9 +101,9 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
     """
     if return_entropy:
         options = {"return_entropy": True, **options}
-    result = score_units("heads", "head_importance", model, dataloader, criterion, seed=seed, options=options,
-                         plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
-                         distributed=distributed)
+    result = _unit_scores(score_units("heads", "head_importance", model, dataloader, criterion, seed=seed,
+                                      options=options, plan=plan, max_batches=max_batches, num_samples=num_samples,
+                                      show_progress=show_progress, distributed=distributed))
     scores = normalize_heads(pad_rows(result.rows), by_layer=normalize_layers, by_global=normalize_global)
     if return_entropy:
         return ImportanceResult(scores=scores, entropy=pad_rows(result.entropy), num_tokens=result.num_tokens)
@@ -140,9 +146,9 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         >>> plan = hfprune.select_neurons(scores, ratio=0.3, round_to=8)
         ```
     """
-    result = score_units("neurons", "neuron_importance", model, dataloader, criterion, seed=seed, options=options,
-                         plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
-                         distributed=distributed)
+    result = _unit_scores(score_units("neurons", "neuron_importance", model, dataloader, criterion, seed=seed,
+                                      options=options, plan=plan, max_batches=max_batches, num_samples=num_samples,
+                                      show_progress=show_progress, distributed=distributed))
     rows = result.rows
     rows = [r.detach().to("cpu", torch.float32) for r in rows]
     if normalize_layers:
@@ -225,15 +231,7 @@ def channel_importance(model: nn.Module, dataloader: Iterable | None = None, *, 
         12
         ```
     """
-    model = unwrap_model(model)
-    found = get_criterion(criterion, "channels", caller="channel_importance")
-    check_call(found, caller="channel_importance", dataloader=dataloader, seed=seed, options=options)
     picked = _pick(channel_groups(model), groups)
-    kwargs = dict(options)
-    if found.needs_seed:
-        kwargs["seed"] = seed
-    if found.needs_data:
-        kwargs.update(max_batches=max_batches, num_samples=num_samples, show_progress=show_progress)
-    with torch.no_grad() if not found.needs_data else torch.enable_grad():
-        scores = found.fn(model, dataloader, groups=picked, **kwargs)
+    scores = score_units("channels", "channel_importance", model, dataloader, criterion, seed=seed, options=options,
+                         groups=picked, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress)
     return ChannelScores({n: scores[n] for n in picked}, picked, criterion)
