@@ -35,6 +35,13 @@ class ArchAdapter:
     unit_kinds: tuple[str, ...] = ()
     family: str = "a model"
 
+    def __getattr__(self, name: str):
+        # Reached only for a name this family does not define: a transformer path asked of a CNN, say.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"{type(self).__name__} has no {name!r}: {'/'.join(self.model_types)} is {self.family} "
+                             f"whose unit kinds are {', '.join(self.unit_kinds)}")
+
     def after_build(self, model: nn.Module, record: dict) -> None:
         """Hook for families whose modules derive values from the layer index at construction time."""
 

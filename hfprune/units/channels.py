@@ -21,8 +21,9 @@ import logging
 import torch
 from torch import nn
 
-from ..arch.channels import ChannelGroup, ChannelOp, channel_groups
+from ..arch.channels import ChannelGroup, channel_groups
 from .base import UnitKind, new_gate
+from .slicing import slice_op
 
 logger = logging.getLogger("hfprune")
 
@@ -183,47 +184,6 @@ def _check_group(groups: dict[str, ChannelGroup], name: str, indices: list[int],
             raise ValueError(f"PruningPlan.channels: group {name!r} passes a grouped convolution with groups of {g} "
                              f"channels, so channels go in whole groups; group {bad} (channels "
                              f"{bad * g}..{bad * g + g - 1}) is only partly listed")
-
-
-def _select(module: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
-    tensor = getattr(module, name, None)
-    if tensor is None:
-        return
-    new = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
-    if isinstance(tensor, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
-    else:
-        setattr(module, name, new)  # a registered buffer stays a buffer (running_mean / running_var)
-
-
-def slice_op(model: nn.Module, op: ChannelOp, index: torch.Tensor) -> None:
-    """Keep channels `index` of one tensor of a group (see `hfprune.arch.channels` for the op kinds)."""
-    module = model.get_submodule(op.path)
-    n = int(index.numel())
-    if op.kind == "norm":
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            _select(module, name, 0, index)
-        if isinstance(module, nn.LayerNorm):
-            module.normalized_shape = (n,)
-        else:
-            module.num_features = n
-        return
-    if not isinstance(module, (nn.Conv2d, nn.Linear)):
-        raise TypeError(f"{op.path}: cannot slice a {type(module).__name__} as channel op {op.kind!r}")
-    linear = isinstance(module, nn.Linear)
-    if op.kind == "in":
-        if not linear and module.groups != 1:
-            raise TypeError(f"{op.path}: a grouped convolution cannot lose single input channels")
-        _select(module, "weight", 1, index)
-        setattr(module, "in_features" if linear else "in_channels", n)
-        return
-    per_group = module.out_channels // module.groups if not linear else 1
-    _select(module, "weight", 0, index)
-    _select(module, "bias", 0, index)
-    setattr(module, "out_features" if linear else "out_channels", n)
-    if op.kind == "through":  # depthwise / grouped: in == out channels, weight dim 1 is the per-group input width
-        module.in_channels = n
-        module.groups = n // per_group
 
 
 def _config_builds(model: nn.Module, updates: dict) -> bool:
