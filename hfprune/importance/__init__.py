@@ -2,10 +2,10 @@
 their machinery.
 
 The criteria themselves live in `hfprune.criteria` (one module each, found by the registry); here are the
-dispatchers `head_importance`, `neuron_importance`, `layer_importance` and `channel_importance`, plus the shared
-machinery: `common` (batch handling, the scoring mode, the distributed "sum, then divide by tokens") and `gradients`
-(the gated pass). `HEAD_CRITERIA` / `NEURON_CRITERIA` list the registry's names for heads / neurons at every use
-(`names`).
+dispatchers `head_importance`, `neuron_importance`, `layer_importance` and `channel_importance` and their result
+shaping (`common`); the passes they run (batches, the scoring mode, the gated gradient pass, the distributed sums)
+live in `hfprune.passes`. `HEAD_CRITERIA` / `NEURON_CRITERIA` list the registry's names for heads / neurons at every
+use (`names`).
 """
 
 from .api import ChannelScores, channel_importance, head_importance, neuron_importance
