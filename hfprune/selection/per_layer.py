@@ -18,6 +18,7 @@ from ..importance.common import ImportanceResult, check_ratio
 from ..plan import PruningPlan
 from ..ranking import SCOPES
 from ..structure import model_structure
+from .kv_groups import grouped_heads, is_grouped
 from .uniform import contiguous_block, uniform_heads, uniform_neurons
 
 
@@ -121,8 +122,14 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
         group_mode (`str`, defaults to `"whole"`): with `uniform=True` and grouped-query attention: "whole" removes
             whole KV groups (query heads in multiples of the group size, each group's KV head with it; `ratio` is
             rounded to whole groups), "even" removes the same number of query heads from every group (KV heads stay).
-        num_kv_heads (`int` or `list[int]`, *optional*): the KV heads per layer, when `uniform=True` without
-            `model` (default: as many as query heads, i.e. no GQA).
+        num_kv_heads (`int` or `list[int]`, *optional*): the KV heads per layer, when `model` is not given
+            (default: as many as query heads, i.e. no GQA).
+
+    Grouped-query attention never makes a model larger: without `uniform=True`, when `model` (or `num_kv_heads`)
+    shows KV groups of more than one query head, heads go in steps of one head from every KV group of a layer, so
+    each group keeps an equal count and no KV head has to be repeated (`hfprune.selection.kv_groups`); an amount
+    that cannot be met that way (a count per layer that is not a multiple of the KV heads, a group that would be
+    emptied) is refused with a message pointing to `uniform=True`, which removes whole KV groups.
 
     Returns:
         `PruningPlan` with `heads` set.
@@ -156,7 +163,19 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
         picked = uniform_heads(rows, kv, ratio=ratio, count=count, group_mode=group_mode,
                                min_per_layer=min_per_layer)
     else:
-        picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
+        kv = structure["kv_heads"] if structure is not None else num_kv_heads
+        if isinstance(kv, int):
+            kv = [kv] * len(rows)
+        if kv is not None and is_grouped([int((~torch.isnan(r)).sum()) for r in rows], kv):
+            _check_amount(ratio, count, "heads")
+            if scope not in SCOPES:
+                raise ValueError(f"select_heads: scope must be one of {SCOPES}, got {scope!r}")
+            trimmed = [r[:int((~torch.isnan(r)).sum())] for r in rows]
+            picked = grouped_heads(trimmed, list(kv), ratio=ratio, count=count, scope=scope,
+                                   min_per_layer=min_per_layer)
+            meta["selection"]["kv_groups"] = "equal"
+        else:
+            picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
     return PruningPlan(heads={i: p for i, p in enumerate(picked) if p}, meta=meta)
 
 

@@ -3,15 +3,19 @@ file, and the evaluation windows."""
 
 from __future__ import annotations
 
+import functools
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ...calibration import token_stream
-from ...io import load_pruned
+from ...dequantized import detach_gguf_quantizer
+from ...io import load_pruned, require_safetensors
 from ..common.options import check
-from .options import LMData
+from ..common.progress import show_bars
+from .options import LMData, check_model_source
 
 
 def read_lines(path: str) -> list[str]:
@@ -41,18 +45,44 @@ def eval_windows(tokenizer, texts: list[str], seq_len: int, count: int) -> list[
     return [{"input_ids": ids[i:i + 1]} for i in range(n)]
 
 
-def load_model(name: str, gguf_file: str | None = None):
-    """(model, tokenizer) in float32 eval mode; an hfprune folder with a non-plain structure via `load_pruned`."""
+@contextmanager
+def _gguf_bar(quiet: bool):
+    """transformers draws its GGUF conversion bar with plain tqdm (no switch of its own): off when quiet / no TTY."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None or not quiet:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
+def load_model(name: str, gguf_file: str | None = None, quiet: bool = False):
+    """(model, tokenizer) in float32 eval mode; an hfprune folder with a non-plain structure via `load_pruned`.
+
+    A GGUF file loads the way transformers' own GGUF path does (every tensor dequantized to float32); the quantizer
+    that the loader leaves attached is detached (`hfprune.dequantized`), so the model is a plain float model.
+    Other weights load from safetensors only (a pickle-only folder is refused, naming the file).
+    """
     import transformers
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
-    config_path = Path(name) / "config.json"
-    record = json.loads(config_path.read_text()).get("hfprune") if config_path.is_file() else None
-    if record is not None and not gguf_file:
-        model = load_pruned(name)
+    check_model_source(name, gguf_file)
+    if gguf_file:
+        with _gguf_bar(quiet or not show_bars()):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(name, gguf_file=gguf_file)
+            model = transformers.AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf_file, dtype=torch.float32)
+        detach_gguf_quantizer(model)
     else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+        require_safetensors(name)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+        config_path = Path(name) / "config.json"
+        record = json.loads(config_path.read_text()).get("hfprune") if config_path.is_file() else None
+        model = load_pruned(name) if record is not None else \
+            transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.float().eval(), tokenizer

@@ -14,12 +14,34 @@ from ..common.recipe import sections
 CAUSAL_LM_TASK = "causal-lm"
 
 
+def check_model_source(name: str, gguf_file: str | None) -> None:
+    """GGUF mistakes, found before anything loads: `--model` naming the .gguf file itself, a folder holding only GGUF
+    weights without `--gguf-file`, a `--gguf-file` that is not in the folder. Each message names the .gguf files."""
+    path = Path(name)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        check(False, f"name_or_path {name!r} is a GGUF file: pass its folder as --model {str(path.parent)!r} and "
+                     f"the file name as --gguf-file {path.name!r}")
+    if not path.is_dir():
+        return
+    found = sorted(p.name for p in path.glob("*.gguf"))
+    listed = ", ".join(found) or "none"
+    if gguf_file is not None:
+        check((path / gguf_file).is_file(), f"gguf_file {gguf_file!r} is not in {name} (--gguf-file takes a file "
+                                            f"name inside --model); the .gguf files there: {listed}")
+    elif found and not (path / "config.json").is_file():
+        check(False, f"name_or_path {name} holds GGUF weights and no config.json: pass --gguf-file with one of {listed}")
+
+
 @dataclass
 class LMModel(ModelConfig):
     """The decoder to prune: a folder, a Hub id, or a GGUF file in a folder."""
 
     gguf_file: str | None = option(None, "load the model from this GGUF file inside model.name_or_path (weights "
                                          "dequantized)", "--gguf-file", metavar="NAME")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_model_source(self.name_or_path, self.gguf_file)
 
 
 @dataclass

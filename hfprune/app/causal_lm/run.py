@@ -113,7 +113,7 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
     with log.stage("load") as note:
         calib_lines, eval_lines = split_texts(data)
         with quiet_libraries(quiet):
-            model, tokenizer = load_model(recipe.model.name_or_path, recipe.model.gguf_file)
+            model, tokenizer = load_model(recipe.model.name_or_path, recipe.model.gguf_file, quiet)
         note["summary"] = f"{type(model).__name__}, {_param_count(model):,} parameters"
     with log.stage("data") as note:
         calib = hfprune.calibration_batches(tokenizer, calib_lines, num_samples=data.num_samples, seq_len=data.seq_len,

@@ -157,7 +157,7 @@ def _check_perplexity_args(args: argparse.Namespace) -> None:
 def _eval_perplexity(args: argparse.Namespace) -> int:
     _check_perplexity_args(args)
     with quiet_libraries(args.quiet):
-        model, tokenizer = load_model(args.model, args.gguf_file)
+        model, tokenizer = load_model(args.model, args.gguf_file, args.quiet)
     windows = eval_windows(tokenizer, read_lines(args.text_file), args.seq_len, args.eval_samples)
     result = {"task": PERPLEXITY_TASK, "model": args.model, "text_file": args.text_file,
               "perplexity": hfprune.perplexity(model, windows), "windows": len(windows),
