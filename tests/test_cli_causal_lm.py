@@ -112,7 +112,8 @@ def test_prune_weight_sparsity(tiny_lm, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--layers", "1", "--data-dir", "x"], "--data-dir do not apply to --task causal-lm"),
+    (["--layers", "1", "--data-dir", "x"],
+     "--data-dir applies to --task <GLUE task> or image-classification only, not to --task causal-lm"),
     (["--heads", "0.5", "--sparsity", "0.5"], "not both"),
     ([], "nothing to prune"),
     (["--sparsity", "0.5", "--criterion", "activation"], "criterion for sparsity must be one of"),
@@ -134,7 +135,7 @@ def test_text_shorter_than_one_sample_and_missing_lm_eval(tiny_lm, tmp_path, cap
     assert rc == 2 and "shorter than one sample" in err and not out.exists()
     rc, _, err = _run(["prune", "--task", "sst2", "--model", tiny_lm / "model", "--text-file", tiny_lm / "train.txt",
                        "--output", out], capsys)
-    assert rc == 2 and "--text-file only apply to --task causal-lm" in err
+    assert rc == 2 and "--text-file applies to --task causal-lm only, not to --task sst2" in err
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -154,7 +155,7 @@ def test_an_output_folder_not_written_by_hfprune_is_refused_before_work(tiny_lm,
 
 def test_image_and_export_flags_are_refused_for_causal_lm(tiny_lm, tmp_path, capsys):
     rc, _, err = _run(_base(tiny_lm, tmp_path / "out") + ["--layers", "1", "--channels", "0.5"], capsys)
-    assert rc == 2 and "--channels do not apply to --task causal-lm" in err
+    assert rc == 2 and "--channels applies to --task image-classification only, not to --task causal-lm" in err
 
 
 def test_uniform_head_count_llamaconfig_refuses_is_written_as_a_plain_folder(tmp_path, capsys):

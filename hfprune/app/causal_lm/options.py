@@ -29,7 +29,8 @@ def check_model_source(name: str, gguf_file: str | None) -> None:
         check((path / gguf_file).is_file(), f"gguf_file {gguf_file!r} is not in {name} (--gguf-file takes a file "
                                             f"name inside --model); the .gguf files there: {listed}")
     elif found and not (path / "config.json").is_file():
-        check(False, f"name_or_path {name} holds GGUF weights and no config.json: pass --gguf-file with one of {listed}")
+        check(False, f"name_or_path {name} holds GGUF weights and no config.json: pass --gguf-file with one of "
+                     f"{listed}")
 
 
 @dataclass
@@ -105,8 +106,10 @@ class LMPrune:
         methods = criterion_names("layers")
         check(self.layer_method in methods, f"layer_method must be one of {methods}, got {self.layer_method!r}")
         if self.pattern is not None:
-            check(re.fullmatch(r"\d+:\d+", self.pattern) is not None,
-                  f"pattern must look like N:M (e.g. 2:4), got {self.pattern!r}")
+            match = re.fullmatch(r"(\d+):(\d+)", self.pattern)
+            check(match is not None, f"pattern must look like N:M (--pattern, e.g. 2:4), got {self.pattern!r}")
+            check(0 < int(match[1]) < int(match[2]), f"pattern {self.pattern!r} keeps N of every M weights and needs "
+                  "0 < N < M (--pattern, e.g. 2:4)")
             check(self.sparsity is None, "pattern N:M fixes the sparsity; drop sparsity")
 
     @property
@@ -156,6 +159,10 @@ class CausalLMRecipe:
             prune.criterion = prune.criterion or ("wanda" if "wanda" in names else "magnitude")
             check(prune.criterion in names,
                   f"prune.criterion for sparsity must be one of {names}, got {prune.criterion!r}")
+            m = int(prune.pattern.split(":")[1]) if prune.pattern else 0
+            # SparseGPT updates 128 columns at a time (its blocksize), which must hold whole groups of M.
+            check(prune.criterion != "sparsegpt" or not m or 128 % m == 0, f"prune.pattern {prune.pattern}: with "
+                  f"criterion sparsegpt, M={m} must divide 128 (--pattern, e.g. 2:4 or 4:8)")
         else:
             names = criterion_names("heads")
             prune.criterion = prune.criterion or "activation"

@@ -15,7 +15,7 @@ import hfprune
 from ...arch import get_adapter
 from ...criteria import get_criterion
 from ..common.outputs import check_output_dir
-from ..common.progress import StageLog, quiet_libraries
+from ..common.progress import StageLog, block_progress, quiet_libraries
 from .data import eval_windows, load_model, split_texts
 from .options import CausalLMRecipe, LMPrune
 from .report import build_results
@@ -82,15 +82,16 @@ def _zero_fraction(model) -> float:
 def _prune(model, calib: list[dict], recipe: CausalLMRecipe, log: StageLog):
     """Weight sparsity (no plan) or a structured plan; returns (plan or None, scores)."""
     prune = recipe.prune
+    blocks = get_adapter(model).layers(model)
     if prune.weights:
-        with log.stage("prune") as note:
+        with log.stage("prune") as note, block_progress(blocks, log, "prune"):
             # The block-by-block criteria can skip their copy of the original weights: the run finalizes at once.
             extra = {"keep_original": False} if get_criterion(prune.criterion, "weights").sequential else {}
             hfprune.sparsify(model, prune.sparsity, criterion=prune.criterion, pattern=prune.pattern or "unstructured",
                              dataloader=calib, **extra).finalize()
             note["summary"] = f"{prune.criterion}, {prune.pattern or prune.sparsity}"
         return None, {}
-    with log.stage("score") as note:
+    with log.stage("score") as note, block_progress(blocks, log, "score"):
         plan, scores = structured_plan(model, calib, prune, recipe.seed)
         note["summary"] = f"{', '.join(scores) or 'neurons'} scored ({prune.criterion})"
     with log.stage("prune") as note:
@@ -138,7 +139,8 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
              "weight_sparsity": _zero_fraction(model)}
     run = {"recipe": recipe, "perplexity": ppl, "log": log, "before": before, "after": after, "plan": plan,
            "scores": scores, "losses": losses, "eval_windows": len(evals)}
-    with log.stage("save") as note:
+    with log.stage("save") as note, quiet_libraries(quiet):
         results = write_outputs(model, tokenizer, build_results(run), scores, recipe.output.dir, recipe.output.plots)
-        note["summary"] = f"{recipe.output.dir} (loads as {results['loads_as']})"
+        how = "plain from_pretrained" if not results["trust_remote_code"] else "trust_remote_code=True"
+        note["summary"] = f"{recipe.output.dir} (loads as {results['loads_as']} with {how}: {results['loads_because']})"
     return results

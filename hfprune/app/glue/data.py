@@ -46,6 +46,24 @@ def _from_files(task: TaskSpec, files: dict[str, str]) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
+def _from_hub(spec: TaskSpec) -> datasets.DatasetDict:
+    """The task from the Hub copy of GLUE; offline or unreachable: at once, naming the flags that read local files
+    (a cached copy still loads with HF_HUB_OFFLINE=1)."""
+    import datasets
+
+    from ...remote.hub import hub_unreachable
+
+    why = hub_unreachable()
+    try:
+        if why is None or "offline" in why:
+            return datasets.load_dataset(GLUE_HUB_ID, spec.name)
+    except (ConnectionError, OSError) as err:
+        why = f"{why}, and it is not in the local cache ({type(err).__name__})"
+    raise ConnectionError(f"task {spec.name} has no data folder and the Hub copy {GLUE_HUB_ID} cannot be loaded "
+                          f"({why}); pass --data-dir DIR (the original GLUE layout, e.g. ../shared/data/glue) or "
+                          "--train-file / --validation-file")
+
+
 def load_task_data(
     task: str | TaskSpec,
     *,
@@ -105,7 +123,7 @@ def load_task_data(
             raise ValueError(f"the {missing[0]} split of task {spec.name!r} needs {flag}")
         data = _from_files(spec, {s: files[s] for s in splits})
     else:
-        hub = datasets.load_dataset(GLUE_HUB_ID, spec.name)
+        hub = _from_hub(spec)
         data = datasets.DatasetDict({s: hub[s].select_columns([*spec.text_columns, "label"]) for s in splits})
     for split in list(data):
         n = max_train_samples if split == "train" else max_eval_samples
