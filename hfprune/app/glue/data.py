@@ -74,6 +74,7 @@ def load_task_data(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 0,
+    sizes: dict | None = None,
 ) -> datasets.DatasetDict:
     """Load a GLUE task as a `DatasetDict` with the Hub's column names and label ids.
 
@@ -90,6 +91,7 @@ def load_task_data(
         max_train_samples (`int`, *optional*): keep a seeded random subset of this size of `train`.
         max_eval_samples (`int`, *optional*): keep the first this-many rows of each eval split.
         seed (`int`, defaults to 0): seed of the training subset.
+        sizes (`dict`, *optional*): filled with each split's row count before any subset (for "200 of 872").
 
     Returns:
         `datasets.DatasetDict` keyed by split.
@@ -129,6 +131,8 @@ def load_task_data(
         n = max_train_samples if split == "train" else max_eval_samples
         if n is not None and n < 1:
             raise ValueError(f"max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {n}")
+        if sizes is not None:
+            sizes[split] = data[split].num_rows
         if n is not None and n < data[split].num_rows:
             ds = data[split].shuffle(seed=seed) if split == "train" else data[split]
             data[split] = ds.select(range(n))
