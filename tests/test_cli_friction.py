@@ -112,3 +112,21 @@ def test_a_non_uniform_gqa_head_plan_shrinks_and_loads_as_results_json_says(tiny
     model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=results["trust_remote_code"])
     assert sum(p.numel() for p in model.parameters()) == results["after"]["params"]
     assert torch.isfinite(model(torch.tensor([[2, 3, 4, 5]])).logits).all()
+
+
+def test_a_long_stage_prints_which_block_it_is_at_and_quiet_prints_nothing():
+    import io
+
+    from conftest import make_inputs, make_model
+
+    from hfprune.app.common.progress import StageLog, block_progress
+
+    model = make_model("llama")
+    blocks = list(model.model.layers)
+    expected = [f"[hfprune] prune: at block {i} of 3" for i in (1, 2, 3)]
+    for quiet, lines in ((False, expected), (True, [])):
+        stream = io.StringIO()
+        with block_progress(blocks, StageLog(quiet=quiet, stream=stream), "prune", every=0.0):
+            model(**make_inputs(model))
+        assert [line.split(" (")[0] for line in stream.getvalue().splitlines()] == lines
+        assert all(not b._forward_pre_hooks for b in blocks)  # the hooks are gone afterwards
