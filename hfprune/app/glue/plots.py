@@ -95,6 +95,6 @@ def write_plots(results: dict, folder: str | Path) -> list[str]:
     if results.get("sweep"):
         sweep_plot(results["sweep"], results["metric"], folder / "sweep.png",
                    title=f"{results['task']}: {results['metric']} vs heads removed (masked, no recovery)",
-                   unpruned=results["dense"]["metric"])
+                   unpruned=(results.get("dense") or {}).get("metric"))
         written.append("sweep.png")
     return written
