@@ -54,6 +54,8 @@ _LAZY = {
     "channel_compensation": "hfprune.compensation",
     "ChannelCompensation": "hfprune.compensation",
     "export_compressed_tensors": "hfprune.serving.compressed_tensors",
+    "hidden_importance": "hfprune.importance",
+    "select_hidden": "hfprune.selection",
 }
 
 __all__ = [

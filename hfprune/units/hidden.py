@@ -56,10 +56,14 @@ def _tensor_owners(model: nn.Module, adapter) -> list[tuple[nn.Module, str]]:
     return owners
 
 
+def block_norms(model: nn.Module, adapter) -> list[nn.Module]:
+    """Each block's norms on the stream, in layer order (what Minitron's hidden-size scores read)."""
+    return [m for block in adapter.layers(model) for m in _found(block, adapter.hidden_block_norms)]
+
+
 def norms(model: nn.Module, adapter) -> list[nn.Module]:
     """Every norm on the stream: each block's, then the model-level ones (embedding norm, final norm)."""
-    out = [m for block in adapter.layers(model) for m in _found(block, adapter.hidden_block_norms)]
-    return out + _found(_base(model), adapter.hidden_norms)
+    return block_norms(model, adapter) + _found(_base(model), adapter.hidden_norms)
 
 
 def writers(model: nn.Module, adapter) -> list[nn.Module]:
@@ -83,11 +87,7 @@ def readers(model: nn.Module, adapter) -> list[nn.Module]:
 
 
 def width(model: nn.Module, adapter) -> int:
-    """The stream's current width, read from the modules (true after surgery, whatever the config says)."""
-    for module in _found(_base(model), adapter.hidden_embeddings):
-        return int(module.weight.shape[1])
-    for module in _found(_base(model), adapter.hidden_producers):
-        return int(module.weight.shape[0])
+    """The stream's current width, read from its first norm (true after surgery, whatever the config says)."""
     return int(norms(model, adapter)[0].weight.shape[0])
 
 
@@ -284,4 +284,4 @@ class Hidden(UnitKind):
         return "hidden_size" not in record or int(config.hidden_size) == int(record["hidden_size"])
 
 
-__all__ = ["Hidden", "norms", "readers", "reshape_hidden", "width", "writers"]
+__all__ = ["Hidden", "block_norms", "norms", "readers", "reshape_hidden", "width", "writers"]
