@@ -76,6 +76,9 @@ class TransformerAdapter(ArchAdapter):
     # the stream (input columns): "lm_head", "score", "classifier". A class not listed refuses hidden plans.
     hidden_heads: dict[str, tuple[str, ...]] = {}
     config_hidden_key: str | None = None  # set where the plain config can say a new width (explicit head_dim)
+    # model_type -> {config flag: layer-relative projections it gives a bias}: where compensation
+    # (`hfprune.compensation`) can add a bias to a bias-free projection and the config still says the model.
+    bias_flags: dict[str, dict[str, tuple[str, ...]]] = {}
 
     # ----- where things are -------------------------------------------------------------------------------------
     def reads_first_token_only(self, model: nn.Module) -> bool:
@@ -170,6 +173,25 @@ class TransformerAdapter(ArchAdapter):
 
     def hidden_size(self, model: nn.Module) -> int:
         return int(model.config.hidden_size)
+
+    def bias_flag_modules(self, model: nn.Module, flag: str) -> list[nn.Module]:
+        """Every module (all layers) that config flag `flag` gives a bias, for `model`'s model type."""
+        paths = self.bias_flags.get(model.config.model_type, {}).get(flag, ())
+        out = []
+        for block in self.layers(model):
+            for path in paths:
+                try:
+                    out.append(get_submodule(block, path))
+                except AttributeError:  # a headless layer has no q/k/v
+                    continue
+        return out
+
+    def bias_flag_of(self, model: nn.Module, module: nn.Module) -> str | None:
+        """The config flag that would give `module` a bias, or `None`."""
+        for flag in self.bias_flags.get(model.config.model_type, {}):
+            if any(m is module for m in self.bias_flag_modules(model, flag)):
+                return flag
+        return None
 
     def hidden_head_paths(self, model: nn.Module) -> tuple[str, ...] | None:
         """The layers of `model`'s task head that read the residual stream, or `None` for an unknown head class."""

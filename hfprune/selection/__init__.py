@@ -10,4 +10,5 @@ from .hidden import select_hidden
 from .iterative import iterative_head_pruning
 from .per_layer import select_heads, select_layers, select_neurons
 
-__all__ = ["iterative_head_pruning", "select_channels", "select_heads", "select_hidden", "select_layers", "select_neurons"]
+__all__ = ["iterative_head_pruning", "select_channels", "select_heads", "select_hidden", "select_layers",
+           "select_neurons"]

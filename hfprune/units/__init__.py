@@ -1,8 +1,8 @@
 """Unit kinds: one module per kind of removable unit, registered by name (see `base` for the contract).
 
-`heads`, `neurons`, `layers` and `hidden` are a transformer's units, `channels` a CNN's. `masking`, `surgery`, `structure`,
-`PruningPlan` and `compensation` dispatch over the kinds a family adapter lists (`adapter.unit_kinds`). A new kind
-is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md, "Adding a unit
+`heads`, `neurons`, `layers` and `hidden` are a transformer's units, `channels` a CNN's. `masking`, `surgery`,
+`structure`, `PruningPlan` and `compensation` dispatch over the kinds a family adapter lists (`adapter.unit_kinds`).
+A new kind is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md, "Adding a unit
 kind").
 """
 

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from ..arch.base import get_submodule
-from .base import UnitKind, index_entry, new_gate, set_if_valid
+from .base import UnitKind, bias_site, index_entry, module_names, new_gate, set_if_valid
 from .slicing import ZeroWidthConv1D, select_inputs, select_outputs
 
 logger = logging.getLogger("hfprune")
@@ -203,6 +203,7 @@ class Hidden(UnitKind):
     name = "hidden"
     noun = "hidden channels"
     order = -10  # first: it slices the other dimension of the tensors heads / neurons resize
+    compensable = True
     structure_keys = ("hidden_size",)
 
     def empty(self):
@@ -279,6 +280,20 @@ class Hidden(UnitKind):
             raise ValueError(f"hfprune record gives a hidden size of {size}, but the config builds only {now}")
         if size < now:
             reshape_hidden(model, adapter, list(range(size)))
+
+    def compensation_sites(self, model, adapter, plan):
+        """Every reader of the stream outside the plan's removed layers; one without a bias the config can give it
+        (a bias-free LM head) is skipped."""
+        sites, flags, names = {}, set(), module_names(model)
+        indicator = torch.zeros(width(model, adapter))
+        indicator[plan.hidden] = 1.0
+        kept_blocks = [b for i, b in enumerate(adapter.layers(model)) if i not in set(plan.layers)]
+        for module in readers(model, adapter):
+            inside = [b for b in adapter.layers(model) if any(m is module for m in b.modules())]
+            if inside and not any(inside[0] is b for b in kept_blocks):
+                continue
+            bias_site(model, adapter, module, indicator.clone(), sites, flags, names, optional=True)
+        return sites, flags
 
     def config_says(self, config, adapter, record):
         return "hidden_size" not in record or int(config.hidden_size) == int(record["hidden_size"])
