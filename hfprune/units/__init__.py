@@ -2,8 +2,8 @@
 
 `heads`, `neurons`, `layers` and `hidden` are a transformer's units, `channels` a CNN's. `masking`, `surgery`,
 `structure`, `PruningPlan` and `compensation` dispatch over the kinds a family adapter lists (`adapter.unit_kinds`).
-A new kind is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md, "Adding a unit
-kind").
+A new kind is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md,
+"Adding a unit kind").
 """
 
 from .base import UnitKind
