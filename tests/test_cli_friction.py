@@ -24,6 +24,13 @@ def no_model_loads(monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
 
+def test_task_help_lists_causal_lm(capsys):
+    with pytest.raises(SystemExit):
+        main(["prune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "what to prune for: cola, sst2" in help_text and "image-classification, causal-lm" in help_text
+
+
 def test_a_mistyped_flag_gets_did_you_mean(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["prune", "--task", "causal-lm", "--model", str(tmp_path), "--haeds", "0.25", "--output", "o"])
