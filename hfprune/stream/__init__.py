@@ -47,4 +47,5 @@ __all__ = [
     "free",
     "materialize",
     "parse_size",
+    "part_slots",
 ]

@@ -78,7 +78,8 @@ def materialize(slots: list[Slot], tensors: dict[str, torch.Tensor], device: tor
     """Put `tensors` (by model name) into `slots` on `device`, floating-point ones in `dtype`, as frozen parameters.
 
     A slot without a tensor takes its tied partner's (the same meta parameter in another slot), or, for a buffer that
-    is already real (computed from the config), is moved to `device` in its own dtype. Everything is checked before anything changes.
+    is already real (computed from the config), is moved to `device` in its own dtype. Everything is checked before
+    anything changes.
 
     Args:
         where (`str`): what errors name as the tensors' origin (the checkpoint folder).

@@ -176,9 +176,9 @@ def _no_safetensors(folder: Path) -> str:
     found = sorted(p.name for p in folder.iterdir())
     pickles = [name for name in found if name.endswith(_PICKLE_SUFFIXES)]
     if pickles:
-        return (f"{folder} holds no {WEIGHTS_NAME} / {WEIGHTS_INDEX_NAME}, only pickle weights {pickles}; hfprune never "
-                "loads pickle (it can run code): convert them to safetensors first (load them once where you trust "
-                "the file, then save_pretrained, which writes safetensors)")
+        return (f"{folder} holds no {WEIGHTS_NAME} / {WEIGHTS_INDEX_NAME}, only pickle weights {pickles}; hfprune "
+                "never loads pickle (it can run code): convert them to safetensors first (load them once where you "
+                "trust the file, then save_pretrained, which writes safetensors)")
     return f"{folder} holds no {WEIGHTS_NAME} / {WEIGHTS_INDEX_NAME} (found: {found})"
 
 

@@ -52,7 +52,8 @@ def check_output_location(source: str | os.PathLike, output: str | os.PathLike) 
     """
     src, out = Path(source).resolve(), Path(output).resolve()
     if out == src:
-        raise ValueError(f"the output folder {output} is the source checkpoint {source} itself; write to another folder")
+        raise ValueError(f"the output folder {output} is the source checkpoint {source} itself; write to another "
+                         "folder")
     if src in out.parents:
         raise ValueError(f"the output folder {output} is inside the source checkpoint {source}; write it elsewhere")
     if out in src.parents:
