@@ -11,6 +11,12 @@ complete: a rerun skips complete shards (resume). Prints a line per layer, the b
     python benchmarks/stream_memory.py write /data/llama-14b-random \\
         --hidden 5120 --layers 40 --ffn 13824 --heads 40 --kv-heads 8 --vocab 32000   # about 28 GB of bf16
 
+`copy` streams a checkpoint through `hfprune.stream` unchanged (every block materialized in float32 on the CPU, one
+at a time, written back in the stored dtype): the floor under any streamed prune. Prints the same figures plus the
+ratio peak RSS / model bytes.
+
+    python benchmarks/stream_memory.py copy /data/llama-14b-random /data/llama-14b-copy
+
 Part 2 (streaming Wanda / SparseGPT / a uniform width plan through it) comes with the streaming block walker.
 """
 
@@ -19,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import struct
 import sys
 import time
 from pathlib import Path
@@ -31,9 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 from hfprune.arch import get_adapter  # noqa: E402
 from hfprune.io.names import WEIGHTS_INDEX_NAME  # noqa: E402
-from hfprune.stream import build_meta_model, parse_size  # noqa: E402
+from hfprune.stream import (  # noqa: E402
+    CheckpointWriter,
+    StreamedModel,
+    build_meta_model,
+    parse_size,
+    safetensors_header,
+)
 
-DTYPE, DTYPE_NAME = torch.bfloat16, "BF16"
+DTYPE = torch.bfloat16
 CHUNK_BYTES = 64 * 2**20
 
 
@@ -69,18 +80,6 @@ def shard_plan(plan, max_bytes: int) -> list[list[tuple[str, tuple[int, ...], in
     return shards + [current] if current else shards
 
 
-def header_bytes(entries) -> bytes:
-    """The safetensors header of a shard: 8-byte little-endian length, then JSON padded with spaces to 8 bytes."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape, _ in entries:
-        end = offset + math.prod(shape) * DTYPE.itemsize
-        header[name] = {"dtype": DTYPE_NAME, "shape": list(shape), "data_offsets": [offset, end]}
-        offset = end
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text
-
-
 def write_tensor(handle, shape: tuple[int, ...], seed: int) -> None:
     """Write one random tensor in row chunks of about CHUNK_BYTES (matrices: normal(0, 0.02); vectors: ones)."""
     if len(shape) == 1:
@@ -113,7 +112,7 @@ def write_checkpoint(args) -> dict:
     last_of_block = {entry[2]: entry[0] for entry in plan if entry[2] is not None}
     start, written, skipped, seed_of = time.time(), 0, 0, {entry[0]: i for i, entry in enumerate(plan)}
     for name, entries in zip(names, shards):
-        header = header_bytes(entries)
+        header = safetensors_header([(tensor, DTYPE, shape) for tensor, shape, _ in entries])
         size = len(header) + sum(math.prod(shape) * DTYPE.itemsize for _, shape, _ in entries)
         if _complete(out / name, header, size):
             skipped += 1
@@ -138,6 +137,21 @@ def write_checkpoint(args) -> dict:
             "seconds": round(time.time() - start, 1), "peak_rss": peak_rss()}
 
 
+def copy_checkpoint(args) -> dict:
+    """Stream `args.source` to `args.out` block by block (float32 compute on the CPU), unchanged."""
+    start = time.time()
+    stream = StreamedModel(args.source, dtype=torch.float32)
+    with CheckpointWriter(args.out, source=stream.reader, max_shard_size=args.max_shard_size) as writer:
+        writer.add_tensors(stream.reader.read(stream.outside_names()))
+        for index, _ in stream.blocks():
+            writer.add_tensors(stream.block_state(index))
+            print(f"layer {index + 1}/{stream.num_blocks}: {time.time() - start:.1f} s", flush=True)
+    model_bytes = stream.reader.nbytes
+    return {"model_bytes": model_bytes, "bytes_written": model_bytes, "shards": len(set(writer.weight_map.values())),
+            "shards_skipped": 0, "seconds": round(time.time() - start, 1), "peak_rss": peak_rss(),
+            "peak_over_model": round(peak_rss() / model_bytes, 3)}
+
+
 def _complete(path: Path, header: bytes, size: int) -> bool:
     """Whether `path` is a finished shard of this plan (its size and header are the planned ones)."""
     if not path.is_file() or path.stat().st_size != size:
@@ -155,8 +169,12 @@ def main(argv=None) -> int:
                           ("--kv-heads", 8), ("--vocab", 32000), ("--seed", 0)):
         write.add_argument(flag, type=int, default=default)
     write.add_argument("--max-shard-size", default="2GB")
+    copy = commands.add_parser("copy", help="stream a checkpoint block by block to another folder, unchanged")
+    copy.add_argument("source")
+    copy.add_argument("out")
+    copy.add_argument("--max-shard-size", default="2GB")
     args = parser.parse_args(argv)
-    result = write_checkpoint(args)
+    result = (write_checkpoint if args.command == "write" else copy_checkpoint)(args)
     print(f"model bytes: {result['model_bytes']:,}  written this run: {result['bytes_written']:,}  shards: "
           f"{result['shards']} ({result['shards_skipped']} skipped)  time: {result['seconds']} s  peak RSS (VmHWM): "
           f"{result['peak_rss'] / 2**20:.0f} MiB")

@@ -4,10 +4,9 @@ the source untouched."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -174,9 +173,10 @@ def test_not_enough_disk_space_names_both_figures(tmp_path, monkeypatch):
     reader = CheckpointReader(source)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
-    needed = reader.nbytes + sum(p.stat().st_size for p in reader.side_files())
+    shard = 10_000  # the output's tensors + its side files + one shard of scratch space
+    needed = reader.nbytes + sum(p.stat().st_size for p in reader.side_files()) + shard
     with pytest.raises(OSError, match=rf"needs about {needed:,} bytes .* has 1,000 bytes .*free"):
-        with CheckpointWriter(tmp_path / "out", source=reader):
+        with CheckpointWriter(tmp_path / "out", source=reader, max_shard_size=shard):
             pytest.fail("the body must not run")
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
@@ -210,29 +210,45 @@ def test_a_tensor_written_twice_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# ----- benchmarks/stream_memory.py write, on a tiny shape --------------------------------------------------------------
-def _write(out: Path) -> dict:
-    shape = ["--hidden", "32", "--layers", "2", "--ffn", "48", "--heads", "4", "--kv-heads", "2", "--vocab", "64"]
-    proc = subprocess.run([sys.executable, str(SCRIPT), "write", str(out), *shape, "--max-shard-size", "10KB"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "layer 2/2:" in proc.stdout and "peak RSS (VmHWM)" in proc.stdout
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+# ----- benchmarks/stream_memory.py write + copy, on a tiny shape ------------------------------------------------------
+@pytest.fixture(scope="module")
+def bench():
+    """The script as a module (run in this process: five runs would spend most of their time importing torch)."""
+    spec = importlib.util.spec_from_file_location("stream_memory_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_benchmark_writes_a_loadable_checkpoint_and_resumes(tmp_path):
+def _run(bench, capsys, *args: str) -> dict:
+    assert bench.main([*args, "--max-shard-size", "10KB"]) == 0
+    stdout = capsys.readouterr().out
+    assert "layer 2/2:" in stdout and "peak RSS (VmHWM)" in stdout
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_writes_a_loadable_checkpoint_and_resumes(tmp_path, bench, capsys):
     out = tmp_path / "random"
-    first = _write(out)
+    shape = ["--hidden", "32", "--layers", "2", "--ffn", "48", "--heads", "4", "--kv-heads", "2", "--vocab", "64"]
+    first = _run(bench, capsys, "write", str(out), *shape)
     assert first["shards"] > 2 and first["shards_skipped"] == 0 and first["bytes_written"] > first["model_bytes"]
     files = _hashes(out)
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.dtype == torch.bfloat16 and model.config.num_key_value_heads == 2
     assert sum(p.numel() for p in model.parameters()) * 2 == first["model_bytes"]
     assert torch.all(model.model.norm.weight == 1) and 0.01 < model.model.layers[1].mlp.up_proj.weight.std() < 0.03
-    again = _write(out)
+    again = _run(bench, capsys, "write", str(out), *shape)
     assert again["shards_skipped"] == again["shards"] and again["bytes_written"] == 0
     (out / "model-00002-of-{:05d}.safetensors".format(first["shards"])).unlink()
     (out / "model-00003-of-{:05d}.safetensors".format(first["shards"])).write_bytes(b"truncated")
-    third = _write(out)
+    third = _run(bench, capsys, "write", str(out), *shape)
     assert third["shards_skipped"] == first["shards"] - 2
     assert _hashes(out) == files, "a resumed run writes the same bytes"
+    copied = _run(bench, capsys, "copy", str(out), str(tmp_path / "copy"))
+    assert copied["model_bytes"] == first["model_bytes"] and copied["peak_over_model"] > 0
+    # `model` read the shards that were deleted or truncated above (from_pretrained maps them): load `out` again.
+    written = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "copy").state_dict()
+    assert written.keys() == again.keys()
+    for name, tensor in written.items():
+        assert torch.equal(tensor, again[name]), name

@@ -30,10 +30,10 @@ A structural change passes the new config to the writer (`CheckpointWriter(..., 
 needs every block's scores first walks `stream.blocks()` twice (score, then slice and write).
 """
 
-from .materialize import Slot, build_meta_model, free, materialize, part_slots
+from .materialize import Slot, build_meta_model, free, materialize, part_slots, release_free_heap
 from .model import StreamedModel
 from .reader import CheckpointReader, TensorInfo
-from .writer import CheckpointWriter, check_free_space, check_output_location, parse_size
+from .writer import CheckpointWriter, check_free_space, check_output_location, parse_size, safetensors_header
 
 __all__ = [
     "CheckpointReader",
@@ -48,4 +48,6 @@ __all__ = [
     "materialize",
     "parse_size",
     "part_slots",
+    "release_free_heap",
+    "safetensors_header",
 ]

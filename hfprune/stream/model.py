@@ -26,7 +26,7 @@ from torch import nn
 from ..arch import get_adapter
 from ..io.names import CONFIG_NAME
 from ..io.rebuild import to_model_keys
-from .materialize import build_meta_model, free, materialize, part_slots
+from .materialize import build_meta_model, free, materialize, part_slots, release_free_heap
 from .reader import CheckpointReader
 
 
@@ -94,6 +94,7 @@ class StreamedModel:
     def free_block(self, index: int) -> None:
         """Give block `index`'s memory back (its parameters become meta tensors of the same shapes)."""
         free(part_slots(self.model, inside=f"{self.layers_path}.{index}"))
+        release_free_heap()
 
     def blocks(self, start: int = 0):
         """Yield `(index, block)` for every block from `start`, materialized; each is freed when the loop moves on
@@ -114,6 +115,7 @@ class StreamedModel:
             yield self.model
         finally:
             free(slots)
+            release_free_heap()
 
     def _load(self, slots, checkpoint_names: list[str]) -> None:
         stored = self.reader.read(checkpoint_names)

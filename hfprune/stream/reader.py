@@ -23,7 +23,7 @@ from safetensors import safe_open
 from ..io.names import WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 # safetensors' dtype names -> torch dtypes (the ones torch has).
-_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
            "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
            "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 # Checkpoints hfprune refuses to open (pickle can run code while loading).
@@ -183,6 +183,6 @@ def _no_safetensors(folder: Path) -> str:
 
 
 def _torch_dtype(name: str, tensor: str, shard: str) -> torch.dtype:
-    if name not in _DTYPES:
+    if name not in SAFETENSORS_DTYPES:
         raise ValueError(f"tensor {tensor!r} in shard {shard!r} has dtype {name}, which hfprune cannot stream")
-    return _DTYPES[name]
+    return SAFETENSORS_DTYPES[name]

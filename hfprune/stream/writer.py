@@ -4,25 +4,30 @@
 inside it, nor a folder holding it, and that the file system has room for the output. Inside its `with`, tensors
 come in by `add` / `add_tensors` (a block at a time) and are cast back to the dtype the source stores them in (a bf16
 checkpoint stays bf16 on disk whatever the compute dtype); a shard is written whenever the next tensor would take it
-past `max_shard_size`, so at most one shard's worth of tensors waits in memory. Everything goes to a temporary sibling
-folder (`hfprune.io.atomic.atomic_dir`) that replaces `out` only when the `with` ends without error.
+past `max_shard_size`. Memory stays at about one tensor: each tensor's bytes go straight to the open shard's data
+file, and when the shard is full its safetensors header (which lists every tensor, so it can only be written last) is
+written to the shard file, followed by the data copied over on disk. Everything goes to a temporary sibling folder
+(`hfprune.io.atomic.atomic_dir`) that replaces `out` only when the `with` ends without error.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
+import struct
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..io.atomic import atomic_dir
 from ..io.names import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
-from .reader import CheckpointReader
+from .reader import SAFETENSORS_DTYPES, CheckpointReader
+
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
@@ -41,6 +46,19 @@ def parse_size(size: int | str) -> int:
     if value <= 0:
         raise ValueError(f"max_shard_size={size!r} must be positive")
     return value
+
+
+def safetensors_header(entries) -> bytes:
+    """The header of a safetensors file whose data holds `entries` (`(name, dtype, shape)`) back to back, in order:
+    the 8-byte little-endian length, then the JSON (with `{"format": "pt"}` metadata) padded with spaces to 8 bytes."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape in entries:
+        end = offset + math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 def check_output_location(source: str | os.PathLike, output: str | os.PathLike) -> None:
@@ -80,17 +98,18 @@ def check_free_space(output: str | os.PathLike, needed: int) -> None:
 
 
 class CheckpointWriter:
-    """Writes a checkpoint tensor by tensor into sharded safetensors, atomically.
+    """Writes a checkpoint tensor by tensor into sharded safetensors, atomically, holding about one tensor in memory.
 
     Args:
         output_dir (`str` or `os.PathLike`): the folder to write (replaced, if it exists, once the output is complete).
         source (`CheckpointReader`): the checkpoint the tensors come from: their stored dtypes, its config and
             tokenizer files (copied), its folder (which the output may not touch).
         max_shard_size (`int` or `str`, defaults to `"2GB"`): the most bytes per shard (a bigger tensor gets a shard of
-            its own); also the most bytes of tensors waiting in memory.
+            its own).
         config (*optional*): a config to write instead of the source's `config.json` (after a structural change).
-        expected_bytes (`int`, *optional*): the bytes the output will take, for the free-space check; defaults to the
-            source's tensors and side files.
+        expected_bytes (`int`, *optional*): the bytes the output's tensors will take, for the free-space check;
+            defaults to the source's. The check adds the side files and one shard of scratch space (a shard's data
+            waits in a scratch file until its header can be written).
 
     Raises:
         ValueError: a bad output location, a tensor added twice, an empty output.
@@ -108,19 +127,20 @@ class CheckpointWriter:
                  config=None, expected_bytes: int | None = None):
         self.output_dir, self.source, self.config = Path(output_dir), source, config
         self.max_shard_size = parse_size(max_shard_size)
+        tensors = source.nbytes if expected_bytes is None else int(expected_bytes)
         side = sum(p.stat().st_size for p in source.side_files())
-        self.expected_bytes = source.nbytes + side if expected_bytes is None else int(expected_bytes)
-        self.weight_map: dict[str, int] = {}  # name -> shard number (0-based), for every tensor written or waiting
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = self._total_bytes = self._total_numel = 0
-        self._shards = 0
+        self.needed_bytes = tensors + side + min(tensors, self.max_shard_size)
+        self.weight_map: dict[str, int] = {}  # name -> shard number (0-based)
+        self._entries: list[tuple[str, torch.dtype, tuple[int, ...]]] = []  # the open shard's tensors, in order
+        self._data = None  # the open shard's scratch data file
+        self._data_bytes = self._total_bytes = self._total_numel = self._shards = 0
         self._tmp: Path | None = None
         self._stack: ExitStack | None = None
 
     # ----- context --------------------------------------------------------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
         check_output_location(self.source.folder, self.output_dir)
-        check_free_space(self.output_dir, self.expected_bytes)
+        check_free_space(self.output_dir, self.needed_bytes)
         self._stack = ExitStack()
         self._tmp = self._stack.enter_context(atomic_dir(self.output_dir))
         return self
@@ -131,27 +151,32 @@ class CheckpointWriter:
             try:
                 self._finish()
             except BaseException as err:
+                self._close_data()
                 stack.__exit__(type(err), err, err.__traceback__)  # the temporary folder is removed
                 raise
             return stack.__exit__(None, None, None)  # the finished folder replaces the output
+        self._close_data()
         return stack.__exit__(exc_type, exc, tb)
 
     # ----- tensors --------------------------------------------------------------------------------------------------
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue one tensor under its checkpoint `name`, cast to the source's stored dtype for it (the checkpoint's
-        dtype for a new name). The writer keeps it until its shard is written: do not change it in place afterwards."""
+        """Write one tensor under its checkpoint `name`, cast to the dtype the source stores it in (the checkpoint's
+        dtype for a new floating-point name)."""
         if self._stack is None:
             raise RuntimeError("CheckpointWriter.add is called outside its `with` block")
         if name in self.weight_map:
             raise ValueError(f"tensor {name!r} was already written to {self.output_dir}")
         value = tensor.detach().to(device="cpu", dtype=self._dtype_for(name, tensor)).contiguous()
-        if any(value.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in self._pending.values()):
-            value = value.clone()  # tied tensors stored twice by the source: safetensors refuses shared memory
+        if value.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"tensor {name!r} has dtype {value.dtype}, which safetensors cannot store")
         size = value.numel() * value.element_size()
-        if self._pending and self._pending_bytes + size > self.max_shard_size:
-            self._flush()
-        self._pending[name] = value
-        self._pending_bytes += size
+        if self._entries and self._data_bytes + size > self.max_shard_size:
+            self._close_shard()
+        if self._data is None:
+            self._data = open(self._part(self._shards, "data"), "wb")  # closed by _close_shard or on error
+        self._data.write(value.reshape(-1).view(torch.uint8).numpy().data)
+        self._entries.append((name, value.dtype, tuple(value.shape)))
+        self._data_bytes += size
         self._total_bytes += size
         self._total_numel += value.numel()
         self.weight_map[name] = self._shards
@@ -167,24 +192,36 @@ class CheckpointWriter:
             return info.dtype
         return self.source.dtype if tensor.is_floating_point() else tensor.dtype
 
-    def _flush(self) -> None:
-        if self._pending:
-            save_file(self._pending, str(self._part(self._shards)), metadata={"format": "pt"})
-            self._pending, self._pending_bytes = {}, 0
-            self._shards += 1
+    def _part(self, number: int, kind: str) -> Path:
+        return self._tmp / f".shard-{number:05d}.{kind}"
 
-    def _part(self, number: int) -> Path:
-        return self._tmp / f".shard-{number:05d}.part"
+    def _close_shard(self) -> None:
+        """Write the open shard: its header, then its data copied over from the scratch file (on disk, in chunks)."""
+        if not self._entries:
+            return
+        self._close_data()
+        data = self._part(self._shards, "data")
+        with open(self._part(self._shards, "part"), "wb") as shard, open(data, "rb") as scratch:
+            shard.write(safetensors_header(self._entries))
+            shutil.copyfileobj(scratch, shard, 2**24)
+        data.unlink()
+        self._entries, self._data_bytes = [], 0
+        self._shards += 1
+
+    def _close_data(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._data = None
 
     # ----- finishing ------------------------------------------------------------------------------------------------
     def _finish(self) -> None:
-        self._flush()
+        self._close_shard()
         if not self._shards:
             raise ValueError(f"no tensor was added; {self.output_dir} is left as it was")
         names = [WEIGHTS_NAME] if self._shards == 1 else \
             [f"model-{i + 1:05d}-of-{self._shards:05d}.safetensors" for i in range(self._shards)]
         for number, name in enumerate(names):
-            self._part(number).rename(self._tmp / name)
+            self._part(number, "part").rename(self._tmp / name)
         if self._shards > 1:
             index = {"metadata": {"total_parameters": self._total_numel, "total_size": self._total_bytes},
                      "weight_map": {key: names[self.weight_map[key]] for key in sorted(self.weight_map)}}
