@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+import hfprune
 from hfprune.stream import CheckpointReader, CheckpointWriter, StreamedModel
 from tests.conftest import logits_of, make_inputs, make_model
 
@@ -81,6 +82,21 @@ def test_streamed_copy_equals_the_source(tmp_path, family, dtype):
     assert torch.equal(logits_of(reference, inputs), logits_of(copied, inputs))
     assert _hashes(source) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", source.name], "no temporary folder left"
+
+
+def test_a_source_pruned_to_per_layer_shapes_streams_with_them(tmp_path):
+    """A checkpoint saved after structured pruning (uneven heads / FFN widths in config.hfprune) is built with its
+    recorded shapes, and the copy loads back through load_pruned with the same logits."""
+    model = hfprune.prune(make_model("llama"), hfprune.PruningPlan(heads={0: [0, 1]}, neurons={1: list(range(10))}))
+    source = tmp_path / "src"
+    hfprune.save_pruned(model.to(torch.bfloat16), source, max_shard_size="20KB")
+    stream = StreamedModel(source)
+    assert tuple(stream.block(1).mlp.up_proj.weight.shape) == (38, 32)
+    _stream_copy(source, tmp_path / "out")
+    reference, copied = hfprune.load_pruned(source), hfprune.load_pruned(tmp_path / "out")
+    assert copied.dtype == torch.bfloat16
+    inputs = make_inputs(reference)
+    assert torch.equal(logits_of(reference, inputs), logits_of(copied, inputs))
 
 
 def test_one_shard_output_has_no_index(tmp_path):

@@ -20,6 +20,8 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from ..io.rebuild import model_class_for
+from ..structure import get_record
+from ..surgery.core import apply_structure
 
 
 class Slot(NamedTuple):
@@ -41,7 +43,8 @@ class Slot(NamedTuple):
 
 def build_meta_model(config) -> nn.Module:
     """The model class named by `config.architectures`, its parameters on the meta device, its buffers real, in eval
-    mode (no memory is taken by the weights and none is randomly initialized).
+    mode (no memory is taken by the weights and none is randomly initialized). A config that carries hfprune's
+    structure record (a model pruned to per-layer shapes) gives those shapes, as `load_pruned` does.
 
     Raises:
         ValueError: `config.architectures` names no transformers class.
@@ -50,6 +53,9 @@ def build_meta_model(config) -> nn.Module:
 
     with init_empty_weights(include_buffers=False), no_init_weights():
         model = model_class_for(config)(config)
+    record = get_record(config)
+    if record is not None:
+        apply_structure(model, record)  # slicing meta tensors: shapes only
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # a tied head saved once is then one parameter with the embedding, as after loading
     return model.eval()
