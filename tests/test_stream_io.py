@@ -99,6 +99,24 @@ def test_a_source_pruned_to_per_layer_shapes_streams_with_them(tmp_path):
     assert torch.equal(logits_of(reference, inputs), logits_of(copied, inputs))
 
 
+def test_changing_a_block_in_place_changes_the_output_not_the_source(tmp_path):
+    """A float32 source computed in float32 may hand out tensors that share the shard's memory map: zeroing them in
+    place (what a pruner does) must reach the output and never the source file."""
+    source = _save(tmp_path)
+    before = _hashes(source)
+    stream = StreamedModel(source)
+    with CheckpointWriter(tmp_path / "out", source=stream.reader) as writer:
+        writer.add_tensors(stream.reader.read(stream.outside_names()))
+        for index, block in stream.blocks():
+            with torch.no_grad():
+                block.mlp.up_proj.weight.mul_(0)
+            writer.add_tensors(stream.block_state(index))
+    assert _hashes(source) == before
+    out = CheckpointReader(tmp_path / "out")
+    assert not out.read(["model.layers.2.mlp.up_proj.weight"])["model.layers.2.mlp.up_proj.weight"].any()
+    assert out.read(["model.layers.2.mlp.down_proj.weight"])["model.layers.2.mlp.down_proj.weight"].any()
+
+
 def test_one_shard_output_has_no_index(tmp_path):
     source = _save(tmp_path)
     _stream_copy(source, tmp_path / "out", shard="1GB")

@@ -1,8 +1,10 @@
 """Reading a safetensors checkpoint tensor by tensor, without loading it: the source side of streaming.
 
 `CheckpointReader(folder)` reads the shard headers only (names, dtypes, shapes, byte sizes); `read(names)` opens
-the shards those tensors live in (memory-mapped by safetensors), copies the tensors out and closes the shards again,
-so that pages of a 28 GB checkpoint do not stay mapped (and counted in the resident set) after their block is done.
+the shards those tensors live in (memory-mapped by safetensors), takes the tensors and closes the handles again. A
+tensor read may share the file's memory mapping (its pages are read on first use; writing to it never reaches the
+file, which tests/test_stream_io.py checks) until it is dropped, so the pages of a 28 GB checkpoint stay in the
+resident set only while their block lives.
 
 The reader knows nothing of model families: which tensors form a block is `StreamedModel`'s business (it asks the
 family adapter where the layers are).
@@ -136,7 +138,8 @@ class CheckpointReader:
 
     # ----- reading --------------------------------------------------------------------------------------------------
     def read(self, names) -> dict[str, torch.Tensor]:
-        """The tensors `names`, on the CPU in their stored dtype; each shard is opened once and closed afterwards.
+        """The tensors `names`, on the CPU in their stored dtype (maybe sharing the file's memory mapping); each
+        shard is opened once and its handle closed afterwards.
 
         Raises:
             KeyError: a name the checkpoint does not hold (named, with the folder).
