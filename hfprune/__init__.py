@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 
-from . import _compat
 from .arch import get_adapter, supported_model_types
 from .io import load_pruned, save_pruned
 from .masking import Gates, attach_gates, mask, masked
@@ -18,8 +17,6 @@ from .structure import model_structure
 from .surgery import prune
 
 __version__ = "0.1.0"
-
-_compat.install()  # old paths of the application (`hfprune.recipes`, `hfprune.cli.main`, ...) -> `hfprune.app`
 
 # Heavier parts load on first use, so `import hfprune` stays fast and the core has no plotting/training deps.
 _LAZY = {
@@ -75,10 +72,9 @@ __all__ = [
 __all__ += list(_LAZY)
 
 
-# Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first; the old names
-# of the application's parts (`hfprune.recipes`) too, through the alias in `_compat`.
-_SUBMODULES = ("app", "budget", "calibration", "callbacks", "criteria", "export", "export_remote", "flops",
-               "importance", "io", "remote", "selection", "serving", "sparsity", *_compat.MOVED)
+# Subpackages reachable as attributes (`hfprune.sparsity.parse_pattern`) without importing them first.
+_SUBMODULES = ("app", "budget", "calibration", "callbacks", "criteria", "flops", "importance", "io", "remote",
+               "selection", "serving", "sparsity")
 
 
 def __getattr__(name: str):

@@ -3,13 +3,11 @@
 `from_pretrained(folder, gguf_file=...)` turns every GGUF tensor into a plain float tensor, yet leaves the
 `GgufHfQuantizer` on the model (`model.hf_quantizer`, `model.is_quantized`, `config.quantization_config`), so
 `save_pretrained` refuses ("quantized with gguf and is not serializable") and a saved config would claim a GGUF
-quantization that the safetensors weights do not have. hfprune's writers call `detach_gguf_quantizer` first.
+quantization that the safetensors weights do not have. hfprune's writers call `detach_gguf_quantizer` first
+(`hfprune.io.gguf.convert_gguf` loads a GGUF file and saves it as a plain folder in one call).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 from torch import nn
 
@@ -43,23 +41,3 @@ def detach_gguf_quantizer(model: nn.Module) -> bool:
         if getattr(config, "_is_quantized", False):
             config._is_quantized = False
     return True
-
-
-def convert_gguf(folder: str | os.PathLike, gguf_file: str, output_dir: str | os.PathLike) -> Path:
-    """Load a causal LM from a GGUF file (dequantized to float) and save it as a plain safetensors folder.
-
-    Args:
-        folder (`str` or `os.PathLike`): the folder that holds the GGUF file.
-        gguf_file (`str`): the file name inside `folder`.
-        output_dir (`str` or `os.PathLike`): written atomically (model, config, tokenizer).
-
-    Returns:
-        `Path`: `output_dir`, which `from_pretrained` / `hfprune.load_pruned` read without `gguf_file`.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .export import save_pruned
-
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    return save_pruned(model, output_dir, tokenizer=tokenizer)

@@ -146,7 +146,7 @@ def base_model_on_meta(model_or_config) -> nn.Module:
 
     Used by `hfprune info` to compare a saved pruned model with the dense one it came from.
     """
-    from .export import model_class_for
+    from .io import model_class_for
     from .structure import get_record
 
     config = copy.deepcopy(getattr(model_or_config, "config", model_or_config))
@@ -170,7 +170,7 @@ def base_model_on_meta(model_or_config) -> nn.Module:
 
 def pruned_model_on_meta(config) -> nn.Module:
     """The pruned model described by a saved `config.json` (with its hfprune record), on the meta device."""
-    from .export import model_class_for
+    from .io import model_class_for
     from .structure import get_record
     from .surgery.core import apply_structure
 

@@ -1,5 +1,5 @@
-"""The application lives in `hfprune.app`, apart from the library: the core imports without it, the old import paths
-still give the moved modules, and `python -m hfprune` is the `hfprune` command."""
+"""The application lives in `hfprune.app`, apart from the library: the core imports without it, there are no old
+import paths (nothing was released), and `python -m hfprune` is the `hfprune` command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import hfprune
-from hfprune import _compat
 
 ROOT = Path(hfprune.__file__).resolve().parent
 APP_ONLY = ("matplotlib", "datasets", "sklearn", "hfprune.app")
@@ -49,44 +48,22 @@ def test_every_library_module_imports_without_the_application():
     assert _imported_after(code) == []
 
 
-@pytest.mark.parametrize("old, new", [
-    ("hfprune.recipes", "hfprune.app.recipes"),
-    ("hfprune.recipes.runner", "hfprune.app.recipes.runner"),
-    ("hfprune.recipes.config", "hfprune.app.recipes.config"),
-    ("hfprune.data", "hfprune.app.data"),
-    ("hfprune.data.tasks", "hfprune.app.data.tasks"),
-    ("hfprune.metrics", "hfprune.app.metrics"),
-    ("hfprune.report", "hfprune.app.report"),
-    ("hfprune.report.outputs", "hfprune.app.report.outputs"),
-    ("hfprune.cli", "hfprune.app.cli"),
-    ("hfprune.cli.main", "hfprune.app.cli.main"),
-    ("hfprune.cli.demo", "hfprune.app.cli.demo"),
-    ("hfprune.demo", "hfprune.app.cli.demo"),
-])
-def test_old_import_paths_give_the_moved_module(old, new):
-    module = importlib.import_module(old)
-    assert module is importlib.import_module(new) and sys.modules[old] is module
-    # The module keeps its own identity (relative imports, reload and pickling use the new name).
-    assert module.__name__ == new and module.__spec__.name == new
+@pytest.mark.parametrize("old", ["hfprune.recipes", "hfprune.recipes.runner", "hfprune.data", "hfprune.metrics",
+                                 "hfprune.report", "hfprune.cli", "hfprune.cli.main", "hfprune.demo"])
+def test_old_application_paths_are_gone(old):
+    """No compatibility layer (nothing was released): the application is imported as `hfprune.app...`."""
+    with pytest.raises(ModuleNotFoundError, match=r"No module named 'hfprune\.[a-z]+'"):
+        importlib.import_module(old)
+    assert not hasattr(hfprune, old.split(".")[1])
+    assert not any(getattr(finder, "__module__", "").startswith("hfprune") for finder in sys.meta_path)
 
 
-def test_old_paths_as_attributes_and_from_imports():
-    from hfprune.cli.main import main
-    from hfprune.demo import run_demo
-    from hfprune.recipes import recipe_from_dict
-
-    assert main is importlib.import_module("hfprune.app.cli.main").main
-    assert run_demo.__module__ == "hfprune.app.cli.demo"
-    assert recipe_from_dict.__module__ == "hfprune.app.recipes.loader"
-    assert hfprune.recipes is hfprune.app.recipes and hfprune.metrics is hfprune.app.metrics
-
-
-def test_names_that_did_not_move_are_not_aliased():
-    assert _compat.new_name("hfprune.recipes.runner") == "hfprune.app.recipes.runner"
-    assert _compat.new_name("hfprune.selection") is None and _compat.new_name("hfprune") is None
-    assert _compat.new_name("other.recipes") is None and _compat.new_name("hfprune.recipesx") is None
-    with pytest.raises(ModuleNotFoundError, match="hfprune.recipes.nothere"):
-        importlib.import_module("hfprune.recipes.nothere")
+def test_no_module_only_re_exports_another():
+    """Saving and loading are `hfprune.io`, the remote-code export and the Hub push `hfprune.remote`: there is no
+    second path to them (the older `hfprune.export` is gone)."""
+    assert not (ROOT / "export.py").exists() and not hasattr(hfprune, "export")
+    assert [p.name for p in ROOT.glob("*.py") if p.name.startswith("_") and p.name not in ("__init__.py",
+                                                                                           "__main__.py")] == []
 
 
 def test_python_dash_m_hfprune_is_the_command(tmp_path):
@@ -100,12 +77,6 @@ def test_python_dash_m_hfprune_is_the_command(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("hfprune prune: error: ")  # the command's own errors
     assert "unknown task 'sst3'" in bad.stderr
     assert list(tmp_path.iterdir()) == []
-
-
-def test_python_dash_m_old_demo_path_still_runs_the_demo_command():
-    run = subprocess.run([sys.executable, "-m", "hfprune.demo", "--help"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith("usage: hfprune demo ") and "--output OUT" in run.stdout
 
 
 def test_console_script_points_to_the_moved_main():

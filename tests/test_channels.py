@@ -156,7 +156,7 @@ def test_second_plan_composes_and_reloads(tmp_path):
 def test_remote_code_export_loads_with_plain_transformers(family, tmp_path):
     import transformers
 
-    from hfprune.export_remote import add_remote_code
+    from hfprune.remote import add_remote_code
 
     model = make_cnn(family)
     hfprune.prune(model, hfprune.PruningPlan(channels=random_channel_plan(hfprune.channel_groups(model), seed=5)))

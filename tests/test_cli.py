@@ -13,8 +13,8 @@ import torch
 import yaml
 
 import hfprune
-from hfprune.cli.main import COMMANDS, main
-from hfprune.demo import build_base, synthetic_sentences
+from hfprune.app.cli.demo import build_base, synthetic_sentences
+from hfprune.app.cli.main import COMMANDS, main
 
 FAST = ["--set", "eval.latency_repeats=1", "--set", "eval.latency_seq_len=16", "--set", "eval.latency_batch_size=4",
         "--quiet"]
@@ -56,7 +56,7 @@ def test_help_on_every_command(capsys):
             main(([name] if name else []) + ["--help"])
         assert exit_info.value.code == 0
         assert "usage: hfprune" in capsys.readouterr().out
-    main_help = subprocess.run([sys.executable, "-m", "hfprune.cli.main", "prune", "--help"], capture_output=True,
+    main_help = subprocess.run([sys.executable, "-m", "hfprune.app.cli.main", "prune", "--help"], capture_output=True,
                                text=True, check=True).stdout
     assert "--heads R" in main_help and "fraction of attention heads to remove" in main_help
 
@@ -299,8 +299,8 @@ def test_decoder_classifier_whose_tokenizer_has_no_pad_token(tiny, tmp_path, cap
 
 
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
-    from hfprune.data import get_task
-    from hfprune.recipes.modeling import load_classifier
+    from hfprune.app.data import get_task
+    from hfprune.app.recipes.modeling import load_classifier
 
     torch.manual_seed(0)
     model, _, head = load_classifier(str(tiny / "base"), get_task("mnli"), allow_new_head=True)
@@ -309,7 +309,7 @@ def test_new_head_when_fine_tuning_from_a_base_model(tiny):
 
 
 def test_demo_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):
-    from hfprune import demo
+    from hfprune.app.cli import demo
 
     full = demo.demo_recipe
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hfprune
-from hfprune.cli.main import main
+from hfprune.app.cli.main import main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL = SHARED / "models" / "all-MiniLM-L6-v2"

@@ -9,7 +9,7 @@ from huggingface_hub import constants
 
 import hfprune
 from hfprune import PruningPlan
-from hfprune.export_remote import HubUnavailableError, push_folder_to_hub
+from hfprune.remote import HubUnavailableError, push_folder_to_hub
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
-"""The import graph of the `hfprune` package has no cycle.
+"""The import graph of the `hfprune` package has no cycle, counting the imports inside functions.
 
-Every module is parsed with `ast` (nothing is imported). An edge A -> B means that running A's module body imports
-B: `import hfprune.x.y`, `from .x import y` (B = `hfprune.x.y` when y is a submodule, else `hfprune.x`),
-`from . import y` (B = the submodule y, else the package's `__init__`). Imports inside functions run later, on use,
-and are left out of the main check; imports under `if TYPE_CHECKING:` never run and are left out too. Importing a
-submodule does not count as importing its parent package: Python runs the parent's `__init__` first, but the
-submodule does not use its names (counting it would turn every `from ..structure import x` into a cycle through
-`hfprune/__init__.py`); a real use of the parent (`from .. import __version__`) is an edge to it.
+Every module is parsed with `ast` (nothing is imported). An edge A -> B means that A imports B, at module scope or
+inside a function or method (an import inside a function runs later, on use, but it still ties A to B: a loop of
+such imports is a loop in the design, merely hidden until the call): `import hfprune.x.y`, `from .x import y` (B =
+`hfprune.x.y` when y is a submodule, else `hfprune.x`), `from . import y` (B = the submodule y, else the package's
+`__init__`). Imports under `if TYPE_CHECKING:` never run and are left out. Importing a submodule does not count as
+importing its parent package: Python runs the parent's `__init__` first, but the submodule does not use its names
+(counting it would turn every `from ..structure import x` into a cycle through `hfprune/__init__.py`); a real use
+of the parent (`from .. import __version__`) is an edge to it. The package root's `_LAZY` table (names looked up
+with `importlib` on first use) is the one sanctioned lazy loading and is not an edge.
 """
 
 from __future__ import annotations
@@ -115,6 +117,30 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle through each group of modules that import each other (strongly connected component), or []."""
+    reach = {m: _reachable(graph, m) for m in graph}
+    groups, seen = [], set()
+    for module in sorted(graph):
+        if module in seen or module not in reach[module]:
+            continue
+        group = {m for m in reach[module] if module in reach.get(m, ())}
+        seen |= group
+        groups.append(find_cycle({m: graph[m] & group for m in group}))
+    return groups
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules reached from `start` by one or more edges."""
+    found, stack = set(), list(graph.get(start, ()))
+    while stack:
+        node = stack.pop()
+        if node not in found:
+            found.add(node)
+            stack.extend(graph.get(node, ()))
+    return found
+
+
 def test_the_graph_sees_the_imports_it_must():
     """The parser finds known edges (relative, `from . import submodule`, absolute), so an empty graph cannot pass."""
     graph = import_graph()
@@ -127,15 +153,48 @@ def test_the_graph_sees_the_imports_it_must():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_imports_inside_functions_and_methods_are_read_but_not_type_checking_ones():
+    source = """
+import hfprune.plan
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from hfprune import masking
+def f():
+    from hfprune import surgery
+    if TYPE_CHECKING:
+        from hfprune import selection
+class C:
+    def m(self):
+        lambda: None
+        def inner():
+            import hfprune.io
+"""
+    def names(lazy):
+        nodes = _import_nodes(ast.parse(source), lazy)
+        return {".".join(filter(None, [getattr(n, "module", None), a.name])) for n in nodes for a in n.names}
+
+    assert names(lazy=False) == {"hfprune.plan", "typing.TYPE_CHECKING"}
+    assert names(lazy=True) == {"hfprune.plan", "typing.TYPE_CHECKING", "hfprune.surgery", "hfprune.io"}
+    assert find_cycles({"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c", "e"}, "e": set()}) == [
+        ["a", "b", "a"], ["c", "d", "c"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
 def test_no_import_cycle_in_the_package():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle at module scope: " + " -> ".join(cycle)
 
 
+def test_no_import_cycle_counting_imports_inside_functions():
+    cycles = find_cycles(import_graph(lazy=True))
+    assert not cycles, "import cycles, counting imports inside functions: " + "; ".join(
+        " -> ".join(c) for c in cycles)
+
+
 def test_io_and_sparsity_need_no_lazy_import_to_break_a_cycle():
     """The loader dispatch imports a format's decoder on use; that must not be what keeps a cycle out of sight:
     counting imports inside functions too, the I/O, sparsity and remote-code modules form no cycle."""
-    area = ("hfprune.io", "hfprune.export", "hfprune.sparsity", "hfprune.remote", "hfprune.export_remote")
+    area = ("hfprune.io", "hfprune.dequantized", "hfprune.sparsity", "hfprune.remote", "hfprune.serving")
     graph = import_graph(lazy=True)
     inside = {m: {t for t in ts if t.startswith(area)} for m, ts in graph.items() if m.startswith(area)}
     cycle = find_cycle(inside)

@@ -86,13 +86,12 @@ def test_safetensors_sizes_reads_the_header(tmp_path):
     assert safetensors_sizes(tmp_path / "x.safetensors") == {"a": 30, "b": 7, "c": 8, "d": 0}
 
 
-def test_old_import_paths_are_the_io_objects():
-    from hfprune import export, export_remote
+def test_the_io_names_are_the_package_objects():
     from hfprune.remote import add_remote_code
 
-    assert export.load_pruned is hfprune.io.load_pruned is hfprune.load_pruned
-    assert export.atomic_dir is atomic_dir
-    assert export_remote.add_remote_code is add_remote_code is hfprune.add_remote_code
+    assert hfprune.io.load_pruned is hfprune.load_pruned and hfprune.io.save_pruned is hfprune.save_pruned
+    assert hfprune.io.atomic_dir is atomic_dir
+    assert add_remote_code is hfprune.add_remote_code
 
 
 def test_the_cli_output_folder_gets_the_umask_mode(tmp_path, capsys):

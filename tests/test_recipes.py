@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hfprune.data import GLUE_TASKS
-from hfprune.recipes import RecipeError, apply_overrides, field_help, load_recipe, recipe_from_dict
-from hfprune.recipes.config import SECTIONS, Recipe
+from hfprune.app.data import GLUE_TASKS
+from hfprune.app.recipes import RecipeError, apply_overrides, field_help, load_recipe, recipe_from_dict
+from hfprune.app.recipes.config import SECTIONS, Recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"task": "sst2"}, "output": {"dir": "out"}}
@@ -108,8 +108,8 @@ def test_shipped_recipes_run_on_the_original_glue_layout(name, tmp_path, capsys)
 
     import torch
 
-    from hfprune.cli.main import main
-    from hfprune.demo import build_base
+    from hfprune.app.cli.demo import build_base
+    from hfprune.app.cli.main import main
     from tests.test_data_glue import _write
 
     build_base(tmp_path / "base", seed=0)

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import hfprune
 from hfprune import PruningPlan
-from hfprune.export_remote import add_remote_code
+from hfprune.remote import add_remote_code
 from hfprune.remote.generate import MODELING_FILE
 
 # Runs with hfprune made unimportable *before* anything else is imported; loads every folder the test prepared.

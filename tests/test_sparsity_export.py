@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import hfprune
-from hfprune import export
 from hfprune.sparsity import compressed_stats, quantize_dynamic_int8, save_compressed, sparsify
 from hfprune.sparsity.compressed import MANIFEST_NAME, _safetensors_sizes
 from tests.conftest import logits_of, make_inputs, make_model
@@ -81,7 +80,7 @@ def test_compressed_after_structural_pruning_and_without_importing_sparsity(tmp_
     save_compressed(model, tmp_path / "c")
     assert (tmp_path / "c" / MANIFEST_NAME).is_file()
     # A fresh session that never imported hfprune.sparsity: the format is recognised from the folder alone, and its
-    # decoder imported on use (nothing is registered by importing a package; hfprune.export.FOLDER_LOADERS is gone).
+    # decoder imported on use (nothing is registered by importing a package; there is no FOLDER_LOADERS registry).
     for name in [m for m in sys.modules if m == "hfprune.sparsity" or m.startswith("hfprune.sparsity.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.delattr(hfprune, "sparsity", raising=False)
@@ -90,7 +89,7 @@ def test_compressed_after_structural_pruning_and_without_importing_sparsity(tmp_
     loaded = hfprune.load_pruned(tmp_path / "c", attn_implementation="eager")
     assert torch.equal(logits_of(loaded, inputs), logits_of(model, inputs))
     assert "hfprune.sparsity.compressed" in sys.modules
-    assert not hasattr(export, "FOLDER_LOADERS")
+    assert not hasattr(hfprune.io, "FOLDER_LOADERS")
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "qwen2"])  # qwen2: tied embeddings

@@ -147,7 +147,7 @@ def load_model(name: str, gguf_file: str | None = None):
     """(model, tokenizer) in float32 eval mode; an hfprune folder with a non-plain structure via `load_pruned`."""
     import transformers
 
-    from ..export import load_pruned
+    from ..io import load_pruned
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)

@@ -3,21 +3,13 @@
 The criteria themselves live in `hfprune.criteria` (one module each, found by the registry); here are the
 dispatchers `head_importance`, `neuron_importance` and `layer_importance`, plus the shared machinery: `common`
 (batch handling, the scoring mode, the distributed "sum, then divide by tokens") and `gradients` (the gated pass).
+`HEAD_CRITERIA` / `NEURON_CRITERIA` list the registry's names for heads / neurons at every use (`names`).
 """
 
 from .api import head_importance, neuron_importance
 from .common import ImportanceResult, normalize_heads
 from .layers import layer_importance
-
-
-def __getattr__(name: str):
-    # HEAD_CRITERIA / NEURON_CRITERIA are read from the registry when asked for (see `api.__getattr__`).
-    if name in ("HEAD_CRITERIA", "NEURON_CRITERIA"):
-        from . import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .names import HEAD_CRITERIA, NEURON_CRITERIA
 
 __all__ = ["HEAD_CRITERIA", "NEURON_CRITERIA", "ImportanceResult", "head_importance", "layer_importance",
            "neuron_importance", "normalize_heads"]

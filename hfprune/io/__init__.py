@@ -8,8 +8,8 @@
 - `atomic`: `atomic_dir` / `write_atomic`, through which every folder and file hfprune writes goes (umask's mode).
 - `names`: the file names of the formats.
 
-The remote-code export and the Hub push are in `hfprune.remote`; `hfprune.export` and `hfprune.export_remote` are
-the older import paths of these names and keep working.
+The remote-code export and the Hub push are in `hfprune.remote`; a GGUF file becomes a plain folder with
+`gguf.convert_gguf`.
 """
 
 from .atomic import atomic_dir, replace_dir, write_atomic

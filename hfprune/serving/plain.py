@@ -173,7 +173,7 @@ def model_card(model, loads: LoadsAs) -> str:
     else:
         lines += [f"- Plain `from_pretrained` cannot build these shapes: {loads.reason}.",
                   f"- `hfprune.load_pruned(folder)` builds **{loads.pruned_as}** from the `hfprune` record in "
-                  "config.json; `hfprune.export_remote.add_remote_code(folder)` lets plain transformers load it "
+                  "config.json; `hfprune.add_remote_code(folder)` lets plain transformers load it "
                   "with `trust_remote_code=True`."]
     if layers:
         lines += ["", "## Structure", "", "| layer | heads | KV heads | FFN |", "|---|---|---|---|"]

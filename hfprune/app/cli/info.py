@@ -24,8 +24,8 @@ def describe(path: str, seq_len: int = 128) -> dict:
     """Before/after structure, parameter and FLOPs counts of a saved pruned model, from its config alone."""
     from transformers import AutoConfig
 
-    from ...export import resolve_folder
     from ...flops import base_model_on_meta, model_costs, pruned_model_on_meta
+    from ...io import resolve_folder
     from ...structure import get_record
     from ..report.results import per_layer_rows
 

@@ -98,7 +98,7 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from ...export import load_pruned
+    from ...io import load_pruned
     from ...sparsity.compressed import MANIFEST_NAME
     from ...structure import get_record
 

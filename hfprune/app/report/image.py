@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ...export import atomic_dir
+from ...io import atomic_dir
 from .markdown import _big, _num
 from .results import _clean, machine_info
 
@@ -128,8 +128,8 @@ def render_image_card(r: dict) -> str:
 
 def write_image_outputs(model, run: dict, out_dir: str | Path) -> dict:
     """Write model, remote code, results.json, report.md, plot and README.md; move them to `out_dir`."""
-    from ...export import load_pruned
-    from ...export_remote import add_remote_code
+    from ...io import load_pruned
+    from ...remote import add_remote_code
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:

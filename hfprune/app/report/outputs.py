@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ...export import atomic_dir
+from ...io import atomic_dir
 
 logger = logging.getLogger("hfprune")
 
@@ -45,7 +45,7 @@ def check_output_dir(out_dir: str | Path) -> None:
 
 
 def _reload_diff(folder: Path, model, batch: dict) -> float:
-    from ...export import load_pruned
+    from ...io import load_pruned
 
     small = {k: v[:8] for k, v in batch.items()}
     reloaded = load_pruned(folder)
@@ -60,7 +60,7 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
     Returns:
         `dict`: the results written to results.json.
     """
-    from ...export_remote import add_remote_code
+    from ...remote import add_remote_code
     from ...structure import get_record
     from .markdown import render_model_card, render_report
     from .plots import write_plots
@@ -95,10 +95,10 @@ def push_outputs(folder: str | Path, repo_id: str, private: bool = False) -> str
         ConnectionError / PermissionError: offline, unreachable, or no token; the message says that the local
             outputs are complete.
     """
-    from ...export_remote import push_folder_to_hub
+    from ...remote import push_folder_to_hub
 
     try:
         return push_folder_to_hub(folder, repo_id, private=private)
     except (ConnectionError, PermissionError) as err:
         raise type(err)(f"{err} (the outputs are complete in {folder}; push them later with "
-                        f"hfprune.export_remote.push_folder_to_hub)") from None
+                        f"hfprune.remote.push_folder_to_hub)") from None
