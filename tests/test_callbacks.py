@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +320,212 @@ def test_explicit_layer_indices_are_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="layer 5 is out of range"):
         trainer.train()
     assert trainer.state.global_step == 0  # refused before the first step, not after training up to at_step
+
+
+# ----- issue 18: scoring data, visible lines, checks before training, a folder that loads without hfprune ----------
+class _Counting(Synthetic):
+    """Records every index read, to prove which dataset the scorers used."""
+
+    def __init__(self, n: int, seed: int):
+        super().__init__(n, seed, vocab=90)
+        self.reads: list[int] = []
+
+    def __getitem__(self, i):
+        self.reads.append(int(i))
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_default_scoring_reads_a_seeded_training_slice_never_the_eval_set(tmp_path, bound):
+    train, dev = _Counting(64, 0), _Counting(16, 1)
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, at_step=2, num_samples=24)
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3), train_dataset=train,
+                      eval_dataset=dev, callbacks=[pruning])
+    if bound:
+        pruning.bind(trainer)
+    trainer.train()
+    assert pruning.pruned and dev.reads == []
+    used = pruning.plan.meta["scoring_data"]
+    assert {k: used[k] for k in ("source", "examples", "of", "seed")} == \
+        {"source": "train", "examples": 24, "of": 64, "seed": 0}
+    assert len(set(used["indices"])) == 24 and set(used["indices"]) <= set(train.reads)
+    # Seeded by `seed` (args.seed when None): another seed, another slice; the same seed, the same slice.
+    slices = []
+    for seed in (1, 0):
+        again = hfprune.PruningCallback(heads_ratio=0.5, at_step=1, num_samples=24, seed=seed)
+        Trainer(model=make_model("bert").train(), args=_args(tmp_path, 1), train_dataset=_Counting(64, 0),
+                callbacks=[again]).train()
+        slices.append(again.plan.meta["scoring_data"]["indices"])
+    assert slices[0] != used["indices"] and slices[1] == used["indices"]
+
+
+def test_eval_scoring_only_when_asked_and_bound(tmp_path):
+    train, dev = _Counting(64, 0), _Counting(16, 1)
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, at_step=2, scoring_data="eval")
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3), train_dataset=train,
+                      eval_dataset=dev, callbacks=[pruning])
+    pruning.bind(trainer)
+    trainer.train()
+    assert sorted(set(dev.reads)) == list(range(16))  # the instrument sees reads: the test above can fail
+    assert pruning.plan.meta["scoring_data"] == {"source": "eval"}
+    with pytest.raises(ValueError, match="scoring_data must be one of"):
+        hfprune.PruningCallback(heads_ratio=0.5, scoring_data="dev")
+
+
+def test_mask_and_prune_lines_are_warnings(tmp_path, caplog):
+    # Default levels: caplog sees what Python's default logging shows (WARNING and above), no set_level.
+    model = make_model("bert").train()
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, neurons_ratio=0.5, at_step=2)
+    Trainer(model=model, args=_args(tmp_path, 4), train_dataset=Synthetic(64, 0, vocab=90),
+            callbacks=[pruning]).train()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hfprune" and r.levelno == logging.WARNING]
+    assert lines[0].startswith("hfprune: masked at step 2 (scored on 64 of 64 training examples, seed 0; ")
+    assert lines[0].endswith(": heads 12 -> 6, FFN 144 -> 72")
+    assert lines[1] == "hfprune: pruned at train end (step 4): heads 12 -> 6, FFN 144 -> 72"
+    assert hfprune.model_structure(model)["heads"] != [4, 4, 4] and sum(hfprune.model_structure(model)["heads"]) == 6
+
+
+_STDERR_RUN = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from conftest import make_model
+from test_callbacks import Synthetic, _args
+from pathlib import Path
+from transformers import Trainer
+import hfprune
+
+torch.set_num_threads(1)
+pruning = hfprune.PruningCallback(heads_ratio=0.5, layers=[2], at_step=1, mode="prune", criterion="magnitude")
+Trainer(model=make_model("bert").train(), args=_args(Path(sys.argv[2]), 2), train_dataset=Synthetic(16, 0, vocab=90),
+        callbacks=[pruning]).train()
+"""
+
+
+def test_prune_line_reaches_stderr_with_default_logging(tmp_path):
+    # A fresh interpreter, nothing configured: what a user running a script sees.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(hfprune.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _STDERR_RUN, str(Path(__file__).parent), str(tmp_path)], env=env,
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hfprune: pruned at step 1 (scored without data): layers 3 -> 2, heads 12 -> 4" in proc.stderr
+
+
+def _steps_probe():
+    class Probe(transformers.TrainerCallback):
+        steps = 0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            Probe.steps += 1
+
+    return Probe()
+
+
+_ROWS = [{"input_ids": torch.tensor([1, 5, 6, 7]), "attention_mask": torch.ones(4, dtype=torch.long),
+          "labels": torch.tensor(1)}] * 4
+
+
+@pytest.mark.parametrize(("dataset", "options", "error"), [
+    ([], {}, r"scoring data \(the dataset given to the callback\) is empty"),
+    ([{k: v for k, v in r.items() if k != "labels"} for r in _ROWS], {}, "has no 'labels'"),
+    ([{"input_ids": [1, 5, 6][: 2 + i % 2], "labels": 0} for i in range(4)], {}, "cannot be collated"),
+    ([{"token_ids": r["input_ids"], "labels": r["labels"]} for r in _ROWS], {},
+     r"does not run through BertForSequenceClassification \(batch keys: \['labels', 'token_ids'\]\)"),
+    (None, {"scoring_data": "eval"}, "needs the trainer"),
+    (None, {"layers": 3}, "cannot remove 3 of 3 layers"),
+    (None, {"min_per_layer": 3}, "cannot remove 6 of 12 heads while keeping min_per_layer=3"),
+])
+def test_data_and_plan_problems_fail_before_training(tmp_path, dataset, options, error):
+    options = {"heads_ratio": 0.5, **options} if "layers" not in options else options
+    pruning = hfprune.PruningCallback(dataset, at_step=2, **options)
+    probe = _steps_probe()
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3),
+                      train_dataset=Synthetic(32, 0, vocab=90), callbacks=[pruning, probe])
+    with pytest.raises(ValueError, match=f"^PruningCallback: .*{error}"):
+        trainer.train()
+    assert probe.steps == 0 and trainer.state.global_step == 0 and pruning.plan is None
+
+
+def test_untokenized_training_set_fails_before_training(tmp_path):
+    # The default scoring slice comes from the training set, through the Trainer's column removal and collator: a
+    # text column the model cannot read leaves batches with labels only.
+    from datasets import Dataset
+
+    raw = Dataset.from_list([{"sentence": f"sentence {i}", "label": i % 3} for i in range(40)])
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, at_step=2)
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3), train_dataset=raw,
+                      callbacks=[pruning])
+    with pytest.raises(ValueError, match=r"^PruningCallback: the scoring data \(40 of 40 training examples, seed 0\)"
+                                         r" does not run through .*\['labels'\]"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_eval_scoring_without_an_eval_dataset_fails_before_training(tmp_path):
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, at_step=2, scoring_data="eval")
+    trainer = Trainer(model=make_model("bert").train(), args=_args(tmp_path, 3),
+                      train_dataset=Synthetic(32, 0, vocab=90), callbacks=[pruning])
+    pruning.bind(trainer)
+    with pytest.raises(ValueError, match="scoring_data='eval', but the trainer has no eval_dataset"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+_PLAIN_LOADER = r"""
+import sys
+sys.modules["hfprune"] = None  # hfprune cannot be imported here
+import torch
+import transformers
+from safetensors.torch import load_file
+
+torch.set_num_threads(1)
+ref = load_file(sys.argv[2])
+model = transformers.AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True)
+with torch.no_grad():
+    diff = (model.eval()(input_ids=ref["input_ids"]).logits - ref["logits"]).abs().max().item()
+print(f"LOADED {type(model).__module__.split('.')[0]} {diff}")
+"""
+
+
+def test_saved_folder_loads_with_plain_transformers(tmp_path, caplog, monkeypatch):
+    from safetensors.torch import save_file
+
+    model = make_model("bert").train()
+    pruning = hfprune.PruningCallback(heads_ratio=0.5, neurons_ratio=0.3, at_step=2)
+    trainer = Trainer(model=model, args=_args(tmp_path, 3), train_dataset=Synthetic(32, 0, vocab=90),
+                      callbacks=[pruning])
+    trainer.train()
+    folder = tmp_path / "saved"
+    trainer.save_model(str(folder))
+    assert (folder / "modeling_hfprune.py").is_file()
+    hint = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "saved the pruned" in
+            r.getMessage()]
+    assert len(hint) == 1 and "AutoModelForSequenceClassification.from_pretrained(" in hint[0]
+    assert "trust_remote_code=True" in hint[0] and "size mismatch" in hint[0]
+
+    ids = Synthetic(4, 3, vocab=90).ids
+    model.eval()
+    with torch.no_grad():
+        save_file({"input_ids": ids, "logits": model(input_ids=ids).logits}, str(tmp_path / "ref.safetensors"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": "",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-I", "-c", _PLAIN_LOADER, str(folder), str(tmp_path / "ref.safetensors")],
+                          env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, module, diff = next(x for x in proc.stdout.splitlines() if x.startswith("LOADED ")).split()
+    assert module == "transformers_modules" and float(diff) <= 1e-5
+
+    # A copy of the pruned model (deepcopy, or a pickle) saves with its remote code too.
+    clone = copy.deepcopy(model)
+    clone.save_pretrained(tmp_path / "clone")
+    assert (tmp_path / "clone" / "modeling_hfprune.py").is_file()
+
+    # When the export is refused, the save still happens and the line says how to load the folder instead.
+    def refuse(folder):
+        raise ValueError("refused for the test")
+
+    monkeypatch.setattr(hfprune.remote, "add_remote_code", refuse)
+    trainer.save_model(str(tmp_path / "again"))
+    last = caplog.records[-1].getMessage()
+    assert caplog.records[-1].levelno == logging.WARNING and "without remote code (refused for the test)" in last
+    assert "hfprune.load_pruned(" in last and (tmp_path / "again" / "model.safetensors").is_file()

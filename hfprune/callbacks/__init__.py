@@ -2,7 +2,9 @@
 
 - `HeadImportanceCallback`, `NeuronImportanceCallback`, `LayerImportanceCallback` (`importance.py`): score at
   train end (and every N steps), expose `.scores`, write `importance.json` to `args.output_dir`.
-- `PruningCallback` (`pruning.py`): score at a step / epoch, mask, prune physically at train end.
+- `PruningCallback` (`pruning.py`): score at a step / epoch (on a seeded slice of the training set unless told
+  otherwise, `scoring_data.py`), mask, prune physically at train end; logs what it removed and makes saved folders
+  load without hfprune (`announce.py`).
 - `LayerDropCallback` (`layerdrop.py`): skip random layers during training (Fan et al., 2020).
 - `NetworkSlimmingCallback` (`slimming.py`): L1 penalty on CNN BatchNorm scales (Liu et al., 2017).
 """

@@ -5,7 +5,8 @@ given to the callback goes through `trainer.get_eval_dataloader(dataset)` when t
 (`trainer=` or `.bind(trainer)`: same collator, column removal and per-process sharding as evaluation), else through
 a DataLoader with a padding collator built from the trainer's `processing_class`; with no data given, the trainer's
 eval dataloader is used (`trainer.get_eval_dataloader()` when bound, else the one the Trainer built for its last
-evaluation).
+evaluation). `PruningCallback` differs when no data is given: it scores on a seeded slice of the training set
+(`scoring_data.py`), and reads the eval dataset only when asked to.
 """
 
 from __future__ import annotations

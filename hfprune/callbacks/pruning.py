@@ -5,7 +5,8 @@ masked units get no gradient, so the network adapts to their absence), and at tr
 the units are cut out. mode="prune": the units are cut out at once and the optimizer is re-pointed to the new,
 smaller tensors, so recovery training already runs on the smaller, faster model. Either way `trainer.save_model()`
 / `push_to_hub()` write the pruned model, with its structure in `config.hfprune`, which `hfprune.load_pruned`
-rebuilds.
+rebuilds, and the remote-code export that plain transformers loads (`trust_remote_code=True`; `announce.py`).
+Scoring data and the checks before training: `scoring_data.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
+import torch
 from transformers import TrainerCallback
 
 from ..arch import unwrap_model
@@ -22,9 +24,12 @@ from ..importance.common import check_ratio, is_distributed
 from ..masking import mask
 from ..plan import PruningPlan
 from ..selection import select_heads, select_layers, select_neurons
+from ..structure import model_structure
 from ..surgery import prune
-from .base import build_config, check_choice, check_positive, dataloader_for, write_section
+from .announce import announce, export_on_save, planned_totals, totals
+from .base import build_config, check_choice, check_positive, write_section
 from .optim import parameter_owners, repoint_optimizer
+from .scoring_data import ScoringData, check_scoring_data, scoring_data
 
 logger = logging.getLogger("hfprune")
 
@@ -58,9 +63,14 @@ class PruningConfig:
     scope: str = field(default="global", metadata={"help": "Selection over the whole model or per layer."})
     min_per_layer: int = field(default=1, metadata={"help": "Heads / neurons kept in every layer."})
     round_to: int | None = field(default=None, metadata={"help": "Round kept FFN widths to a multiple of this."})
+    scoring_data: str = field(default="train", metadata={
+        "help": "Scoring data when no dataset is given: 'train' (a seeded slice of num_samples training examples, "
+                "512 when None) or 'eval' (the trainer's eval dataset; needs trainer= or .bind(trainer))."})
     max_batches: int | None = field(default=None, metadata={"help": "Score on at most this many batches."})
-    num_samples: int | None = field(default=None, metadata={"help": "Score on at most this many examples."})
-    seed: int | None = field(default=None, metadata={"help": "Seed of the 'random' criteria."})
+    num_samples: int | None = field(default=None, metadata={
+        "help": "Score on at most this many examples (the size of the training slice; 512 when None)."})
+    seed: int | None = field(default=None, metadata={
+        "help": "Seed of the 'random' criteria and of the training slice (args.seed when None)."})
     show_progress: bool = field(default=False, metadata={"help": "Show a tqdm bar while scoring."})
     output_file: str = field(default="importance.json", metadata={
         "help": "JSON file in args.output_dir; this callback fills its 'pruning' section."})
@@ -78,6 +88,7 @@ class PruningConfig:
         check_choice(owner, "channel_groups", self.channel_groups, ("all", "inner", "coupled"))
         check_choice(owner, "mode", self.mode, ("mask", "prune"))
         check_choice(owner, "scope", self.scope, ("global", "layer"))
+        check_choice(owner, "scoring_data", self.scoring_data, ("train", "eval"))
         for name in ("at_step", "at_epoch", "max_batches", "num_samples", "round_to"):
             check_positive(owner, name, getattr(self, name))
         if self.at_step is not None and self.at_epoch is not None:
@@ -114,6 +125,10 @@ class PruningConfig:
                 "channel_criterion": self.channels_ratio is not None}[name]
         return get_criterion(getattr(self, name), self._CRITERIA[name]) if used else None
 
+    def used_criteria(self) -> list:
+        """The registered criteria this configuration scores with (one per unit kind it prunes by score)."""
+        return [found for found in map(self.criterion_for, self._CRITERIA) if found is not None]
+
 
 class PruningCallback(TrainerCallback):
     """Score and select units during training, recover by training on, and end with a physically pruned model.
@@ -129,18 +144,36 @@ class PruningCallback(TrainerCallback):
     scored by `channel_criterion` (`bn_scale` after `NetworkSlimmingCallback`, `l1`, `magnitude`, `taylor`,
     `random`) and selected with `scope` / `round_to` / `min_per_layer` (per channel group).
 
+    Scoring data: `dataset` when given; otherwise a seeded slice of the TRAINING set, never the eval set:
+    `num_samples` examples (512 when None, or the whole training set when smaller), chosen by a permutation seeded
+    with `seed` (`args.seed` when None), collated by the Trainer's collator. The eval dataset is read only with
+    `scoring_data="eval"`. The slice is also trained on: the Trainer fixes its training set, step count and
+    schedule before any callback runs, and the callback does not rewrite them (`hfprune.callbacks.scoring_data`
+    says why); pass `dataset=` for a strictly unseen split. `plan.meta["scoring_data"]` records the examples used.
+
+    Checked at `on_train_begin`, so a mistake fails before the first step with one `ValueError`: an empty or
+    iterable training set, a collator that fails on the scoring examples, missing columns (one batch is run through
+    the model), `scoring_data="eval"` without an eval dataset, and a plan this model cannot take (selection is
+    tried on data-free scores of the same shape and the plan validated).
+
+    Logged at WARNING (visible with default logging): "hfprune: masked at step 40 (...): heads 72 -> 36, FFN 18432
+    -> 9216" when it masks, "hfprune: pruned at step 40: ..." / "pruned at train end ..." when it prunes. Once
+    pruned, `model.save_pretrained` (so `trainer.save_model()`, checkpoints, `push_to_hub()`) also writes the
+    remote-code export (`hfprune.remote.add_remote_code`): the folder loads without hfprune through
+    `AutoModelFor*.from_pretrained(folder, trust_remote_code=True)`, and with `hfprune.load_pruned(folder)`.
+
     Args:
-        dataset (`Dataset`, `DataLoader` or list of batch dicts, *optional*): scoring data; defaults to the trainer's
-            eval dataset (see `hfprune.callbacks.base`).
-        trainer (`Trainer`, *optional*): lets the callback use `trainer.get_eval_dataloader`.
+        dataset (`Dataset`, `DataLoader` or list of batch dicts, *optional*): scoring data (see above).
+        trainer (`Trainer`, *optional*): needed for `scoring_data="eval"` and `distill=`; a dataset given is then
+            prepared by `trainer.get_eval_dataloader(dataset)` (collator, column removal, sharding).
         options: the fields of `PruningConfig` (`heads_ratio`, `neurons_ratio`, `layers`, `criterion`, `at_step`,
-            `at_epoch`, `mode`, ...).
+            `at_epoch`, `mode`, `scoring_data`, `num_samples`, `seed`, ...).
 
     Example:
         ```python
-        >>> callback = hfprune.PruningCallback(heads_ratio=0.5, neurons_ratio=0.3, at_epoch=1, dataset=dev)
+        >>> callback = hfprune.PruningCallback(heads_ratio=0.5, neurons_ratio=0.3, at_epoch=1)
         >>> trainer = Trainer(model, args, train_dataset=train, callbacks=[callback]); trainer.train()
-        >>> trainer.save_model("out/pruned")           # the pruned model; hfprune.load_pruned("out/pruned")
+        >>> trainer.save_model("out/pruned")   # AutoModel...from_pretrained("out/pruned", trust_remote_code=True)
         >>> callback.plan
         ```
     """
@@ -154,6 +187,8 @@ class PruningCallback(TrainerCallback):
         self.scores: dict = {}  # "heads" / "neurons" / "layers" -> the scores the plan was chosen from
         self.pruned = False  # whether the plan was applied physically
         self._gates = None  # the mask handle while training goes on
+        self._data: ScoringData | None = None  # the scoring batches, built and checked at train begin
+        self._before: dict | None = None  # unit totals when the plan was chosen (for the prune line)
 
     def bind(self, trainer) -> PruningCallback:
         self.trainer = trainer
@@ -178,59 +213,97 @@ class PruningCallback(TrainerCallback):
         trainer.alpha, trainer.temperature, trainer.hidden_weight = d["alpha"], d["temperature"], d["hidden_weight"]
         trainer.set_teacher(copy.deepcopy(model))
 
+    def _needs_data(self) -> bool:
+        return any(found.needs_data for found in self.config.used_criteria())
+
+    def _scoring_data(self, args, kwargs) -> ScoringData | None:
+        if self._data is None and self._needs_data():
+            self._data = scoring_data("PruningCallback", self.config, self.dataset, self.trainer, args, kwargs)
+        return self._data
+
+    def _score(self, model, data) -> dict:
+        """Scores per unit kind, with the configured criteria."""
+        c = self.config
+        limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
+        scores = {}
+        if c.heads_ratio is not None:
+            scores["heads"] = head_importance(model, data, criterion=c.criterion, seed=c.seed, **limits)
+        if c.neurons_ratio is not None:
+            scores["neurons"] = neuron_importance(model, data, criterion=c.neuron_criterion, seed=c.seed, **limits)
+        if isinstance(c.layers, int) and c.layers:
+            scores["layers"] = layer_importance(model, data, method=c.layer_method, **limits)
+        if c.channels_ratio is not None:  # CNN channel groups (hfprune.importance.channels)
+            from ..importance.channels import channel_importance
+
+            scores["channels"] = channel_importance(model, data, criterion=c.channel_criterion, seed=c.seed,
+                                                    groups=c.channel_groups, **limits)
+        return scores
+
+    def _choose(self, scores: dict) -> PruningPlan:
+        """The plan the configuration selects from `scores` (explicit layer indices as given)."""
+        c = self.config
+        plan = PruningPlan()
+        if "heads" in scores:
+            plan.heads = select_heads(scores["heads"], ratio=c.heads_ratio, scope=c.scope,
+                                      min_per_layer=c.min_per_layer).heads
+        if "neurons" in scores:
+            plan.neurons = select_neurons(scores["neurons"], ratio=c.neurons_ratio, scope=c.scope,
+                                          min_per_layer=c.min_per_layer, round_to=c.round_to).neurons
+        if "layers" in scores:
+            plan.layers = select_layers(scores["layers"], count=c.layers).layers
+        elif isinstance(c.layers, list):
+            plan.layers = sorted(c.layers)
+        if "channels" in scores:
+            from ..selection_channels import select_channels
+
+            plan.channels = select_channels(scores["channels"], ratio=c.channels_ratio, scope=c.scope,
+                                            round_to=c.round_to, min_per_group=c.min_per_layer).channels
+        return plan
+
     def _select(self, args, state, kwargs) -> None:
         # The model inside a DDP / accelerate wrapper (a custom loop may hand the wrapper to the callbacks).
         c, model = self.config, unwrap_model(kwargs["model"])
-        needs_data = any(found is not None and found.needs_data for found in map(c.criterion_for, c._CRITERIA))
-        data = dataloader_for("PruningCallback", self.dataset, self.trainer, kwargs, args) if needs_data else None
-        limits = {"max_batches": c.max_batches, "num_samples": c.num_samples, "show_progress": c.show_progress}
-        plan = PruningPlan()
-        if c.heads_ratio is not None:
-            self.scores["heads"] = head_importance(model, data, criterion=c.criterion, seed=c.seed, **limits)
-            plan.heads = select_heads(self.scores["heads"], ratio=c.heads_ratio, scope=c.scope,
-                                      min_per_layer=c.min_per_layer).heads
-        if c.neurons_ratio is not None:
-            self.scores["neurons"] = neuron_importance(model, data, criterion=c.neuron_criterion, seed=c.seed,
-                                                       **limits)
-            plan.neurons = select_neurons(self.scores["neurons"], ratio=c.neurons_ratio, scope=c.scope,
-                                          min_per_layer=c.min_per_layer, round_to=c.round_to).neurons
-        if isinstance(c.layers, int) and c.layers:
-            self.scores["layers"] = layer_importance(model, data, method=c.layer_method, **limits)
-            plan.layers = select_layers(self.scores["layers"], count=c.layers).layers
-        elif isinstance(c.layers, list):
-            plan.layers = sorted(c.layers)
-        if c.channels_ratio is not None:  # CNN channel groups (hfprune.importance.channels)
-            from ..importance.channels import channel_importance
-            from ..selection_channels import select_channels
-
-            self.scores["channels"] = channel_importance(model, data, criterion=c.channel_criterion, seed=c.seed,
-                                                         groups=c.channel_groups, **limits)
-            plan.channels = select_channels(self.scores["channels"], ratio=c.channels_ratio, scope=c.scope,
-                                            round_to=c.round_to, min_per_group=c.min_per_layer).channels
-        plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers, channels=plan.channels,
-                           meta={"callback": "PruningCallback", "global_step": state.global_step,
-                                 "config": asdict(c)})
-        self.plan = plan
+        data = self._scoring_data(args, kwargs)
+        self.scores.update(self._score(model, data.loader if data is not None else None))
+        plan = self._choose(self.scores)
+        meta = {"callback": "PruningCallback", "global_step": state.global_step, "config": asdict(c)}
+        if data is not None:
+            meta["scoring_data"] = data.meta
+        self.plan = PruningPlan(heads=plan.heads, neurons=plan.neurons, layers=plan.layers, channels=plan.channels,
+                                meta=meta)
+        structure = model_structure(model)
+        self._before = totals(structure)
         if c.distill is not None:
             self._start_distillation(model)
+        scored_on = f"scored on {data.source}" if data is not None else "scored without data"
         if c.mode == "prune":
             self._prune_now(model, kwargs.get("optimizer"))
+            self._announce(state, f"pruned at step {state.global_step} ({scored_on})", totals(model_structure(model)))
         else:
-            self._gates = mask(model, plan)
-        logger.info("PruningCallback: step %d: %s %d heads, %d neurons, layers %s, %d channels", state.global_step,
-                    "pruned" if self.pruned else "masking", plan.num_heads(), plan.num_neurons(), plan.layers,
-                    plan.num_channels())
+            self._gates = mask(model, self.plan)
+            self._announce(state, f"masked at step {state.global_step} ({scored_on}; removed at train end)"
+                           if c.prune_at_end else f"masked at step {state.global_step} ({scored_on})",
+                           planned_totals(structure, self.plan))
         self._write(args, state)
 
-    def _prune_now(self, model, optimizer) -> None:
+    def _announce(self, state, what: str, after: dict) -> None:
+        if state.is_world_process_zero:
+            announce(what, self._before, after)
+
+    @staticmethod
+    def _check_single_process() -> None:
         if is_distributed():
             raise RuntimeError("PruningCallback: mode='prune' cannot resize a model that DDP / FSDP already wrapped; "
                                "use mode='mask' (pruned at train end) in distributed training")
+
+    def _prune_now(self, model, optimizer) -> None:
+        self._check_single_process()
         owners = parameter_owners(model)
         prune(model, self.plan)
         if optimizer is not None:
             repoint_optimizer(model, optimizer, owners)
         self.pruned = True
+        export_on_save(model)
 
     def _write(self, args, state) -> None:
         if state.is_world_process_zero:
@@ -241,10 +314,51 @@ class PruningCallback(TrainerCallback):
             })
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Check everything that would otherwise fail only at the scoring step (see the class docstring)."""
         self._check_distill_trainer()
-        # Explicit layer indices are checked against the model before training, not at the scoring step.
-        if self.plan is None and isinstance(self.config.layers, list) and model is not None:
-            PruningPlan(layers=self.config.layers).validate(unwrap_model(model))
+        if self.plan is not None or model is None:
+            return
+        model = unwrap_model(model)
+        if self.config.mode == "prune":
+            self._check_single_process()
+        self._check_plan(model)
+        self._data = None
+        data = self._scoring_data(args, {**kwargs, "model": model})
+        if data is not None:
+            need_labels = any(found.needs_labels for found in self.config.used_criteria())
+            check_scoring_data("PruningCallback", data, model, need_labels)
+            logger.info("PruningCallback: will score on %s", data.source)
+
+    def _check_plan(self, model) -> None:
+        """Select on data-free scores of the real shapes and validate the plan: an impossible plan fails now."""
+        try:
+            self._choose(self._placeholder_scores(model)).validate(model)
+        except (ValueError, TypeError, KeyError, NotImplementedError) as err:
+            raise ValueError(f"PruningCallback: the plan cannot be applied to {type(model).__name__} (checked "
+                             f"before training): {err}") from err
+
+    def _placeholder_scores(self, model) -> dict:
+        """Scores of the shapes the real ones will have: the configured criterion if it reads no data, else one
+        that reads none ("magnitude"; "l1" for channels; zeros for layers)."""
+        c = self.config
+        stand_in = {"criterion": "magnitude", "neuron_criterion": "magnitude", "layer_method": None,
+                    "channel_criterion": "l1"}
+        names = {name: (found.name if not found.needs_data else stand_in[name])
+                 for name, found in zip(c._CRITERIA, map(c.criterion_for, c._CRITERIA)) if found is not None}
+        scores = {}
+        if "criterion" in names:
+            scores["heads"] = head_importance(model, criterion=names["criterion"], seed=c.seed, show_progress=False)
+        if "neuron_criterion" in names:
+            scores["neurons"] = neuron_importance(model, criterion=names["neuron_criterion"], seed=c.seed,
+                                                  show_progress=False)
+        if "layer_method" in names:
+            scores["layers"] = torch.zeros(model_structure(model)["num_layers"])
+        if "channel_criterion" in names:
+            from ..importance.channels import channel_importance
+
+            scores["channels"] = channel_importance(model, criterion=names["channel_criterion"], seed=c.seed,
+                                                    groups=c.channel_groups)
+        return scores
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.plan is None and self.config.at_step is not None and state.global_step >= self.config.at_step:
@@ -261,9 +375,12 @@ class PruningCallback(TrainerCallback):
                 logger.warning("PruningCallback: training ended before the chosen step/epoch; scoring now")
             self._select(args, state, kwargs)
         if self.config.prune_at_end and not self.pruned:
+            model = unwrap_model(kwargs["model"])
             self.remove_mask()
-            prune(unwrap_model(kwargs["model"]), self.plan)
+            prune(model, self.plan)
             self.pruned = True
+            export_on_save(model)
+            self._announce(state, f"pruned at train end (step {state.global_step})", totals(model_structure(model)))
             self._write(args, state)
 
     def remove_mask(self) -> None:
