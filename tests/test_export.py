@@ -108,12 +108,18 @@ def test_save_pruned_is_atomic_and_safetensors_only(tmp_path):
             raise Boom("disk full")
 
     with pytest.raises(Boom):
-        hfprune.save_pruned(model, out, tokenizer=BadTokenizer())
+        hfprune.save_pruned(model, out, tokenizer=BadTokenizer(), overwrite=True)  # even asked to replace it
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left behind
 
-    hfprune.save_pruned(model, out)
+    # A folder holding a user's files is never replaced unasked: refused by name, nothing touched.
+    with pytest.raises(FileExistsError, match=f"{out}.*not written by hfprune.*overwrite=True"):
+        hfprune.save_pruned(model, out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    hfprune.save_pruned(model, out, overwrite=True)  # asked for: replaced as a whole
     assert (out / "model.safetensors").exists() and not (out / "keep.txt").exists()
+    hfprune.save_pruned(model, out)  # an earlier hfprune output (its marker) is replaced without asking
     inputs = make_inputs(model)
     # same attention kernel as the test model -> bit-identical logits
     assert torch.equal(logits_of(hfprune.load_pruned(out, attn_implementation="eager"), inputs),

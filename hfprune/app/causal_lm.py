@@ -364,7 +364,7 @@ def _write(model, tokenizer, results: dict, scores: dict, out_dir: str) -> None:
     from ..io import atomic_dir
     from ..io.formats import write_model
 
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:  # check_output_dir (the --output guard) decided first
         # As save_pruned: a GGUF-loaded model saves as a plain checkpoint, a uniform Llama whose head count
         # LlamaConfig refuses is written under the Mistral classes, so the folder loads with plain from_pretrained.
         results["loads_as"] = write_model(model, tmp, tokenizer, label=out_dir).class_name

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..structure import get_record
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output
 from .folders import read_safetensors, resolve_folder
 from .names import SPARSE_FORMAT, SPARSE_MANIFEST_NAME
 from .rebuild import build_model, load_config
@@ -157,8 +157,12 @@ def load_pruned(path_or_id: str | os.PathLike, **from_pretrained_kwargs) -> nn.M
     return model.to(device) if device else model
 
 
-def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None, **save_kwargs) -> Path:
+def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False,
+                **save_kwargs) -> Path:
     """Save `model` (and `tokenizer`) to `output_dir` atomically: written to a temporary folder, then moved.
+
+    An existing `output_dir` is replaced only when an earlier hfprune write made it, or with `overwrite=True`
+    (`hfprune.io.atomic_dir`); a file there is refused. Either way nothing is written or removed then.
 
     Plain `model.save_pretrained(output_dir)` works too; this adds the all-or-nothing write, so an interrupted save
     never leaves a half-written folder behind, refuses non-safetensors serialisation, and writes a plain config
@@ -174,10 +178,10 @@ def save_pruned(model: nn.Module, output_dir: str | os.PathLike, tokenizer=None,
     """
     if save_kwargs.get("safe_serialization") is False:
         raise ValueError("hfprune saves weights only as safetensors; drop safe_serialization=False")
-    output_dir = Path(output_dir)
+    output_dir = check_output(output_dir, overwrite)
     from ..serving.plain import model_card
 
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         loads = write_model(model, tmp, tokenizer, label=output_dir, **save_kwargs)
         if not (tmp / "README.md").exists():
             (tmp / "README.md").write_text(model_card(model, loads))

@@ -13,3 +13,6 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 SPARSE_FORMAT = "hfprune-sparse"
 SPARSE_MANIFEST_NAME = "hfprune_sparse.json"
 SPARSE_WEIGHTS_NAME = "model.sparse.safetensors"
+
+# Every output folder hfprune writes carries this file: a later write may replace such a folder, never another one.
+OUTPUT_MARKER_NAME = "hfprune_output.json"

@@ -153,6 +153,7 @@ def build_model(config, state: dict[str, torch.Tensor], source: str, dtype=None,
         model = model_class_for(config)(config)  # weights are overwritten below, so skip their random init
     record = get_record(config)
     if record is not None:
+        check_record(model, record, state, source, checkpoint_names)
         apply_structure(model, record)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # before loading, so a tied tensor saved once is recognised as present
@@ -161,6 +162,50 @@ def build_model(config, state: dict[str, torch.Tensor], source: str, dtype=None,
     if dtype is not None:
         model = model.to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model.eval()
+
+
+# Per-layer counts of a record, each with the most a layer of the config can hold and the module whose weight an
+# error names. Key/value heads: at most one per query head (pruning inside a GQA group may repeat a shared one).
+_COUNTS = (
+    ("heads", "attention heads", lambda a, m, b: a.num_heads(m, b), lambda a, b: a.out_proj(b)),
+    ("kv_heads", "key/value heads", lambda a, m, b: a.num_heads(m, b), lambda a, b: a.qkv_segments(b)[1].module),
+    ("ffn", "FFN neurons", lambda a, m, b: a.intermediate_size(b), lambda a, b: a.ffn_out(b)),
+)
+
+
+def check_record(model: nn.Module, record: dict, state: dict[str, torch.Tensor], source: str,
+                 checkpoint_names: bool = True) -> None:
+    """Refuse a structure record no checkpoint of this config can hold: a layer keeping more heads, key/value heads
+    or FFN neurons than the config builds (or fewer than none), before any reshaping.
+
+    Raises:
+        ValueError: names the layer, the count, the tensor and its shape in the checkpoint and unpruned.
+    """
+    if "channels" in record:  # a CNN's channel-group record: checked where it is applied
+        return
+    from ..arch import get_adapter
+
+    adapter = get_adapter(model)
+    layers = adapter.layers(model)
+    for index, (block, spec) in enumerate(zip(layers, record.get("layers") or [])):
+        for field, what, built_count, module_of in _COUNTS:
+            kept, built = int(spec[field]), built_count(adapter, model, block)
+            if not 0 <= kept <= built:
+                weight = module_of(adapter, block).weight
+                name, saved = _saved_shape(model, weight, state, checkpoint_names)
+                raise ValueError(
+                    f"{source}: the hfprune record keeps {kept} {what} in layer {index}, but a layer of this config "
+                    f"holds at most {built}; tensor {name!r} has shape {saved} in the checkpoint "
+                    f"({tuple(weight.shape)} unpruned), so the record does not match the weights"
+                )
+
+
+def _saved_shape(model: nn.Module, weight: torch.Tensor, state: dict, checkpoint_names: bool):
+    """The model's name of `weight` and the shape the checkpoint holds under it (`None` if absent)."""
+    name = next((n for n, p in model.named_parameters() if p is weight), "?")
+    named = to_model_keys(model, state) if checkpoint_names else state
+    saved = named.get(name)
+    return name, None if saved is None else tuple(saved.shape)
 
 
 def saved_dtype(config):

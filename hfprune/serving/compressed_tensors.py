@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..io.atomic import atomic_dir
+from ..io.atomic import atomic_dir, check_output
 from .plain import model_card, plain_config
 
 logger = logging.getLogger("hfprune")
@@ -97,7 +97,8 @@ def _check(model: nn.Module, bits, group_size, ignore) -> dict[str, nn.Linear]:
 
 
 def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, bits: int = 8,
-                              group_size: int | None = None, tokenizer=None, ignore=("lm_head",)) -> Path:
+                              group_size: int | None = None, tokenizer=None, ignore=("lm_head",),
+                              overwrite: bool = False) -> Path:
     """Write `model` with int8 / int4 weights in the compressed-tensors `pack-quantized` format, atomically.
 
     Symmetric round-to-nearest, weight-only (activations stay float; W8A16 / W4A16 in llm-compressor's terms). The
@@ -105,7 +106,8 @@ def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, b
 
     Args:
         model (`PreTrainedModel`): a (pruned) model of a supported family, float weights.
-        output_dir (`str` or `os.PathLike`): the folder to write (replaced only once complete).
+        output_dir (`str` or `os.PathLike`): the folder to write (replaced only once complete; an existing folder
+            only when an earlier hfprune write made it, or with `overwrite=True`; a file never).
         bits (`int`, defaults to 8): 8 or 4.
         group_size (`int`, *optional*): `None`: one scale per output channel; e.g. 128: one per 128 input columns
             (must divide every quantized layer's input width).
@@ -113,13 +115,15 @@ def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, b
         ignore (`tuple[str]`, defaults to `("lm_head",)`): module names (or name suffixes, or `"re:<regex>"`) to
             keep in float. Only Linears inside the blocks are quantized; embeddings, `lm_head` and task heads never
             are, and every float Linear is listed in the config's `ignore`.
+        overwrite (`bool`, defaults to `False`): replace an existing folder that hfprune did not write.
 
     Returns:
         `Path`: `output_dir`.
 
     Raises:
         ValueError: `bits` not 4 / 8, a `group_size` that does not divide an input width (the layer is named), or no
-            Linear to quantize. ImportError: compressed-tensors is not installed. Nothing is written then.
+            Linear to quantize. ImportError: compressed-tensors is not installed. FileExistsError: `output_dir` is
+            a file, or a folder hfprune did not write. Nothing is written then.
 
     Example:
         ```python
@@ -128,6 +132,7 @@ def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, b
         ```
     """
     targets = _check(model, bits, group_size, ignore)
+    check_output(output_dir, overwrite)
     require_compressed_tensors()
     from ..dequantized import detach_gguf_quantizer
 
@@ -147,7 +152,7 @@ def export_compressed_tensors(model: nn.Module, output_dir: str | os.PathLike, b
                                  quantization_status=QuantizationStatus.COMPRESSED)
     config, loads = plain_config(model)
     output_dir = Path(output_dir)
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, state_dict=state)
         if loads.stand_in:
             config.save_pretrained(tmp)

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..dequantized import detach_gguf_quantizer
-from ..io.atomic import atomic_dir
-from ..io.folders import read_safetensors_file, safetensors_sizes
+from ..io.atomic import atomic_dir, check_output
+from ..io.folders import file_inside, read_safetensors_file, safetensors_sizes
 from ..io.names import SPARSE_FORMAT as FORMAT
 from ..io.names import SPARSE_MANIFEST_NAME as MANIFEST_NAME
 from ..io.names import SPARSE_WEIGHTS_NAME as WEIGHTS_NAME
@@ -112,7 +112,7 @@ def _decode(key: str, meta: dict, pieces: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = False, tokenizer=None,
-                    min_sparsity: float = 0.05, tensors: list[str] | None = None) -> Path:
+                    min_sparsity: float = 0.05, tensors: list[str] | None = None, overwrite: bool = False) -> Path:
     """Save a sparse model as bitmask + packed non-zeros (optionally int8 per output channel), atomically.
 
     A tensor is stored sparse when it is floating point, at least 2-D, has at least `min_sparsity` zeros, and the
@@ -121,16 +121,21 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
 
     Args:
         model (`nn.Module`): a transformers model (structurally pruned ones too).
-        path (`str` or `os.PathLike`): output folder, replaced as a whole.
+        path (`str` or `os.PathLike`): output folder, replaced as a whole once complete; an existing folder only
+            when an earlier hfprune write made it (or with `overwrite=True`), a file never.
         int8 (`bool`, defaults to `False`): store the non-zeros of sparse tensors as int8 with one symmetric float32
             scale per output channel (lossy: error <= scale / 2 per weight). Dense tensors stay as they are.
         tokenizer (*optional*): saved alongside.
         min_sparsity (`float`, defaults to 0.05): tensors with fewer zeros than this stay dense.
         tensors (`list[str]`, *optional*): state-dict keys to store sparse (e.g. `handle.keys()`); default: every
             tensor that qualifies.
+        overwrite (`bool`, defaults to `False`): replace an existing folder that hfprune did not write.
 
     Returns:
         `Path`: the folder.
+
+    Raises:
+        FileExistsError: `path` is a file, or a folder hfprune did not write (without `overwrite=True`).
 
     Example:
         ```python
@@ -141,6 +146,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity={min_sparsity} is outside [0, 1]")
+    check_output(path, overwrite)  # before any work
     detach_gguf_quantizer(model)  # its config must not claim a GGUF quantization the stored weights lack
     state, alias = _unique_state(model)
     if tensors is not None:
@@ -168,7 +174,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, int8: bool = Fals
                 "tensors": manifest_tensors}
 
     path = Path(path)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, overwrite=overwrite) as tmp:
         save_file(stored, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "hfprune": FORMAT})
         config.save_pretrained(tmp)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
@@ -209,11 +215,17 @@ def load_compressed(folder: str | os.PathLike, dtype=None, attn_implementation: 
     return build_model(config, state, str(folder), dtype, checkpoint_names=False)
 
 
+def _weights_file(folder: Path, manifest: dict) -> Path:
+    """The weights file the manifest names, inside the folder."""
+    name = manifest["weights"]
+    return file_inside(folder, name, f"weights file {name!r} named in {folder / MANIFEST_NAME}")
+
+
 def read_compressed_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The dense state dict of a `save_compressed` folder (sparse tensors decoded), under the model's own names."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    raw = read_safetensors_file(folder / manifest["weights"])
+    raw = read_safetensors_file(_weights_file(folder, manifest))
     state = {k: v for k, v in raw.items() if "::" not in k}
     for key, meta in manifest["tensors"].items():
         state[key] = _decode(key, meta, raw)
@@ -230,7 +242,7 @@ def compressed_stats(folder: str | os.PathLike) -> dict[str, float]:
     """
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    sizes = safetensors_sizes(folder / manifest["weights"])
+    sizes = safetensors_sizes(_weights_file(folder, manifest))
     sparse_stored = sum(n for k, n in sizes.items() if "::" in k)
     sparse_dense = sum(int(np.prod(m["shape"], dtype=np.int64)) * getattr(torch, m["dtype"]).itemsize
                        for m in manifest["tensors"].values())

@@ -4,6 +4,11 @@ Masks are enforced without parametrizations and without a second copy of any wei
 is zeroed by a tensor hook, and after every optimizer step that updates a masked weight, the mask is re-applied in
 place (a global optimizer step post-hook). The second part is what keeps Adam from moving pruned weights back: its
 moment estimates from before pruning would otherwise keep updating them. Memory cost: one bool per pruned weight.
+
+The masks hold as long as the model lives, whether or not the caller keeps the handle: every active handle is kept
+by its model (a registry keyed weakly by the model; the handle refers to the model weakly), so a bare
+`hfprune.sparsify(model, 0.5)` keeps its zeros through training until `finalize()` / `remove()`.
+`active_weight_masks(model)` lists them; structural pruning refuses while there are any.
 """
 
 from __future__ import annotations
@@ -17,24 +22,21 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..criteria import get_criterion
+from .active import active_handles, keep_handle, release_handle
 from .config import SparsifyConfig
 from .criteria import compute_scores
 from .patterns import check_shapes, select_masks
 from .targets import Target
 
-# Handles currently enforcing masks; two handles on one weight would silently prune the union of their masks.
-_ACTIVE: weakref.WeakSet = weakref.WeakSet()
-
 
 def check_not_masked(model: nn.Module, targets: list[Target]) -> None:
     """Raise if an active handle already masks one of `targets` (use its `update()`, or `finalize()` it first)."""
     wanted = {id(t.weight) for t in targets}
-    for handle in list(_ACTIVE):
-        if handle.active and handle.model is model:
-            overlap = [t.key for t in handle.targets if id(t.weight) in wanted]
-            if overlap:
-                raise ValueError(f"{overlap[0]} (and {len(overlap) - 1} more) is already masked by an active "
-                                 f"{handle!r}; call its update(sparsity) or finalize() before sparsify")
+    for handle in active_handles(model):
+        overlap = [t.key for t in handle.targets if id(t.weight) in wanted]
+        if overlap:
+            raise ValueError(f"{overlap[0]} (and {len(overlap) - 1} more) is already masked by an active "
+                             f"{handle!r}; call its update(sparsity) or finalize() before sparsify")
 
 
 def compute_masks(model: nn.Module, targets: list[Target], config: SparsifyConfig, dataloader: Iterable | None = None,
@@ -68,7 +70,7 @@ class SparsityHandle:
     def __init__(self, model: nn.Module, targets: list[Target], masks: dict[str, torch.Tensor],
                  config: SparsifyConfig, dataloader: Iterable | None = None,
                  originals: dict[str, torch.Tensor] | None = None, info: dict | None = None):
-        self.model = model
+        self._model = weakref.ref(model)  # the model keeps the handle (see _ACTIVE), not the other way round
         self.config = config
         self.targets = list(targets)
         self.masks = masks
@@ -80,6 +82,11 @@ class SparsityHandle:
         self.active = False
         self._attach()
         self.apply()
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The masked model (`None` once it was garbage-collected)."""
+        return self._model()
 
     # ----- enforcement -------------------------------------------------------------------------------------------
     def _attach(self) -> None:
@@ -103,7 +110,7 @@ class SparsityHandle:
         self._hooks.append(step_hook)
         weakref.finalize(self, step_hook.remove)  # a handle dropped without remove() leaves no global hook behind
         self.active = True
-        _ACTIVE.add(self)
+        keep_handle(self.model, self)
 
     def _mask(self, name: str, device: torch.device) -> torch.Tensor:
         mask = self.masks[name]
@@ -183,7 +190,7 @@ class SparsityHandle:
             hook.remove()
         self._hooks.clear()
         self.active = False
-        _ACTIVE.discard(self)
+        release_handle(self.model, self)
 
     def finalize(self) -> nn.Module:
         """Fold the masks into the weights (plain zeros), detach every hook and return the model.

@@ -132,7 +132,7 @@ def write_image_outputs(model, run: dict, out_dir: str | Path) -> dict:
     from ...remote import add_remote_code
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=True) as tmp:  # check_output_dir (the --output guard) decided before any work
         model.save_pretrained(tmp)
         batch = run["latency_batch"]["pixel_values"][:8]
         model.eval().to("cpu")

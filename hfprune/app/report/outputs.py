@@ -67,7 +67,7 @@ def write_outputs(model, tokenizer, run: dict, out_dir: str | Path) -> dict:
     from .results import build_results
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, overwrite=True) as tmp:  # check_output_dir (the --output guard) decided before any work
         model.save_pretrained(tmp)  # safetensors; the config carries the hfprune structure record
         tokenizer.save_pretrained(tmp)
         diff = _reload_diff(tmp, model, run["latency_batch"])
