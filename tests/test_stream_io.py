@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import transformers
 
 import hfprune
+from hfprune.io.names import OUTPUT_MARKER_NAME
 from hfprune.stream import CheckpointReader, CheckpointWriter, StreamedModel
 from tests.conftest import logits_of, make_inputs, make_model
 
@@ -121,7 +123,8 @@ def test_one_shard_output_has_no_index(tmp_path):
     source = _save(tmp_path)
     _stream_copy(source, tmp_path / "out", shard="1GB")
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json"]
+    assert files == sorted(["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json",
+                            OUTPUT_MARKER_NAME])
     copied = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     reference = transformers.AutoModelForCausalLM.from_pretrained(source)
     assert torch.equal(copied.model.layers[2].mlp.down_proj.weight, reference.model.layers[2].mlp.down_proj.weight)
@@ -167,16 +170,18 @@ def test_missing_shard_names_the_shard_and_the_index(tmp_path):
     assert _hashes(folder) == before
 
 
-@pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/outside.safetensors", "sub/x.safetensors", ".."])
+@pytest.mark.parametrize("bad", ["../outside.safetensors", str(Path("/tmp/outside.safetensors").resolve()), "..",
+                                 "link.safetensors"])
 def test_shard_names_may_not_leave_the_folder(tmp_path, bad):
     folder = _save(tmp_path)
     shutil.copy(folder / _shards(folder)[0], tmp_path / "outside.safetensors")
+    (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")  # a link out of the folder
     index_file = folder / "model.safetensors.index.json"
     index = json.loads(index_file.read_text())
     index["weight_map"]["model.norm.weight"] = bad
     index_file.write_text(json.dumps(index))
     before = _hashes(folder)
-    with pytest.raises(ValueError, match=rf"names shard '{bad}', which is not a file name inside"):
+    with pytest.raises(ValueError, match=rf"shard '{re.escape(bad)}' named in .*index\.json points outside the folder"):
         CheckpointReader(folder)
     assert _hashes(folder) == before
 
@@ -232,6 +237,20 @@ def test_an_error_while_writing_keeps_the_earlier_output(tmp_path):
                     raise RuntimeError("walker failed")
     assert _hashes(tmp_path / "out") == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", source.name], "the temporary folder is removed"
+
+
+def test_a_folder_hfprune_did_not_write_is_replaced_only_with_overwrite(tmp_path):
+    source = _save(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        _stream_copy(source, theirs)
+    assert _hashes(theirs) == {"notes.txt": hashlib.sha256(b"keep me").hexdigest()}
+    stream = StreamedModel(source)
+    with CheckpointWriter(theirs, source=stream.reader, overwrite=True) as writer:
+        writer.add_tensors(stream.reader.read(stream.reader.names))
+    assert not (theirs / "notes.txt").exists() and sorted(CheckpointReader(theirs).names) == sorted(stream.reader.names)
 
 
 def test_a_tensor_written_twice_is_refused(tmp_path):

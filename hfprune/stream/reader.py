@@ -22,14 +22,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..io.folders import file_inside, require_safetensors
 from ..io.names import WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 # safetensors' dtype names -> torch dtypes (the ones torch has).
 SAFETENSORS_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
            "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
            "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-# Checkpoints hfprune refuses to open (pickle can run code while loading).
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Files besides the weights that a copy of the checkpoint needs (config, generation settings, tokenizer, processor).
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
               "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
@@ -63,8 +62,9 @@ class CheckpointReader:
     Raises:
         FileNotFoundError: no such folder; a folder without safetensors (a pickle checkpoint is named: hfprune never
             loads pickle); a shard named by the index is missing (the shard and the index are named).
-        ValueError: an index without `weight_map`, a shard name that leaves the folder (absolute, `..`), a tensor the
-            index puts in a shard that does not hold it, or a dtype torch does not have.
+        ValueError: an index without `weight_map`, a shard name that leaves the folder (absolute, `..`, a link out;
+            `hfprune.io.folders.file_inside`), a tensor the index puts in a shard that does not hold it, or a dtype
+            torch does not have.
 
     Example:
         ```python
@@ -89,14 +89,16 @@ class CheckpointReader:
             weight_map = _weight_map(index)
             shards: dict[str, list[str]] = {}
             for name, shard in weight_map.items():
-                shards.setdefault(_checked_shard_name(shard, index), []).append(name)
+                shards.setdefault(shard, []).append(name)
             for shard in shards:
-                if not (self.folder / shard).is_file():
+                if not file_inside(self.folder, shard, f"shard {shard!r} named in {index}").is_file():
                     raise FileNotFoundError(f"shard {shard!r} named in {index} is missing from {self.folder}")
             return index, shards
         if (self.folder / WEIGHTS_NAME).is_file():
             return None, {WEIGHTS_NAME: None}
-        raise FileNotFoundError(_no_safetensors(self.folder))
+        require_safetensors(self.folder)  # a pickle-only folder: the error names the pickle file
+        found = sorted(p.name for p in self.folder.iterdir())
+        raise FileNotFoundError(f"{self.folder} holds no {WEIGHTS_NAME} / {WEIGHTS_INDEX_NAME} (found: {found})")
 
     def _read_headers(self, shards: dict[str, list[str] | None]) -> dict[str, TensorInfo]:
         info: dict[str, TensorInfo] = {}
@@ -162,27 +164,9 @@ def _weight_map(index: Path) -> dict[str, str]:
         weight_map = json.loads(index.read_text()).get("weight_map")
     except (json.JSONDecodeError, AttributeError) as err:
         raise ValueError(f"{index} is not a safetensors index (a JSON object with 'weight_map'): {err}") from None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index} has no 'weight_map' (tensor name -> shard file)")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index} has no 'weight_map' mapping tensor names to shard file names")
     return weight_map
-
-
-def _checked_shard_name(shard, index: Path) -> str:
-    """A shard name from the index, refused unless it is a plain file name inside the checkpoint folder."""
-    if not isinstance(shard, str) or not shard or Path(shard).name != shard or shard in (".", ".."):
-        raise ValueError(f"{index} names shard {shard!r}, which is not a file name inside {index.parent} (shard names "
-                         "may not hold folders, '..' or absolute paths)")
-    return shard
-
-
-def _no_safetensors(folder: Path) -> str:
-    found = sorted(p.name for p in folder.iterdir())
-    pickles = [name for name in found if name.endswith(_PICKLE_SUFFIXES)]
-    if pickles:
-        return (f"{folder} holds no {WEIGHTS_NAME} / {WEIGHTS_INDEX_NAME}, only pickle weights {pickles}; hfprune "
-                "never loads pickle (it can run code): convert them to safetensors first (load them once where you "
-                "trust the file, then save_pretrained, which writes safetensors)")
-    return f"{folder} holds no {WEIGHTS_NAME} / {WEIGHTS_INDEX_NAME} (found: {found})"
 
 
 def _torch_dtype(name: str, tensor: str, shard: str) -> torch.dtype:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import atomic_dir
+from ..io.atomic import atomic_dir, check_output
 from ..io.names import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from .reader import SAFETENSORS_DTYPES, CheckpointReader
 
@@ -110,9 +110,12 @@ class CheckpointWriter:
         expected_bytes (`int`, *optional*): the bytes the output's tensors will take, for the free-space check;
             defaults to the source's. The check adds the side files and one shard of scratch space (a shard's data
             waits in a scratch file until its header can be written).
+        overwrite (`bool`, defaults to `False`): replace an existing `output_dir` that hfprune did not write
+            (`hfprune.io.atomic.atomic_dir`; an earlier hfprune output, or an empty folder, is replaced anyway).
 
     Raises:
         ValueError: a bad output location, a tensor added twice, an empty output.
+        FileExistsError: `output_dir` is a folder hfprune did not write, without `overwrite=True`.
         OSError: not enough free disk space (checked on entering, before anything is written).
 
     Example:
@@ -124,8 +127,8 @@ class CheckpointWriter:
     """
 
     def __init__(self, output_dir: str | os.PathLike, source: CheckpointReader, max_shard_size: int | str = "2GB",
-                 config=None, expected_bytes: int | None = None):
-        self.output_dir, self.source, self.config = Path(output_dir), source, config
+                 config=None, expected_bytes: int | None = None, overwrite: bool = False):
+        self.output_dir, self.source, self.config, self.overwrite = Path(output_dir), source, config, overwrite
         self.max_shard_size = parse_size(max_shard_size)
         tensors = source.nbytes if expected_bytes is None else int(expected_bytes)
         side = sum(p.stat().st_size for p in source.side_files())
@@ -140,9 +143,10 @@ class CheckpointWriter:
     # ----- context --------------------------------------------------------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
         check_output_location(self.source.folder, self.output_dir)
+        check_output(self.output_dir, self.overwrite)
         check_free_space(self.output_dir, self.needed_bytes)
         self._stack = ExitStack()
-        self._tmp = self._stack.enter_context(atomic_dir(self.output_dir))
+        self._tmp = self._stack.enter_context(atomic_dir(self.output_dir, overwrite=self.overwrite))
         return self
 
     def __exit__(self, exc_type, exc, tb):
