@@ -9,7 +9,7 @@ removed (`hfprune.prune`) by `bn_scale` (global: Network Slimming), `l1` (per la
 8 training batches) and `random` (global and per layer, 3 seeds: the baseline of each scope), and each pruned
 model is fine-tuned for a short recovery. Before recovery each plan is also evaluated with removed-channel
 compensation (`hfprune.prune(..., compensate=batches)`, and `channel_compensation(..., sequential=True)`; the same
-512 training images as the BatchNorm recalibration) and, separately, with `hfprune.recalibrate_batchnorm`; the
+512 training images as the BatchNorm refresh) and, separately, with `hfprune.refresh_batchnorm`; the
 recovery starts from the plain pruned model.
 
     python benchmarks/cnn_mnist.py            # ~3-6 min on 2 shared CPU cores
@@ -135,11 +135,11 @@ def main(argv=None):
                     hfprune.prune(model, plan)
                     before = accuracy(model, test_set)
                     params, flops = cost(model)
-                    refreshed = hfprune.recalibrate_batchnorm(copy.deepcopy(model), taylor_batches)
-                    recalibrated = accuracy(refreshed, test_set)
+                    refreshed = hfprune.refresh_batchnorm(copy.deepcopy(model), taylor_batches)
+                    refreshed_acc = accuracy(refreshed, test_set)
                     train(model, train_set, args.out, args.recovery_epochs, args.lr / 5, args.seed,
                           args.weight_decay)
-                    runs.append((before, compensated_acc, sequential_acc, recalibrated, accuracy(model, test_set),
+                    runs.append((before, compensated_acc, sequential_acc, refreshed_acc, accuracy(model, test_set),
                                  params, flops))
                 rows.append((slimming, criterion, scope, ratio, runs, None))
                 print(rows[-1], flush=True)
@@ -154,11 +154,11 @@ def main(argv=None):
           f"l1={args.l1:g} on the inner BatchNorms; recovery {args.recovery_epochs:g} epoch at lr {args.lr / 5:g}; "
           f"random: mean of {args.random_seeds} seeds; compensation: hfprune.prune(compensate=) (sequential: "
           "channel_compensation(sequential=True)) and BN "
-          "recalibration: hfprune.recalibrate_batchnorm, each on the same 512 training images (offsets / running "
+          "refresh: hfprune.refresh_batchnorm, each on the same 512 training images (offsets / running "
           "statistics only), each on its own copy of the pruned model")
     print()
     print("| base | criterion (scope) | inner channels removed | test acc before recovery | + compensation | "
-          "+ sequential compensation | + BN recalibration | after recovery | params | MFLOPs |")
+          "+ sequential compensation | + BN refresh | after recovery | params | MFLOPs |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for slim, crit, scope, ratio, runs, small in rows:
         before, comp, seq, recal, after, params, flops = [sum(r[i] for r in runs) / len(runs) for i in range(7)]
@@ -172,7 +172,7 @@ def main(argv=None):
                   f"{recal:.3f} | {after:.3f} | {params:,.0f} | {flops / 1e6:.2f} |")
     print()
     print(f"random, spread over the {args.random_seeds} seeds (min-max; before recovery / + compensation / + "
-          "sequential compensation / + BN recalibration / after recovery):")
+          "sequential compensation / + BN refresh / after recovery):")
     for slim, crit, scope, ratio, runs, _ in rows:
         if crit == "random":
             spread = " / ".join(f"{min(r[i] for r in runs):.3f}-{max(r[i] for r in runs):.3f}" for i in range(5))

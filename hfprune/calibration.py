@@ -1,9 +1,11 @@
 """Calibration data for causal language models: fixed-length windows of token ids sampled from a text.
 
-Calibration-based pruning (Wanda, SparseGPT) and perplexity read batches of token ids. `calibration_batches` turns a
-text file, a list of strings or a `datasets` text column into such batches with a seeded sampler: the texts are
-tokenized, concatenated into one token stream, and `num_samples` windows of `seq_len` tokens start at random
-positions of that stream (as the reference implementations of SparseGPT and Wanda sample C4 / WikiText-2).
+In hfprune "calibration" means this, and only this: the unlabelled sample of inputs a one-shot method measures the
+model on. The block-by-block criteria (Wanda, SparseGPT), the structured LLM criteria and perplexity read batches of
+token ids. `calibration_batches` turns a text file, a list of strings or a `datasets` text column into such batches
+with a seeded sampler: the texts are tokenized, concatenated into one token stream, and `num_samples` windows of
+`seq_len` tokens start at random positions of that stream (as the reference implementations of SparseGPT and Wanda
+sample C4 / WikiText-2).
 
 Any other iterable of batch dicts (`{"input_ids": LongTensor[batch, seq]}`, optionally `attention_mask`, `labels`)
 is accepted by the pruning functions and by `hfprune.perplexity` as well.
@@ -12,33 +14,12 @@ is accepted by the pruning functions and by `hfprune.perplexity` as well.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-# Config attributes that bound the sequence length, by family (the first one present wins).
-_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-def max_positions(model_or_config) -> int | None:
-    """The longest sequence the model accepts (from its config), or `None` when the config does not say."""
-    config = getattr(model_or_config, "config", model_or_config)
-    for key in _POSITION_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def check_seq_len(seq_len: int, model=None, max_positions_: int | None = None, what: str = "seq_len") -> None:
-    """Raise `ValueError` if `seq_len` exceeds the model's positions (`model`'s config or `max_positions_`)."""
-    limit = max_positions_ if max_positions_ is not None else (max_positions(model) if model is not None else None)
-    if limit is not None and seq_len > limit:
-        name = f" of {type(model).__name__}" if model is not None else ""
-        raise ValueError(f"{what}={seq_len} is longer than the {limit} positions{name} "
-                         f"(config.max_position_embeddings); use seq_len <= {limit}")
+from .passes import check_seq_len
 
 
 def _read_texts(texts, text_column: str) -> list[str]:
@@ -123,27 +104,4 @@ def calibration_batches(tokenizer, texts, num_samples: int = 128, seq_len: int =
             for chunk in windows.split(batch_size)]
 
 
-def as_batch(batch) -> dict:
-    """A batch dict from a dict or a bare tensor of token ids (1-D or 2-D)."""
-    if isinstance(batch, torch.Tensor):
-        return {"input_ids": batch if batch.dim() == 2 else batch.unsqueeze(0)}
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        raise TypeError("calibration / evaluation batches must be dicts with 'input_ids' (or tensors of token ids); "
-                        f"got {type(batch).__name__}")
-    return dict(batch)
-
-
-def iter_batches(batches: Iterable | Mapping | torch.Tensor, model: nn.Module | None = None) -> Iterable[dict]:
-    """Yield batch dicts from `batches`, checking each sequence length against `model`'s positions."""
-    if isinstance(batches, (Mapping, torch.Tensor)):
-        batches = [batches]
-    if batches is None:
-        raise ValueError("no calibration data: pass dataloader= (e.g. hfprune.calibration_batches(...))")
-    for batch in batches:
-        batch = as_batch(batch)
-        if model is not None:
-            check_seq_len(int(batch["input_ids"].shape[-1]), model, what="sequence length of a batch")
-        yield batch
-
-
-__all__ = ["calibration_batches", "check_seq_len", "iter_batches", "max_positions", "token_stream"]
+__all__ = ["calibration_batches", "token_stream"]

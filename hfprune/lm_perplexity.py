@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calibration import iter_batches, max_positions
+from .passes import iter_batches, max_positions
 
 IGNORE = -100
 
@@ -88,12 +88,13 @@ def perplexity(model: nn.Module, batches: Iterable | Mapping | torch.Tensor, str
     was_training = model.training
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
+    if isinstance(batches, (Mapping, torch.Tensor)):  # one batch
+        batches = [batches]
     try:
         model.eval()
         with torch.no_grad():
-            for index, batch in enumerate(iter_batches(batches, None if stride is not None else model)):
-                if max_batches is not None and index >= max_batches:
-                    break
+            for batch in iter_batches(batches, max_batches=max_batches, show_progress=False, need_labels=False,
+                                      positions_of=None if stride is not None else model):
                 ids = batch["input_ids"].to(device)
                 mask = batch.get("attention_mask")
                 mask = mask.to(device) if mask is not None else None

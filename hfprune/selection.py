@@ -16,9 +16,8 @@ from torch import nn
 
 from .importance.common import ImportanceResult, check_ratio
 from .plan import PruningPlan
+from .ranking import SCOPES
 from .selection_uniform import contiguous_block, uniform_heads, uniform_neurons
-
-_SCOPES = ("global", "layer")
 
 
 def _round(x: float) -> int:
@@ -57,8 +56,8 @@ def _check_amount(ratio, count, what: str) -> None:
 def _lowest(rows: list[torch.Tensor], ratio, count, scope: str, min_per_layer: int, what: str) -> list[list[int]]:
     """Per layer, the indices of the units to remove (lowest scores first)."""
     _check_amount(ratio, count, what)
-    if scope not in _SCOPES:
-        raise ValueError(f"select_{what}: scope must be one of {_SCOPES}, got {scope!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"select_{what}: scope must be one of {SCOPES}, got {scope!r}")
     if isinstance(min_per_layer, bool) or not isinstance(min_per_layer, int) or min_per_layer < 0:
         raise ValueError(f"select_{what}: min_per_layer must be a non-negative integer, got {min_per_layer!r}")
     valid = [(~torch.isnan(row)).nonzero().flatten().tolist() for row in rows]

@@ -14,8 +14,7 @@ import torch
 
 from .importance.common import check_ratio
 from .plan import PruningPlan
-
-_SCOPES = ("global", "layer")
+from .ranking import SCOPES
 
 
 def _units(scores, name: str) -> tuple[torch.Tensor, int]:
@@ -35,8 +34,8 @@ def _check(ratio, scope, round_to, min_per_group) -> None:
     if ratio is None:
         raise ValueError("select_channels: ratio= is required (the fraction of channels to remove)")
     check_ratio("select_channels: ratio", ratio)
-    if scope not in _SCOPES:
-        raise ValueError(f"select_channels: scope must be one of {_SCOPES}, got {scope!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"select_channels: scope must be one of {SCOPES}, got {scope!r}")
     for name, value, low in (("round_to", round_to, 1), ("min_per_group", min_per_group, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ValueError(f"select_channels: {name} must be an integer >= {low}, got {value!r}")

@@ -40,12 +40,25 @@ def test_import_hfprune_loads_no_application_and_no_plotting():
     assert _imported_after("import hfprune") == []
 
 
+# Modules whose classes subclass `transformers.Trainer` at module level: importing `transformers.Trainer` loads
+# `datasets` (when installed), so these are held to exactly what `transformers.Trainer` itself brings.
+TRAINER_MODULES = ("hfprune.recovery.distill",)
+
+
 def test_every_library_module_imports_without_the_application():
     names = _library_modules()
     assert "hfprune.selection" in names and "hfprune.callbacks.pruning" in names and len(names) > 40
     assert not any(n.startswith("hfprune.app") for n in names)
+    assert set(TRAINER_MODULES) <= set(names)
+    names = [n for n in names if n not in TRAINER_MODULES]
     code = "import importlib\n" + "".join(f"importlib.import_module({n!r})\n" for n in names)
     assert _imported_after(code) == []
+
+
+def test_trainer_modules_import_nothing_beyond_transformers_trainer():
+    trainer = set(_imported_after("from transformers import Trainer"))
+    for name in TRAINER_MODULES:
+        assert set(_imported_after(f"import {name}")) <= trainer, name
 
 
 @pytest.mark.parametrize("old", ["hfprune.recipes", "hfprune.recipes.runner", "hfprune.data", "hfprune.metrics",

@@ -211,12 +211,12 @@ def test_attached_gates_are_refused():
         handle.remove()
 
 
-def test_decoder_calibration_uses_the_causal_lm_loss():
-    from hfprune.budget.fisher import calibration_batches
+def test_decoder_batches_use_the_causal_lm_loss():
+    from hfprune.passes import prepare_batches
 
     model = make_model("llama")
     batch = make_inputs(model, batch=2, seq=7, seed=3)
-    (got,) = calibration_batches(model, [batch], num_samples=None)
+    (got,) = prepare_batches(model, [batch], num_samples=None)
     expected = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     assert torch.equal(got["labels"], expected)
 

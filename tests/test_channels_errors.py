@@ -164,14 +164,14 @@ def test_network_slimming_adds_l1_sign_to_the_targeted_gamma_grads():
         assert torch.allclose(param.grad, expected)
 
 
-def test_recalibrate_batchnorm_refreshes_only_the_running_statistics():
+def test_refresh_batchnorm_refreshes_only_the_running_statistics():
     model = make_cnn("resnet_bottleneck")
     name = "resnet.encoder.stages.0.layers.0.layer.0.convolution"
     hfprune.prune(model, hfprune.PruningPlan(channels={name: [0, 1]}))
     weights = {k: v.clone() for k, v in model.named_parameters()}
     momenta = [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     batch = pixel_batch(num=16)
-    hfprune.recalibrate_batchnorm(model, [batch])
+    hfprune.refresh_batchnorm(model, [batch])
     assert not model.training and all(torch.equal(v, weights[k]) for k, v in model.named_parameters())
     assert [m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
     # The stem's BatchNorm now holds exactly the batch statistics of its input.
@@ -180,9 +180,9 @@ def test_recalibrate_batchnorm_refreshes_only_the_running_statistics():
         h = stem.convolution(batch["pixel_values"])
     assert torch.allclose(stem.normalization.running_mean, h.mean((0, 2, 3)), atol=1e-4)
     with pytest.raises(ValueError, match="has no BatchNorm"):
-        hfprune.recalibrate_batchnorm(make_cnn("convnext"), [batch])
+        hfprune.refresh_batchnorm(make_cnn("convnext"), [batch])
     with pytest.raises(ValueError, match="yielded no batch"):
-        hfprune.recalibrate_batchnorm(model, [])
+        hfprune.refresh_batchnorm(model, [])
     assert torch.allclose(stem.normalization.running_mean, h.mean((0, 2, 3)), atol=1e-4)  # restored on error
 
 

@@ -184,3 +184,76 @@ def test_uniform_head_count_llamaconfig_refuses_is_written_as_a_plain_folder(tmp
     ids = torch.randint(2, len(WORDS) + 2, (2, 10))
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, pruned(ids).logits, atol=1e-5)
+
+
+@pytest.fixture
+def rowmag():
+    """A new block-by-block weight criterion and a new layer criterion, registered for one test only (no app file
+    names them)."""
+    import hfprune.criteria as registry
+    from hfprune.criteria import BlockwiseResult, Option, register_criterion
+    from hfprune.criteria._blockwise import prune_blocks
+    from hfprune.ranking import lowest_k
+
+    seen = {}
+
+    class Count:
+        def __init__(self):
+            self.rows = 0
+
+        def add(self, x):
+            self.rows += x.reshape(-1, x.shape[-1]).shape[0]
+
+    @register_criterion("rowmag", units=("weights",), needs="blocks", order=35,
+                        options={"power": Option(lambda v: isinstance(v, int) and v >= 1, "a positive integer")},
+                        summary="|w| ** power within each row, block by block (a test criterion)")
+    def rowmag_fn(model, dataloader, *, targets, sparsity, pattern, device=None, originals=None, power: int = 1):
+        seen.update(originals=originals, power=power)
+
+        def solve(target, weight, stat):
+            assert stat.rows > 0  # the block-by-block pass fed the layer
+            k = round(sparsity * weight.shape[1])
+            keep = torch.stack([~lowest_k(row.abs() ** power, k) for row in weight])
+            return keep, None
+
+        masks, info = prune_blocks(model, targets, dataloader, lambda t: Count(), solve, device=device,
+                                   originals=originals)
+        return BlockwiseResult(masks, originals, info)
+
+    @register_criterion("last_first", units=("layers",), summary="the last layer is the least important (a test)")
+    def last_first(model, dataloader=None, **common):
+        return torch.arange(len(hfprune_adapter_layers(model)), 0, -1).float()
+
+    yield seen
+    registry.unregister_criterion("rowmag", "weights")
+    registry.unregister_criterion("last_first", "layers")
+
+
+def hfprune_adapter_layers(model):
+    import hfprune
+
+    return hfprune.get_adapter(model).layers(model)
+
+
+def test_a_new_block_by_block_criterion_is_a_cli_choice_and_runs(rowmag, tiny_lm, tmp_path, capsys):
+    import hfprune
+    from hfprune.app.causal_lm import CausalLMOptions
+
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(tiny_lm, out) + ["--sparsity", "0.5", "--criterion", "rowmag"], capsys)
+    assert rc == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert abs(results["after"]["weight_sparsity"] - 0.5) < 0.01
+    assert rowmag == {"originals": None, "power": 1}  # a block-by-block criterion: the run keeps no copy
+    # Its own options are the registry's: accepted with a valid value, refused (naming it) otherwise.
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm / "model")
+    batches = [{"input_ids": torch.randint(2, len(WORDS) + 2, (2, 12))}]
+    handle = hfprune.sparsify(model, 0.5, criterion="rowmag", dataloader=batches, power=2)
+    assert handle.info["blocks"] == 4 and rowmag["power"] == 2
+    handle.remove()
+    with pytest.raises(ValueError, match="power must be a positive integer; got 0"):
+        hfprune.sparsify(model, 0.5, criterion="rowmag", dataloader=batches, power=0)
+    # A new layer criterion is a valid --layer-method of the causal-LM run.
+    options = CausalLMOptions(model=str(tiny_lm / "model"), text_file=str(tiny_lm / "train.txt"), output="o",
+                              layers=1, layer_method="last_first")
+    assert options.layer_method == "last_first"

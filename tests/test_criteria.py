@@ -116,7 +116,7 @@ def test_after_the_test_the_criterion_is_gone():
 def test_flags_decide_data_and_seed_checks_before_any_work(registered):
     calls = []
 
-    @registered("needs_everything", units=("neurons",), needs_data=True, needs_labels=True, needs_seed=True)
+    @registered("needs_everything", units=("neurons",), needs="gradients", needs_labels=True, needs_seed=True)
     def needs_everything(model, dataloader, **common):
         calls.append(1)
         return []
@@ -154,3 +154,36 @@ def test_weight_and_layer_criteria_dispatch_with_their_options(registered):
         hfprune.sparsify(make_model("bert"), 0.5, criterion="first_column", keep_colum=1)
     with pytest.raises(ValueError, match="metric_fn=... is only available with criterion='ablation'"):
         hfprune.layer_importance(model, _batches(model), method="gate", metric_fn=lambda out, batch: 0.0)
+
+
+def test_a_head_only_criterion_scores_neurons_with_the_criterion_of_its_pass(registered):
+    from hfprune.criteria import closest_criterion
+
+    assert closest_criterion("taylor", "neurons") == "taylor"
+    assert closest_criterion("michel", "neurons") == "taylor"  # gradients -> the first gradient neuron criterion
+
+    @registered("first_token", units=("heads",), needs="forward")
+    def first_token(model, dataloader, **common):
+        return []
+
+    assert closest_criterion("first_token", "neurons") == "activation"  # forward -> the forward neuron criterion
+    with pytest.raises(ValueError, match="'nowhere' is not registered for any unit kind"):
+        closest_criterion("nowhere", "neurons")
+
+
+def test_a_criterion_declares_its_pass_and_its_option_checks(registered):
+    from hfprune.criteria import Option
+
+    assert get_criterion("sparsegpt", "weights").needs == "blocks"
+    assert get_criterion("michel", "heads").needs == "gradients"
+    assert get_criterion("activation", "neurons").needs == "forward"
+    assert get_criterion("magnitude", "heads").needs is None
+    assert set(get_criterion("sparsegpt", "weights").checks) == {"blocksize", "percdamp", "true_sequential",
+                                                                 "precision"}
+    with pytest.raises(ValueError, match="needs must be None or one of"):
+        registered("x", units=("heads",), needs="everything")
+    with pytest.raises(ValueError, match="needs='blocks' prunes weights block by block"):
+        registered("x", units=("heads",), needs="blocks")
+    with pytest.raises(ValueError, match=r"options \['sizee'\] are not keyword parameters"):
+        registered("x", units=("weights",), options={"sizee": Option(bool, "anything")})(
+            lambda model, dataloader=None, *, size=1, **common: {})

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import make_inputs, make_model
 
 import hfprune
-from hfprune.distill import DistillationTrainer
+from hfprune.recovery.distill import DistillationTrainer
 
 
 def _args(tmp_path, **kw):
@@ -203,3 +203,15 @@ def test_pruning_callback_distill_needs_a_distillation_trainer(tmp_path):
         hfprune.PruningCallback(heads_ratio=0.5, distill={"beta": 1.0})
     with pytest.raises(ValueError, match="alpha"):
         hfprune.PruningCallback(heads_ratio=0.5, distill={"alpha": 2.0})
+
+
+def test_distillation_trainer_is_a_plain_trainer_subclass_at_module_level():
+    import transformers
+
+    import hfprune
+    import hfprune.recovery.distill as module
+
+    assert module.DistillationTrainer.__module__ == "hfprune.recovery.distill"
+    assert module.DistillationTrainer.__qualname__ == "DistillationTrainer"
+    assert issubclass(module.DistillationTrainer, transformers.Trainer)
+    assert hfprune.DistillationTrainer is module.DistillationTrainer and not hasattr(module, "__getattr__")

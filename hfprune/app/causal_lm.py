@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-LAYER_METHODS = ("block_influence", "angular", "ablation")
+from ..criteria import criterion_names, get_criterion
 
 
 def _check(ok: bool, message: str) -> None:
@@ -41,8 +41,8 @@ class CausalLMOptions:
         batch_size (`int`, defaults to 4): windows per batch.
         eval_samples (`int`, defaults to 64): at most this many consecutive evaluation windows.
         layers (`int`, *optional*): remove this many layers, chosen by `layer_method`.
-        layer_method (`str`, defaults to `"block_influence"`): "block_influence", "angular" (a contiguous block)
-            or "ablation".
+        layer_method (`str`, defaults to `"block_influence"`): a layer criterion of the registry: "block_influence",
+            "angular" (a contiguous block), "ablation", "gate", ...
         heads (`float`, *optional*): fraction of attention heads to remove.
         ffn (`float`, *optional*): fraction of FFN neurons to remove.
         criterion (`str`, *optional*): heads / FFN: a head / neuron criterion of the registry, "activation" by
@@ -90,8 +90,9 @@ class CausalLMOptions:
             value = getattr(self, name)
             _check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
         _check(0.0 < self.eval_fraction < 1.0, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        _check(self.layer_method in LAYER_METHODS,
-               f"layer_method must be one of {LAYER_METHODS}, got {self.layer_method!r}")
+        layer_methods = criterion_names("layers")
+        _check(self.layer_method in layer_methods,
+               f"layer_method must be one of {layer_methods}, got {self.layer_method!r}")
         structured = self.layers is not None or self.heads is not None or self.ffn is not None
         weights = self.sparsity is not None or self.pattern is not None
         _check(structured or weights, "nothing to prune: give layers, heads / ffn, or sparsity / pattern")
@@ -101,7 +102,6 @@ class CausalLMOptions:
             _check(re.fullmatch(r"\d+:\d+", self.pattern) is not None,
                    f"pattern must look like N:M (e.g. 2:4), got {self.pattern!r}")
             _check(self.sparsity is None, "pattern N:M fixes the sparsity; drop sparsity")
-        from ..criteria import criterion_names
 
         if weights:
             names = criterion_names("weights")
@@ -260,8 +260,9 @@ def run_causal_lm(options: CausalLMOptions, quiet: bool = False) -> dict:
     plan, scores = None, {}
     if options.sparsity is not None or options.pattern is not None:
         pattern = options.pattern or "unstructured"
-        # The calibration solvers can skip their copy of the original weights: the run finalizes at once.
-        extra = {"keep_original": False} if options.criterion in ("wanda", "sparsegpt") else {}
+        # The block-by-block criteria can skip their copy of the original weights: the run finalizes at once.
+        blockwise = get_criterion(options.criterion, "weights").sequential
+        extra = {"keep_original": False} if blockwise else {}
         handle = hfprune.sparsify(model, options.sparsity, criterion=options.criterion, pattern=pattern,
                                   dataloader=calib, **extra)
         handle.finalize()

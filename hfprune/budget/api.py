@@ -17,9 +17,10 @@ from torch import nn
 
 from ..arch import get_adapter, unwrap_model
 from ..masking import Gates, attach_gates
+from ..passes import prepare_batches
 from ..plan import PruningPlan
 from .costs import UnitCosts, counted_cost, unit_costs
-from .fisher import calibration_batches, collect_mask_gradients
+from .fisher import collect_mask_gradients
 from .latency import LatencyTable, build_latency_table
 from .rearrange import rearrange
 from .search import minimum_cost, search_mask
@@ -96,7 +97,7 @@ def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | 
         costs = unit_costs(model, metric, seq_len)
         _check_floor(costs, fraction, dense_heads, dense_neurons)
     t0 = time.perf_counter()
-    batches = calibration_batches(model, dataloader, num_samples=num_samples, show_progress=show_progress)
+    batches = prepare_batches(model, dataloader, num_samples=num_samples, show_progress=show_progress)
     if metric == "latency":
         table = table or build_latency_table(model, batches[0], seq_len=seq_len)
         costs = table.unit_costs(len(blocks))

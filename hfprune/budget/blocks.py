@@ -1,24 +1,20 @@
 """Running a model block by block on cached inputs (as SparseGPT / llm-compressor calibrate large decoders).
 
 The inputs of block 0 (hidden states plus whatever the model passes the block: attention mask, rotary position
-embeddings, ...) are captured once per batch with a forward pre-hook that stops the forward there; afterwards each
+embeddings, ...) are captured once per batch by `hfprune.passes.capture_block_inputs`; afterwards each
 block is called directly on the previous block's outputs, so a layer-wise statistic costs one block pass, not one
 model pass. No family knowledge: the call signature is whatever the model itself used.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .. import passes
 from ..arch import get_adapter
-
-
-class _Stop(Exception):
-    pass
 
 
 @dataclass
@@ -45,36 +41,15 @@ class BlockInputs:
 
 def capture_block_inputs(model: nn.Module, batches: list[dict]) -> list[BlockInputs]:
     """The input of block 0 for every batch (labels dropped: no loss is computed)."""
-    adapter = get_adapter(model)
-    first = adapter.layers(model)[0]
-    store: list = []
-
-    def hook(module, args, kwargs):
-        store.append((args, kwargs))
-        raise _Stop
-
-    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    first = get_adapter(model).layers(model)[0]
     out = []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                store.clear()
-                try:
-                    model(**{k: v for k, v in batch.items() if k != "labels"}, **extra)
-                except _Stop:
-                    pass
-                if not store:
-                    raise RuntimeError("the model's forward never reached its first block")
-                args, kwargs = store[0]
-                kwargs = dict(kwargs)
-                if args:
-                    hidden, rest, positional = args[0], tuple(args[1:]), True
-                else:
-                    hidden, rest, positional = kwargs.pop("hidden_states"), (), False
-                out.append(BlockInputs(hidden, rest, kwargs, positional, _valid_tokens(batch, hidden)))
-    finally:
-        handle.remove()
+    for batch, (args, kwargs) in zip(batches, passes.capture_block_inputs(model, first, batches)):
+        kwargs = dict(kwargs)
+        if args:
+            hidden, rest, positional = args[0], tuple(args[1:]), True
+        else:
+            hidden, rest, positional = kwargs.pop("hidden_states"), (), False
+        out.append(BlockInputs(hidden, rest, kwargs, positional, _valid_tokens(batch, hidden)))
     return out
 
 

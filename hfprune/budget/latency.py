@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import all_reduce_sum, is_distributed
+from ..passes import all_reduce_sum, is_distributed
 from .blocks import capture_block_inputs, run_block
 from .costs import UnitCosts
 

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import all_reduce_sum
 from ..masking import Gates
+from ..passes import all_reduce_sum
 from .blocks import BlockInputs, capture_block_inputs, run_block
 
 BOUND = 10.0

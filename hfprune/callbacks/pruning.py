@@ -20,8 +20,9 @@ from transformers import TrainerCallback
 from ..arch import unwrap_model
 from ..criteria import criterion_names, get_criterion
 from ..importance import head_importance, layer_importance, neuron_importance
-from ..importance.common import check_ratio, is_distributed
+from ..importance.common import check_ratio
 from ..masking import mask
+from ..passes import is_distributed
 from ..plan import PruningPlan
 from ..selection import select_heads, select_layers, select_neurons
 from ..structure import model_structure
@@ -103,7 +104,7 @@ class PruningConfig:
                 and self.channels_ratio is None:
             raise ValueError(f"{owner}: nothing to prune; set heads_ratio, neurons_ratio, layers or channels_ratio")
         if self.distill is not None and self.distill is not False:
-            from ..distill import distill_options
+            from ..recovery.kd import distill_options
 
             self.distill = distill_options(self.distill, owner)
         else:
@@ -198,7 +199,7 @@ class PruningCallback(TrainerCallback):
     def _check_distill_trainer(self) -> None:
         if self.config.distill is None:
             return
-        from ..distill import DistillationTrainer
+        from ..recovery.distill import DistillationTrainer
 
         if not isinstance(self.trainer, DistillationTrainer):
             raise ValueError("PruningCallback: distill= needs trainer= (or .bind(trainer)) to be an "

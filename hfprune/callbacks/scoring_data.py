@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..importance.common import iter_batches, model_loss, scoring_mode
+from ..passes import iter_batches, model_loss, scoring_mode
 from .base import dataloader_for
 
 DEFAULT_EXAMPLES = 512

@@ -12,8 +12,9 @@ Unit kinds and what a criterion function receives / returns (all arguments by ke
   A criterion that gathers secondary statistics in the same pass may return a `UnitScores` instead.
 * `"layers"`: `fn(model, dataloader, **same) -> Tensor[num_layers]`.
 * `"weights"`: `fn(model, dataloader, *, targets, max_batches, seed, **options) -> dict[target_name, Tensor]`
-  shaped like each weight; a criterion with `updates_weights=True` (SparseGPT) is a solver that also returns the
-  weights it reconstructs.
+  shaped like each weight. A block-by-block criterion (`needs="blocks"`: Wanda, SparseGPT) also receives
+  `sparsity`, `pattern`, `device` and `originals`, prunes the targets itself and returns a `BlockwiseResult`; with
+  `updates_weights=True` (SparseGPT) it is a solver that also reconstructs the weights it keeps.
 * `"channels"`: `fn(model, dataloader, *, groups, **options) -> dict[group_name, Tensor]`.
 
 The dispatchers (`head_importance`, `neuron_importance`, `layer_importance`, `sparsify`) pass the common keywords
@@ -21,7 +22,10 @@ above to every criterion of the unit kind (so each function ends with `**common`
 plus the extra options the user gave. A criterion's own options are the named keyword parameters of its function
 beyond the common ones (`def michel(model, dataloader, *, return_entropy=False, **common)` accepts
 `return_entropy`); an option no criterion of that name reads is refused with an error naming it, before any work.
-`check_call` applies the flags (`needs_data`, `needs_seed`) and the option check in one place.
+A criterion declares, when it registers, the pass it needs (`needs=`: `"forward"`, `"gradients"` or `"blocks"`,
+run by `hfprune.passes`) and how each option's value is checked (`options={"blocksize": Option(...)}`);
+`check_call` applies the flags (`needs`, `needs_labels`, `needs_seed`) and the option checks in one place, so
+`sparsify`, the recipes and the CLI read every choice and every option from here.
 
 Example (a module `hfprune/criteria/l2.py`; docs/importance.md has the same as a runnable session):
     ```python
@@ -42,15 +46,31 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 UNIT_KINDS = ("heads", "neurons", "layers", "weights", "channels")
+# The pass a criterion needs (`hfprune.passes`): forward passes over data, gradient passes through gated units, or
+# the block-by-block walk of calibration data; `None`: the weights alone.
+NEEDS = ("forward", "gradients", "blocks")
 _DATA_KEYWORDS = ("plan", "max_batches", "num_samples", "show_progress", "distributed", "seed")
 # The keywords the dispatcher of each unit kind passes to every criterion (not options of one criterion).
 # Block-by-block weight criteria also receive the sparsity, pattern, device and the originals store from `sparsify`.
 COMMON_KEYWORDS = {"heads": _DATA_KEYWORDS, "neurons": _DATA_KEYWORDS, "layers": _DATA_KEYWORDS,
                    "weights": ("targets", "max_batches", "seed", "sparsity", "pattern", "device", "originals"),
                    "channels": ("groups", "max_batches", "seed")}
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a criterion checks one of its options before any work: `check(value)` is true for a valid value.
+
+    Args:
+        check (`Callable[[object], bool]`): the test of a value.
+        expected (`str`): what a valid value is, for the error message (`"a positive integer"`).
+    """
+
+    check: Callable[[object], bool]
+    expected: str
 
 
 @dataclass(frozen=True)
@@ -61,30 +81,41 @@ class Criterion:
         name (`str`): the name users pass (`criterion="taylor"`).
         unit (`str`): one of `UNIT_KINDS`.
         fn (`Callable`): the scoring function (see the module docstring for its contract per unit kind).
-        needs_data (`bool`): needs a dataloader (activations or gradients).
+        needs (`str`, *optional*): the pass it runs, one of `NEEDS`: `"forward"`, `"gradients"` or `"blocks"` (a
+            block-by-block calibration pass, as Wanda and SparseGPT: `fn` computes and applies the masks of every
+            target itself, each block measured on the outputs of the pruned blocks before it, and returns a
+            `BlockwiseResult`, not scores); `None`: the weights alone, no data.
         needs_labels (`bool`): its batches must carry labels (the model's own loss is differentiated).
         needs_seed (`bool`): needs `seed=` (random baselines, so they are reproducible).
         updates_weights (`bool`): a solver that changes weights (SparseGPT), not only a scorer.
-        sequential (`bool`): a block-by-block calibration pass (Wanda, SparseGPT): `fn` computes and applies the
-            masks of every target itself (each block is measured on the outputs of the pruned blocks before it), so
-            it returns a `CalibrationResult`, not scores.
         summary (`str`): one line for help texts: what it measures and the paper.
         options (`tuple[str, ...]`): the extra keyword options it reads (derived from `fn`'s signature).
         order (`int`): its place in listings (choices, help texts, error messages): lower first, ties by name, so
             the defaults come first and baselines last.
+        checks (`dict[str, Option]`): the value checks of its options, applied by `check_call` before any work.
     """
 
     name: str
     unit: str
     fn: Callable
-    needs_data: bool = False
+    needs: str | None = None
     needs_labels: bool = False
     needs_seed: bool = False
     updates_weights: bool = False
     summary: str = ""
     options: tuple[str, ...] = ()
     order: int = 100
-    sequential: bool = False
+    checks: Mapping[str, Option] = field(default_factory=dict)
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether it reads a dataloader (any pass)."""
+        return self.needs is not None
+
+    @property
+    def sequential(self) -> bool:
+        """Whether it is a block-by-block calibration pass (`needs="blocks"`)."""
+        return self.needs == "blocks"
 
 
 @dataclass
@@ -102,6 +133,22 @@ class UnitScores:
     num_tokens: int = 0
 
 
+@dataclass
+class BlockwiseResult:
+    """What a block-by-block weight criterion (`needs="blocks"`: Wanda, SparseGPT) returns.
+
+    Attributes:
+        masks (`dict[str, torch.Tensor]`): module name -> bool keep-mask shaped like its weight (True = kept).
+        originals (`dict[str, torch.Tensor]` or `None`): CPU copies of the weights before pruning (`remove()` of the
+            handle restores them), or `None` when not kept.
+        info (`dict`): `peak_memory`, `seconds`, `blocks`, `samples`, `tokens`, `device`, ...
+    """
+
+    masks: dict
+    originals: dict | None
+    info: dict
+
+
 def _options_of(fn: Callable, unit: str) -> tuple[str, ...]:
     """The named parameters of `fn` after (model, dataloader) that are not the unit kind's common keywords."""
     params = list(inspect.signature(fn).parameters.values())[2:]
@@ -113,31 +160,51 @@ _REGISTRY: dict[tuple[str, str], Criterion] = {}
 _loaded = False
 
 
-def register_criterion(name: str, *, units: tuple[str, ...] | list[str], needs_data: bool = False,
-                       needs_labels: bool = False, needs_seed: bool = False, updates_weights: bool = False,
-                       summary: str = "", order: int = 100,
-                       sequential: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator: register `fn` as criterion `name` for each unit kind in `units`.
-
-    Raises:
-        ValueError: an unknown unit kind, labels without data, or a (name, unit) pair registered twice.
-    """
-    units = (units,) if isinstance(units, str) else tuple(units)
+def _check_flags(name: str, units: tuple[str, ...], needs: str | None, needs_labels: bool) -> None:
     unknown = [u for u in units if u not in UNIT_KINDS]
     if unknown or not units:
         raise ValueError(f"criterion {name!r}: units must be among {UNIT_KINDS}, got {units!r}")
-    if needs_labels and not needs_data:
-        raise ValueError(f"criterion {name!r}: needs_labels=True implies needs_data=True")
+    if needs is not None and needs not in NEEDS:
+        raise ValueError(f"criterion {name!r}: needs must be None or one of {NEEDS}, got {needs!r}")
+    if needs_labels and needs is None:
+        raise ValueError(f"criterion {name!r}: needs_labels=True implies needs_data=True (needs='forward' or "
+                         "'gradients')")
+    if needs == "blocks" and units != ("weights",):
+        raise ValueError(f"criterion {name!r}: needs='blocks' prunes weights block by block; units must be "
+                         f"('weights',), got {units!r}")
+
+
+def register_criterion(name: str, *, units: tuple[str, ...] | list[str], needs: str | None = None,
+                       needs_labels: bool = False, needs_seed: bool = False, updates_weights: bool = False,
+                       summary: str = "", order: int = 100,
+                       options: Mapping[str, Option] | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register `fn` as criterion `name` for each unit kind in `units`.
+
+    Args:
+        needs (`str`, *optional*): the pass it runs: `"forward"`, `"gradients"` or `"blocks"` (see `Criterion`).
+        options (`dict[str, Option]`, *optional*): value checks of its options (keyword parameters of `fn`).
+
+    Raises:
+        ValueError: an unknown unit kind or pass, labels without data, a check for a parameter `fn` does not have,
+            or a (name, unit) pair registered twice.
+    """
+    units = (units,) if isinstance(units, str) else tuple(units)
+    _check_flags(name, units, needs, needs_labels)
+    checks = dict(options or {})
 
     def decorator(fn: Callable) -> Callable:
         for unit in units:
+            names = _options_of(fn, unit)
+            stray = sorted(set(checks) - set(names))
+            if stray:
+                raise ValueError(f"criterion {name!r}: options {stray} are not keyword parameters of "
+                                 f"{fn.__qualname__} (it reads {list(names)})")
             previous = _REGISTRY.get((unit, name))
             if previous is not None and previous.fn is not fn:
                 raise ValueError(f"criterion {name!r} for {unit} is already registered by "
                                  f"{previous.fn.__module__}.{previous.fn.__qualname__}")
-            _REGISTRY[(unit, name)] = Criterion(name, unit, fn, needs_data, needs_labels, needs_seed,
-                                                updates_weights, summary, _options_of(fn, unit), order,
-                                                sequential=sequential)
+            _REGISTRY[(unit, name)] = Criterion(name, unit, fn, needs, needs_labels, needs_seed, updates_weights,
+                                                summary, names, order, checks)
         return fn
 
     return decorator
@@ -203,6 +270,25 @@ def get_criterion(name: str, unit: str, *, caller: str | None = None) -> Criteri
     raise ValueError(f"{where}criterion for {unit} must be one of {criterion_names(unit)}, got {name!r}{hint}")
 
 
+def closest_criterion(name: str, unit: str) -> str:
+    """`name` when it is registered for `unit`; otherwise the first criterion of `unit` (in listing order) that runs
+    the same pass as `name` does for another unit kind (Michel's head gates -> Taylor for neurons: both gradients).
+
+    Raises:
+        ValueError: `name` is registered for no unit kind, or no criterion of `unit` runs its pass.
+    """
+    _load()
+    if (unit, name) in _REGISTRY:
+        return name
+    needs = {c.needs for (u, n), c in _REGISTRY.items() if n == name}
+    if not needs:
+        raise ValueError(f"criterion {name!r} is not registered for any unit kind")
+    for candidate in criteria(unit):
+        if candidate.needs in needs:
+            return candidate.name
+    raise ValueError(f"no {unit} criterion runs the pass of {name!r} ({', '.join(map(str, needs))})")
+
+
 _UNCHECKED = object()
 
 
@@ -229,15 +315,24 @@ def check_call(criterion: Criterion, *, caller: str, dataloader=_UNCHECKED, seed
         raise ValueError(f"{caller}: criterion={name!r} needs a seed, e.g. seed=0, so that the baseline is "
                          "reproducible")
     for option, value in (options or {}).items():
-        if option not in criterion.options:
-            readers = tuple(c.name for c in criteria(criterion.unit) if option in c.options)
-            hint = f"only available with criterion={readers[0]!r}" if len(readers) == 1 else (
-                f"only available with criterion in {readers}" if readers else
-                f"not an option of any {criterion.unit} criterion")
-            shown = repr(value) if value is None or isinstance(value, (bool, int, float, str)) else "..."
-            raise ValueError(f"{caller}: {option}={shown} is {hint}; criterion={name!r} reads "
-                             f"{', '.join(criterion.options) or 'no extra option'}")
+        _check_option(criterion, caller, option, value)
 
 
-__all__ = ["COMMON_KEYWORDS", "UNIT_KINDS", "Criterion", "UnitScores", "check_call", "criteria", "criterion_names",
-           "get_criterion", "register_criterion", "unregister_criterion"]
+def _check_option(criterion: Criterion, caller: str, option: str, value) -> None:
+    name = criterion.name
+    if option not in criterion.options:
+        readers = tuple(c.name for c in criteria(criterion.unit) if option in c.options)
+        hint = f"only available with criterion={readers[0]!r}" if len(readers) == 1 else (
+            f"only available with criterion in {readers}" if readers else
+            f"not an option of any {criterion.unit} criterion")
+        shown = repr(value) if value is None or isinstance(value, (bool, int, float, str)) else "..."
+        raise ValueError(f"{caller}: {option}={shown} is {hint}; criterion={name!r} reads "
+                         f"{', '.join(criterion.options) or 'no extra option'}")
+    check = criterion.checks.get(option)
+    if check is not None and not check.check(value):
+        raise ValueError(f"{caller}: {option} must be {check.expected}; got {value!r}")
+
+
+__all__ = ["COMMON_KEYWORDS", "NEEDS", "UNIT_KINDS", "BlockwiseResult", "Criterion", "Option", "UnitScores",
+           "check_call", "closest_criterion", "criteria", "criterion_names", "get_criterion", "register_criterion",
+           "unregister_criterion"]

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import TokenCounter, check_model, iter_batches, model_loss, scoring_mode, sum_per_token
 from ..masking import attach_gates
+from ..passes import TokenCounter, check_model, iter_batches, model_loss, scoring_mode, sum_per_token
 from . import register_criterion
 
 
-@register_criterion("ablation", units=("layers",), order=10, needs_data=True,
+@register_criterion("ablation", units=("layers",), order=10, needs="forward",
                     summary="loss increase when the block is skipped (Fan et al., 2020); metric_fn= for a metric")
 def ablation_layers(model: nn.Module, dataloader: Iterable, *, metric_fn: Callable | None = None, max_batches=None,
                     num_samples=None, show_progress=True, distributed=True, **common) -> torch.Tensor:

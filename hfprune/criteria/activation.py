@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import all_reduce_sum
+from ..passes import all_reduce_sum, forward_passes
 from . import register_criterion
-from ._forward import check_reduction, forward_passes, reduce_tokens, token_mask
+from ._tokens import check_reduction, reduce_tokens, token_mask
 
 
 class _Aggregator:
@@ -106,7 +106,7 @@ def _score(model: nn.Module, dataloader: Iterable, units: str, batch_reduce: str
     return [per_layer.get(i, torch.zeros(n)) for i, n in enumerate(sizes)]
 
 
-@register_criterion("activation", units=("heads",), order=50, needs_data=True,
+@register_criterion("activation", units=("heads",), order=50, needs="forward",
                     summary="L2 norm of each head's attention output, forward only (Minitron, Muralidharan 2024)")
 def activation_heads(model: nn.Module, dataloader: Iterable = None, *, batch_reduce: str = "l2",
                      seq_reduce: str = "mean", plan=None, max_batches=None, num_samples=None, show_progress=True,
@@ -124,7 +124,7 @@ def activation_heads(model: nn.Module, dataloader: Iterable = None, *, batch_red
                   max_batches=max_batches, num_samples=num_samples, show_progress=show_progress)
 
 
-@register_criterion("activation", units=("neurons",), order=50, needs_data=True,
+@register_criterion("activation", units=("neurons",), order=50, needs="forward",
                     summary="|activation| at the down-projection input, forward only (Minitron, Muralidharan 2024)")
 def activation_neurons(model: nn.Module, dataloader: Iterable = None, *, batch_reduce: str = "l2",
                        seq_reduce: str = "mean", plan=None, max_batches=None, num_samples=None, show_progress=True,

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import all_reduce_sum
+from ..passes import all_reduce_sum, block_input, block_output, forward_passes
 from . import register_criterion
-from ._forward import block_input, block_output, cosine, forward_passes, token_mask
+from ._tokens import cosine, token_mask
 
 _TOKENS = ("last", "all")
 
@@ -107,7 +107,7 @@ def per_layer_scores(distances: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
-@register_criterion("angular", units=("layers",), order=40, needs_data=True,
+@register_criterion("angular", units=("layers",), order=40, needs="forward",
                     summary="angular distance between the inputs of layers l and l+n, forward only (Gromov 2024)")
 def angular(model: nn.Module, dataloader: Iterable = None, *, n: int = 1, tokens: str = "last", plan=None,
             max_batches=None, num_samples=None, show_progress=True, distributed=True, **common) -> torch.Tensor:

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import all_reduce_sum
+from ..passes import all_reduce_sum, block_input, block_output, forward_passes
 from . import register_criterion
-from ._forward import block_input, block_output, cosine, forward_passes, token_mask
+from ._tokens import cosine, token_mask
 
 
-@register_criterion("block_influence", units=("layers",), order=30, needs_data=True,
+@register_criterion("block_influence", units=("layers",), order=30, needs="forward",
                     summary="1 - cos(block input, block output) over tokens, forward only (ShortGPT, Men 2024)")
 def block_influence(model: nn.Module, dataloader: Iterable = None, *, plan=None, max_batches=None,
                     num_samples=None, show_progress=True, distributed=True, **common) -> torch.Tensor:

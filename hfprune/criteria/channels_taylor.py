@@ -14,12 +14,12 @@ from torch import nn
 from . import register_criterion
 
 
-@register_criterion("taylor", units=("channels",), needs_data=True, needs_labels=True,
+@register_criterion("taylor", units=("channels",), needs="gradients", needs_labels=True,
                     summary="|activation x gradient| per channel (Molchanov et al. 2017)")
 def taylor_channels(model: nn.Module, dataloader, *, groups, max_batches=None, num_samples=None,
                     show_progress=False, **common) -> dict[str, torch.Tensor]:
-    from ..importance.common import check_model, iter_batches, model_loss, scoring_mode
     from ..masking_channels import attach_channel_gates
+    from ..passes import check_model, iter_batches, model_loss, scoring_mode
 
     device = check_model(model)
     totals = {name: torch.zeros(group.size) for name, group in groups.items()}

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..importance.common import layer_rows
-from ..importance.gradients import per_example_stats
+from ..passes import per_example_stats
 from . import register_criterion
+from ._rows import layer_rows
 
 
 def _units(model, dataloader, units: str, *, plan=None, max_batches=None, num_samples=None, show_progress=True,
@@ -26,7 +26,7 @@ def _units(model, dataloader, units: str, *, plan=None, max_batches=None, num_sa
     return layer_rows(model, per_layer, units)
 
 
-@register_criterion("fisher", units=("heads",), order=40, needs_data=True, needs_labels=True,
+@register_criterion("fisher", units=("heads",), order=40, needs="gradients", needs_labels=True,
                     summary="squared per-example gradient of each head's gate, the diagonal Fisher (Kwon et al., 2022)")
 def fisher_heads(model: nn.Module, dataloader: Iterable, *, plan=None, max_batches=None, num_samples=None,
                  show_progress=True, distributed=True, **common) -> list[torch.Tensor]:
@@ -34,7 +34,7 @@ def fisher_heads(model: nn.Module, dataloader: Iterable, *, plan=None, max_batch
                   show_progress=show_progress, distributed=distributed)
 
 
-@register_criterion("fisher", units=("neurons",), order=40, needs_data=True, needs_labels=True,
+@register_criterion("fisher", units=("neurons",), order=40, needs="gradients", needs_labels=True,
                     summary="squared per-example gradient of each neuron's gate (Kwon et al., 2022)")
 def fisher_neurons(model: nn.Module, dataloader: Iterable, *, plan=None, max_batches=None, num_samples=None,
                    show_progress=True, distributed=True, **common) -> list[torch.Tensor]:

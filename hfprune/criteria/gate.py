@@ -12,12 +12,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..importance.common import sum_per_token
-from ..importance.gradients import BatchView, gated_passes
+from ..passes import BatchView, gated_passes, sum_per_token
 from . import register_criterion
 
 
-@register_criterion("gate", units=("layers",), order=20, needs_data=True, needs_labels=True,
+@register_criterion("gate", units=("layers",), order=20, needs="gradients", needs_labels=True,
                     summary="|dL/dg| of a gate blending each block's output with its input (one backward per batch)")
 def gate_layers(model: nn.Module, dataloader: Iterable, *, max_batches=None, num_samples=None, show_progress=True,
                 distributed=True, **common) -> torch.Tensor:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import check_model, layer_rows
+from ..passes import check_model
 from . import register_criterion
+from ._rows import layer_rows
 
 if TYPE_CHECKING:
     from ..sparsity.targets import Target

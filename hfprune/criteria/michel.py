@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..arch import get_adapter
-from ..importance.common import layer_rows, sum_per_token
-from ..importance.gradients import BatchView, gated_passes
+from ..passes import BatchView, gated_passes, sum_per_token
 from ..plan import PruningPlan
 from . import UnitScores, register_criterion
+from ._rows import layer_rows
 
 
 def _entropy(attn: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -75,7 +75,7 @@ def michel_head_stats(model: nn.Module, dataloader: Iterable, *, plan: PruningPl
     return scores, entropy, total
 
 
-@register_criterion("michel", units=("heads",), order=10, needs_data=True, needs_labels=True,
+@register_criterion("michel", units=("heads",), order=10, needs="gradients", needs_labels=True,
                     summary="|dL/dg| of a gate on each head (Michel et al., 2019); return_entropy=True adds entropy")
 def michel_heads(model: nn.Module, dataloader: Iterable, *, return_entropy: bool = False, plan=None,
                  max_batches=None, num_samples=None, show_progress=True, distributed=True, **common) -> UnitScores:

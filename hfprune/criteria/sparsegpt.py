@@ -15,19 +15,23 @@ relative error of 6e-8 is no longer small, and the updates of later columns accu
 them. The matrices are (in x in) per layer, so this costs little on a CPU; `precision="float32"` is the reference
 code's arithmetic (faster on GPUs with slow float64).
 
-Calibration runs block by block of the model (`hfprune.sparsity.sequential`), each block on the outputs of the
-already pruned and reconstructed blocks before it. GPT-2's `Conv1D` (weight stored as (in, out)) is handled through
-its transposed view; any other module type is refused.
+The calibration data runs block by block of the model (`criteria/_blockwise.py` on the block walker of
+`hfprune.passes`), each block on the outputs of the already pruned and reconstructed blocks before it. GPT-2's
+`Conv1D` (weight stored as (in, out)) is handled through its transposed view; any other module type is refused.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from ..sparsity.patterns import Pattern
-from ..sparsity.sequential import CalibrationResult, run_sequential
-from ..sparsity.targets import is_prunable
-from . import register_criterion
+import torch
+from torch import nn
+
+from . import BlockwiseResult, Option, register_criterion
+from ._blockwise import TRUE_SEQUENTIAL, prune_blocks
+
+if TYPE_CHECKING:
+    from ..sparsity.patterns import Pattern
 
 
 class Hessian:
@@ -74,6 +78,15 @@ def _upper_inverse_cholesky(hessian: torch.Tensor, percdamp: float, name: str) -
         raise ValueError(f"SparseGPT: the dampened Hessian of {name} is not positive definite; raise percdamp "
                          f"(now {percdamp}) or give more calibration tokens")
     return factor
+
+
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+OPTIONS = {
+    "blocksize": Option(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "percdamp": Option(lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "in [0, 1)"),
+    "true_sequential": TRUE_SEQUENTIAL,
+    "precision": Option(lambda v: v in PRECISIONS, "'float32' or 'float64'"),
+}
 
 
 def _block_prune_count(sparsity: float, rows: int, start: int, end: int) -> int:
@@ -126,12 +139,12 @@ def sparsegpt_solve(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     return keep, W.masked_fill(~keep, 0).to(weight.dtype)
 
 
-@register_criterion("sparsegpt", units=("weights",), needs_data=True, sequential=True, updates_weights=True, order=40,
+@register_criterion("sparsegpt", units=("weights",), needs="blocks", updates_weights=True, order=40, options=OPTIONS,
                     summary="OBS reconstruction with the inverse Hessian of the calibration inputs, block by block "
                             "(Frantar & Alistarh 2023)")
 def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None, blocksize: int = 128,
               percdamp: float = 0.01, originals: dict | None = None,
-              true_sequential: bool = True, precision: str = "float64") -> CalibrationResult:
+              true_sequential: bool = True, precision: str = "float64") -> BlockwiseResult:
     """SparseGPT masks and reconstructed weights for `targets`, block by block (the weights change in place).
 
     Args:
@@ -153,10 +166,12 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
             updates (`"float32"`: the reference code's arithmetic); see the module docstring.
 
     Returns:
-        `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).
+        `BlockwiseResult`: masks, originals and the run's `info` (peak memory, seconds).
     """
+    if pattern.kind == "n:m" and blocksize % pattern.m:
+        raise ValueError(f"blocksize={blocksize} must be a multiple of M={pattern.m} for pattern '{pattern}'")
     for target in targets:
-        if not is_prunable(target.module):
+        if not (isinstance(target.module, nn.Linear) or target.transposed):  # nn.Linear or GPT-2's Conv1D
             raise ValueError(f"SparseGPT reconstructs nn.Linear (and GPT-2 Conv1D) weights; {target.name} is a "
                              f"{type(target.module).__name__}")
 
@@ -166,8 +181,7 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
         return sparsegpt_solve(weight, stat.matrix().to(weight.device), sparsity, pattern, blocksize, percdamp,
                                target.name)
 
-    dtype = {"float32": torch.float32, "float64": torch.float64}[precision]
-    masks, info = run_sequential(model, targets, dataloader,
-                                 lambda t: Hessian(t.canonical(t.weight).shape[1], dtype),
-                                 solve, device=device, originals=originals, true_sequential=true_sequential)
-    return CalibrationResult(masks, originals, info)
+    dtype = PRECISIONS[precision]
+    masks, info = prune_blocks(model, targets, dataloader, lambda t: Hessian(t.canonical(t.weight).shape[1], dtype),
+                               solve, device=device, originals=originals, true_sequential=true_sequential)
+    return BlockwiseResult(masks, originals, info)

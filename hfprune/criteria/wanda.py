@@ -3,17 +3,22 @@
 Paper: Sun, Liu, Bair and Kolter 2023, "A Simple and Effective Pruning Approach for Large Language Models". The score
 of weight (i, j) of a Linear layer is its magnitude times the L2 norm of input feature j over all calibration tokens;
 each output row loses the same fraction of its weights (for N:M, the N highest of every M consecutive inputs are
-kept). No weight is updated. Calibration runs block by block (`hfprune.sparsity.sequential`), so each block is
-scored on the outputs of the already pruned blocks before it.
+kept). No weight is updated. The calibration data runs block by block (`criteria/_blockwise.py` on the block walker
+of `hfprune.passes`), so each block is scored on the outputs of the already pruned blocks before it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from ..sparsity.patterns import Pattern, _n_m_keep
-from ..sparsity.sequential import CalibrationResult, run_sequential
-from . import register_criterion
+from ..ranking import n_m_keep
+from . import BlockwiseResult, register_criterion
+from ._blockwise import TRUE_SEQUENTIAL, prune_blocks
+
+if TYPE_CHECKING:
+    from ..sparsity.patterns import Pattern
 
 
 class ColumnNorms:
@@ -41,7 +46,7 @@ def wanda_scores(weight: torch.Tensor, sum_sq: torch.Tensor) -> torch.Tensor:
 def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:
     """Keep-mask: per row, the lowest `round(sparsity * in)` scores are pruned (ties by position), or N:M."""
     if pattern.kind == "n:m":
-        return _n_m_keep(scores, pattern)
+        return n_m_keep(scores, pattern.n, pattern.m)
     k = round(sparsity * scores.shape[1])
     keep = torch.ones_like(scores, dtype=torch.bool)
     if k:
@@ -49,10 +54,10 @@ def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.T
     return keep
 
 
-@register_criterion("wanda", units=("weights",), needs_data=True, sequential=True, order=30,
+@register_criterion("wanda", units=("weights",), needs="blocks", order=30, options={"true_sequential": TRUE_SEQUENTIAL},
                     summary="|W| x ||X_col||, compared within each output row, block by block (Sun et al. 2023)")
 def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None,
-          originals: dict | None = None, true_sequential: bool = False) -> CalibrationResult:
+          originals: dict | None = None, true_sequential: bool = False) -> BlockwiseResult:
     """Wanda masks for `targets`, computed and applied block by block (the weights are zeroed in place).
 
     Args:
@@ -70,7 +75,7 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
             measured on SmolLM2-135M: stages gave 44.62 vs 45.08 at 50% but 159.35 vs 158.38 at 2:4 (docs/llm.md).
 
     Returns:
-        `CalibrationResult`: masks, originals and the run's `info` (peak memory, seconds).
+        `BlockwiseResult`: masks, originals and the run's `info` (peak memory, seconds).
     """
 
     def solve(target, weight, stat):
@@ -78,6 +83,6 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
             raise RuntimeError(f"{target.name} received no input during calibration (is it used in the forward?)")
         return row_keep(wanda_scores(weight, stat.sum_sq.to(weight.device)), sparsity, pattern), None
 
-    masks, info = run_sequential(model, targets, dataloader, lambda t: ColumnNorms(t.canonical(t.weight).shape[1]),
-                                 solve, device=device, originals=originals, true_sequential=true_sequential)
-    return CalibrationResult(masks, originals, info)
+    masks, info = prune_blocks(model, targets, dataloader, lambda t: ColumnNorms(t.canonical(t.weight).shape[1]),
+                               solve, device=device, originals=originals, true_sequential=true_sequential)
+    return BlockwiseResult(masks, originals, info)

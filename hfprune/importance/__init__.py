@@ -1,8 +1,8 @@
 """Importance scorers for attention heads, FFN neurons and whole layers: the public entry points and their machinery.
 
 The criteria themselves live in `hfprune.criteria` (one module each, found by the registry); here are the
-dispatchers `head_importance`, `neuron_importance` and `layer_importance`, plus the shared machinery: `common`
-(batch handling, the scoring mode, the distributed "sum, then divide by tokens") and `gradients` (the gated pass).
+dispatchers `head_importance`, `neuron_importance` and `layer_importance` and their result shaping (`common`); the
+passes they run (batches, the scoring mode, the gated gradient pass, the distributed sums) live in `hfprune.passes`.
 `HEAD_CRITERIA` / `NEURON_CRITERIA` list the registry's names for heads / neurons at every use (`names`).
 """
 

@@ -12,13 +12,7 @@ import torch
 from torch import nn
 
 from ..arch import unwrap_model
-from ..criteria import check_call, criterion_names, get_criterion
-
-
-def __getattr__(name: str):
-    if name == "LAYER_METHODS":  # read from the registry when asked for, like HEAD_CRITERIA
-        return criterion_names("layers")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from ..criteria import check_call, get_criterion
 
 
 def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "ablation",

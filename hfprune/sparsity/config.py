@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..criteria import check_call, criterion_names, get_criterion
+from ..ranking import SCOPES
 from .patterns import Pattern, parse_pattern
-
-SCOPES = ("layer", "global")
 
 
 @dataclass(frozen=True)

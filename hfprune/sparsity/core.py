@@ -8,6 +8,7 @@ from torch import nn
 
 from ..arch import unwrap_model
 from ..criteria import check_call, criteria, get_criterion
+from .blockwise import sparsify_blockwise
 from .config import SparsifyConfig
 from .handle import SparsityHandle, check_not_masked, compute_masks
 from .targets import resolve_targets
@@ -28,7 +29,7 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         model (`nn.Module`): a model of a family hfprune supports (the default targets come from its adapter).
         sparsity (`float`, *optional*): fraction of targeted weights to zero, in [0, 1); N:M patterns fix it.
         criterion (`str`, defaults to `"magnitude"`): `"magnitude"` |w|, `"taylor"` |w * grad| summed over
-            `dataloader` batches (the model's own loss), `"random"`, the calibration-based `"wanda"` (Sun et al.
+            `dataloader` batches (the model's own loss), `"random"`, the block-by-block `"wanda"` (Sun et al.
             2023) and `"sparsegpt"` (Frantar & Alistarh 2023; updates the kept weights), computed block by block
             over `dataloader` (see `docs/llm.md`), or any criterion registered for "weights"
             (`hfprune.criteria.criterion_names("weights")`).
@@ -42,7 +43,7 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         dataloader (`Iterable[dict]`, *optional*): labelled batches, required by `criterion="taylor"`.
         max_batches (`int`, *optional*): Taylor only: batches to score.
         seed (`int`, defaults to 0): seed of the random criterion.
-        device (`str`, *optional*): wanda / sparsegpt: each block moves to this device while it is calibrated.
+        device (`str`, *optional*): wanda / sparsegpt: each block moves to this device while it is processed.
         keep_original (`bool`, defaults to `True`): wanda / sparsegpt: keep a CPU copy of the targeted weights, so
             `handle.remove()` restores them (`False` saves that memory).
         options: options of the chosen criterion (the named keyword parameters of its function; sparsegpt:
@@ -79,15 +80,11 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
     model = unwrap_model(model)
     chosen = resolve_targets(model, config.targets)
     check_not_masked(model, chosen)
-    # --- calibration-based criteria (wanda, sparsegpt): block by block, in sparsity/calibrated.py ---
-    if found.sequential:
-        from .calibrated import sparsify_calibrated
-
-        return sparsify_calibrated(model, chosen, config, dataloader, device=device, keep_original=keep_original,
-                                   **options)
+    if found.sequential:  # block-by-block criteria (needs="blocks": wanda, sparsegpt), in sparsity/blockwise.py
+        return sparsify_blockwise(model, chosen, config, dataloader, device=device, keep_original=keep_original,
+                                  **options)
     if device is not None or not keep_original:
         raise TypeError("device= and keep_original= apply to the block-by-block criteria "
                         f"{[c.name for c in criteria('weights') if c.sequential]} only")
-    # --- end of calibration-based criteria ---
     masks = compute_masks(model, chosen, config, dataloader)
     return SparsityHandle(model, chosen, masks, config, dataloader)

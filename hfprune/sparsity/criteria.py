@@ -12,14 +12,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..criteria import criterion_names, get_criterion
+from ..criteria import get_criterion
 from .targets import Target
-
-
-def __getattr__(name: str):
-    if name == "CRITERIA":  # read from the registry when asked for (importing this module loads no criterion)
-        return criterion_names("weights")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def compute_scores(model: nn.Module, targets: list[Target], criterion: str, dataloader: Iterable | None = None,

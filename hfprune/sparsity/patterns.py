@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ranking import lowest_k, n_m_keep
 from .targets import Target
 
 
@@ -94,22 +95,6 @@ def _unit_prior(prior_keep: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     return ~blocks.any(dim=3).any(dim=1)
 
 
-def _n_m_keep(scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    out_f, in_f = scores.shape
-    groups = scores.reshape(out_f, in_f // pattern.m, pattern.m)
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(-1, groups.topk(pattern.n, dim=-1).indices, True)
-    return keep.reshape(out_f, in_f)
-
-
-def _lowest_k(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the `k` lowest entries of a 1-D tensor, ties broken by position."""
-    pruned = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        pruned[torch.argsort(flat, stable=True)[:k]] = True
-    return pruned
-
-
 def _global_prune(units: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
     """Prune the lowest `round(sparsity * total)` units across all tensors.
 
@@ -157,11 +142,11 @@ def select_masks(targets: list[Target], scores: dict[str, torch.Tensor], sparsit
             unit = unit.masked_fill(_unit_prior(target.canonical(prior[target.name]), pattern), float("-inf"))
         units.append(unit)
     if pattern.kind == "n:m":
-        keeps = [_n_m_keep(u, pattern) for u in units]
+        keeps = [n_m_keep(u, pattern.n, pattern.m) for u in units]
     else:
         if scope == "global":
             pruned = _global_prune(units, sparsity)
         else:
-            pruned = [_lowest_k(u.reshape(-1), round(sparsity * u.numel())).view_as(u) for u in units]
+            pruned = [lowest_k(u.reshape(-1), round(sparsity * u.numel())).view_as(u) for u in units]
         keeps = [_expand(~p, pattern) for p in pruned]
     return {t.name: t.from_canonical(k) for t, k in zip(targets, keeps)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...criteria import criterion_names
+from ...ranking import SCOPES
 
-SCOPES = ("global", "layer")
 IMAGE_TASK = "image-classification"  # the CNN path (hfprune.app.recipes.image); every other task is a GLUE task
 CHANNEL_GROUPS = ("inner", "all", "coupled")
 
@@ -119,7 +119,7 @@ class TrainConfig:
         _check(self.layerdrop_mode in ("uniform", "every_other"),
                f"layerdrop_mode must be uniform or every_other, got {self.layerdrop_mode!r}")
         if self.distill is not None:
-            from ...distill import distill_options
+            from ...recovery.kd import distill_options
 
             try:
                 self.distill = distill_options(self.distill)

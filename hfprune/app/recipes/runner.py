@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ...criteria import criterion_names
+from ...criteria import closest_criterion
 from ...flops import measure_latency, model_costs
 from ...plan import PruningPlan
 from ...structure import get_record, model_structure
@@ -53,9 +53,9 @@ def _score_and_select(model, loader, recipe: Recipe, structure: dict, log: Stage
     cfg = recipe.prune
     scores: dict = {}
     with log.stage("score") as note:
-        # One name for both unit kinds; a head-only criterion (Michel et al.'s gate gradients) scores neurons with the
-        # same first-order gate criterion, Taylor.
-        neuron_criterion = cfg.criterion if cfg.criterion in criterion_names("neurons") else "taylor"
+        # One name for both unit kinds; a head-only criterion scores neurons with the registry's first neuron
+        # criterion of the same pass (Michel et al.'s gate gradients -> Taylor).
+        neuron_criterion = closest_criterion(cfg.criterion, "neurons")
         common = {"max_batches": cfg.score_batches, "show_progress": not quiet}
         seed = {"seed": recipe.seed}  # read only by criteria that need one (random); the others ignore it
         if cfg.heads or cfg.sweep:

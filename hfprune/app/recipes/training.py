@@ -56,7 +56,7 @@ def make_trainer(model: nn.Module, tokenizer, task: TaskSpec, *, train_dataset=N
     )
     extra = {}
     if train.distill is not None and teacher is not None:
-        from ...distill import DistillationTrainer as Trainer  # noqa: N814  (same constructor, distillation loss)
+        from ...recovery.distill import DistillationTrainer as Trainer  # noqa: N814  (same constructor, distillation loss)
 
         extra = {"teacher_model": teacher, **train.distill}
     trainer = Trainer(

@@ -13,8 +13,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .passes import iter_batches
 
-def recalibrate_batchnorm(model: nn.Module, dataloader: Iterable, *, max_batches: int | None = None) -> nn.Module:
+
+def refresh_batchnorm(model: nn.Module, dataloader: Iterable, *, max_batches: int | None = None) -> nn.Module:
     """Recompute the running statistics of every BatchNorm in `model` on `dataloader` (cumulative average).
 
     Only the BatchNorm buffers change (`running_mean`, `running_var`, `num_batches_tracked`); weights, the
@@ -34,30 +36,25 @@ def recalibrate_batchnorm(model: nn.Module, dataloader: Iterable, *, max_batches
     Example:
         ```python
         >>> hfprune.prune(model, plan)
-        >>> hfprune.recalibrate_batchnorm(model, train_batches, max_batches=8)
+        >>> hfprune.refresh_batchnorm(model, train_batches, max_batches=8)
         ```
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
-        raise ValueError(f"recalibrate_batchnorm: {type(model).__name__} has no BatchNorm with running statistics")
+        raise ValueError(f"refresh_batchnorm: {type(model).__name__} has no BatchNorm with running statistics")
     device = next(model.parameters()).device
     saved = [(m, m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in norms]
     modes = [(m, m.training) for m in model.modules()]
-    used = 0
     try:
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch weighs the same
         model.train()
         with torch.no_grad():
-            for index, batch in enumerate(dataloader):
-                if max_batches is not None and index >= max_batches:
-                    break
-                model(pixel_values=batch["pixel_values"].to(device))
-                used += 1
-        if not used:
-            raise ValueError("recalibrate_batchnorm: the dataloader yielded no batch")
+            for batch in iter_batches(dataloader, device, max_batches=max_batches, show_progress=False,
+                                      need_labels=False, desc="batchnorm"):
+                model(pixel_values=batch["pixel_values"])  # an empty dataloader raises here: restored below
     except BaseException:
         for m, _, mean, var, count in saved:
             m.running_mean.copy_(mean)

@@ -3,7 +3,8 @@
 The gates are exactly those of `hfprune.attach_gates(..., requires_grad=True)` (heads at the output-projection
 input, neurons at the down-projection input, layers blending a block's output with its input). Criteria that need
 per-example, per-unit terms (Taylor, Fisher) also keep the gated activation `x` and its gradient, through a second
-pre-hook that runs after the gate's own; `per_example_stats` is their shared pass.
+pre-hook that runs after the gate's own; `per_example_stats` is their shared pass. The budget search's mask
+gradients (Kwon et al. 2022) are this pass over heads and neurons at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from torch import nn
 from ..arch import get_adapter
 from ..masking import Gates, attach_gates, mask
 from ..plan import PruningPlan
-from .common import TokenCounter, check_model, eager_attention, iter_batches, model_loss, scoring_mode, sum_per_token
+from .batches import check_model, iter_batches, model_loss
+from .distributed import sum_per_token
+from .modes import eager_attention, scoring_mode
+
+GATED_UNITS = ("heads", "neurons", "layers")
 
 
 @dataclass
@@ -39,6 +44,28 @@ class BatchView:
     activations: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+class TokenCounter:
+    """Counts the tokens statistics are divided by: `attention_mask.sum()` when the batch has one, otherwise
+    examples x sequence length as seen by the first block's FFN (ViT: patches + CLS)."""
+
+    def __init__(self, model: nn.Module, adapter):
+        self._shape_tokens = 0
+        first = adapter.layers(model)[0]
+        self._handle = adapter.ffn_out(first).register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self._shape_tokens = int(args[0].shape[:-1].numel())
+
+    def count(self, batch: dict) -> int:
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            return int(mask.sum())
+        return self._shape_tokens
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 def _keep_activation(store: dict, layer: int):
     def hook(module, args):
         x = args[0]
@@ -49,55 +76,70 @@ def _keep_activation(store: dict, layer: int):
     return hook
 
 
-def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch: Callable[[BatchView], None],
-                 plan: PruningPlan | None = None, keep_activations: bool = False, output_attentions: bool = False,
-                 max_batches: int | None = None, num_samples: int | None = None, show_progress: bool = True,
-                 desc: str = "importance") -> int:
+def _check_units(units: tuple[str, ...], keep_activations: bool) -> None:
+    if not units or any(u not in GATED_UNITS for u in units):
+        raise ValueError(f"units must be among {GATED_UNITS}, got {units!r}")
+    if keep_activations and (len(units) != 1 or units[0] == "layers"):
+        raise ValueError(f"keep_activations needs one unit kind, 'heads' or 'neurons'; got {units!r}")
+
+
+def _mask_others(model: nn.Module, plan: PruningPlan | None, units: tuple[str, ...]):
+    """Fixed gates for the plan's other unit kinds, so scores are those of the model under the whole plan (e.g.
+    neurons scored as if the plan's heads and layers were already removed); `None` when there is nothing else."""
+    if plan is None:
+        return None
+    rest = PruningPlan(heads={} if "heads" in units else plan.heads,
+                       neurons={} if "neurons" in units else plan.neurons,
+                       layers=[] if "layers" in units else plan.layers)
+    return None if rest.is_empty() else mask(model, rest)
+
+
+def _activation_hooks(model, adapter, gates: Gates, unit: str, plan: PruningPlan | None, store: dict) -> list:
+    blocks = adapter.layers(model)
+    owner = gates.head_gates if unit == "heads" else gates.neuron_gates
+    handles = []
+    for idx, gate in owner.items():
+        if gate.numel() == 0 or (plan is not None and idx in plan.layers):
+            continue  # no FFN neuron left, or a masked layer (no gradient reaches it): scores stay 0
+        module = adapter.out_proj(blocks[idx]) if unit == "heads" else adapter.ffn_out(blocks[idx])
+        handles.append(module.register_forward_pre_hook(_keep_activation(store, idx)))
+    return handles
+
+
+def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str | tuple[str, ...],
+                 on_batch: Callable[[BatchView], None], plan: PruningPlan | None = None,
+                 keep_activations: bool = False, output_attentions: bool = False, max_batches: int | None = None,
+                 num_samples: int | None = None, show_progress: bool = True, desc: str = "importance") -> int:
     """Run forward + backward of the model's loss on each batch, calling `on_batch` after each backward.
 
     Args:
-        units (`str`): "heads", "neurons" or "layers": which gates get gradients.
+        units (`str` or `tuple[str, ...]`): "heads", "neurons" and / or "layers": which gates get gradients.
         plan (`PruningPlan`, *optional*): units masked while scoring (their gates are 0).
-        keep_activations (`bool`): also keep the gated inputs of the unit's projection and their gradients.
+        keep_activations (`bool`): also keep the gated inputs of the unit's projection and their gradients (one
+            unit kind, heads or neurons).
 
     Returns:
         `int`: the number of tokens seen on this process.
     """
-    if units not in ("heads", "neurons", "layers"):
-        raise ValueError(f"units must be 'heads', 'neurons' or 'layers', got {units!r}")
+    units = (units,) if isinstance(units, str) else tuple(units)
+    _check_units(units, keep_activations)
     device = check_model(model)
     adapter = get_adapter(model)
     total_tokens = 0
     # Gradients are the point here, also when the caller is inside `torch.no_grad()` / `torch.inference_mode()`.
     with torch.inference_mode(False), torch.enable_grad(), scoring_mode(model), eager_attention(model,
                                                                                                   output_attentions):
-        gates = attach_gates(model, heads=units == "heads", neurons=units == "neurons", layers=units == "layers",
+        gates = attach_gates(model, heads="heads" in units, neurons="neurons" in units, layers="layers" in units,
                              requires_grad=True, plan=plan)
-        # The plan's other unit kinds are masked too (fixed gates), so scores are those of the model under the
-        # whole plan, e.g. neurons scored as if the plan's heads and layers were already removed.
-        others = None
-        if plan is not None:
-            rest = PruningPlan(heads={} if units == "heads" else plan.heads,
-                               neurons={} if units == "neurons" else plan.neurons,
-                               layers=[] if units == "layers" else plan.layers)
-            if not rest.is_empty():
-                try:
-                    others = mask(model, rest)
-                except Exception:
-                    gates.remove()
-                    raise
-        counter = TokenCounter(model, adapter)
-        handles = []
-        store: dict[int, torch.Tensor] = {}
         try:
-            if keep_activations:
-                blocks = adapter.layers(model)
-                owner = gates.head_gates if units == "heads" else gates.neuron_gates
-                for idx, gate in owner.items():
-                    if gate.numel() == 0 or (plan is not None and idx in plan.layers):
-                        continue  # no FFN neuron left, or a masked layer (no gradient reaches it): scores stay 0
-                    module = adapter.out_proj(blocks[idx]) if units == "heads" else adapter.ffn_out(blocks[idx])
-                    handles.append(module.register_forward_pre_hook(_keep_activation(store, idx)))
+            others = _mask_others(model, plan, units)
+        except Exception:
+            gates.remove()
+            raise
+        counter = TokenCounter(model, adapter)
+        store: dict[int, torch.Tensor] = {}
+        handles = _activation_hooks(model, adapter, gates, units[0], plan, store) if keep_activations else []
+        try:
             kwargs = {"output_attentions": True} if output_attentions else {}
             for index, batch in enumerate(iter_batches(dataloader, device, max_batches=max_batches,
                                                        num_samples=num_samples, show_progress=show_progress,
@@ -107,7 +149,7 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
                 outputs = model(**batch, **kwargs)
                 loss = model_loss(outputs, index)
                 if not loss.requires_grad:
-                    raise RuntimeError(f"batch {index}: the loss does not depend on the {units} gates "
+                    raise RuntimeError(f"batch {index}: the loss does not depend on the {'/'.join(units)} gates "
                                        "(does the model's forward reach the projections the adapter names?)")
                 tokens = counter.count(batch)
                 loss.backward()
@@ -123,6 +165,28 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str, on_batch
             if others is not None:
                 others.remove()
     return total_tokens
+
+
+def weight_gradient_passes(model: nn.Module, params: list[nn.Parameter], dataloader: Iterable,
+                           on_batch: Callable[[tuple[torch.Tensor, ...]], None], *,
+                           max_batches: int | None = None) -> int:
+    """Forward + backward of the model's own loss per batch, calling `on_batch(grads)` with dL/dp for each of
+    `params` (weight-level Taylor). Eval mode; only `params` require gradients while it runs; `autograd.grad` leaves
+    every `.grad` untouched, so scoring cannot disturb a training loop around it.
+
+    Returns:
+        `int`: the number of batches seen on this process.
+    """
+    device = params[0].device
+    batches = 0
+    with torch.inference_mode(False), torch.enable_grad(), scoring_mode(model):
+        for p in params:
+            p.requires_grad_(True)
+        for index, batch in enumerate(iter_batches(dataloader, device, max_batches=max_batches, show_progress=False,
+                                                   need_labels=False)):
+            on_batch(torch.autograd.grad(model_loss(model(**batch), index), params))
+            batches += 1
+    return batches
 
 
 def per_example_unit_grads(x: torch.Tensor, units: str, head_dim: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Forward-only passes shared by the activation-based criteria (Minitron heads / neurons, block influence, angular).
+"""Forward-only passes: the activation-based criteria (Minitron heads / neurons, block influence, angular) read
+hooks filled by these.
 
 No gradient, no labels: the model runs in eval mode under `torch.no_grad()` (parameters frozen and restored by
-`scoring_mode`), optionally under the mask of a plan, and each batch is yielded after its forward so the criterion's
-hooks have filled their statistics. Labels are dropped before the forward (the loss is not needed).
+`scoring_mode`), optionally under the mask of a plan, and each batch is handed to the caller before its forward so
+the criterion's hooks can read its attention mask. Labels are dropped before the forward (the loss is not needed).
 """
 
 from __future__ import annotations
@@ -12,31 +13,10 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..importance.common import check_model, iter_batches, scoring_mode
 from ..masking import mask
 from ..plan import PruningPlan
-
-REDUCTIONS = ("mean", "l2")
-
-
-def check_reduction(name: str, value: str) -> None:
-    if value not in REDUCTIONS:
-        raise ValueError(f"{name} must be one of {REDUCTIONS}, got {value!r}")
-
-
-def token_mask(batch: dict, shape: torch.Size) -> torch.Tensor:
-    """`[batch, seq]` bool: the non-padding tokens (all tokens when the batch has no matching attention mask)."""
-    attn = batch.get("attention_mask")
-    if isinstance(attn, torch.Tensor) and attn.dim() == 2 and tuple(attn.shape) == tuple(shape):
-        return attn.bool()
-    return torch.ones(shape, dtype=torch.bool, device=batch_device(batch))
-
-
-def batch_device(batch: dict) -> torch.device:
-    for value in batch.values():
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return torch.device("cpu")
+from .batches import check_model, iter_batches
+from .modes import scoring_mode
 
 
 def forward_passes(model: nn.Module, dataloader: Iterable, *, attach: Callable[[], list], on_batch: Callable,
@@ -67,21 +47,6 @@ def forward_passes(model: nn.Module, dataloader: Iterable, *, attach: Callable[[
                 gates.remove()
 
 
-def reduce_tokens(values: torch.Tensor, keep: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduce `[batch, seq, units]` over the kept tokens of each sequence: mean or L2.
-
-    Returns:
-        (`[batch, units]` float64 per-sequence values, `[batch]` bool: sequences with at least one kept token).
-    """
-    values = values.double() * keep.unsqueeze(-1)
-    counts = keep.sum(1)
-    if how == "mean":
-        out = values.sum(1) / counts.clamp_min(1).unsqueeze(-1)
-    else:
-        out = values.pow(2).sum(1).sqrt()
-    return out, counts > 0
-
-
 def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
     """The hidden states a block received (first positional argument or `hidden_states=`)."""
     return args[0] if args else kwargs["hidden_states"]
@@ -89,9 +54,4 @@ def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
 
 def block_output(output) -> torch.Tensor:
     """The hidden states a block returned (v5 decoder layers return a tensor, older ones a tuple)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity over the last axis in float64 (the residual stream of late layers is large)."""
-    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
+    return output[0] if isinstance(output, (tuple, list)) else output
