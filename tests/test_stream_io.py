@@ -16,6 +16,8 @@ import transformers
 
 import hfprune
 from hfprune.io.names import OUTPUT_MARKER_NAME
+from hfprune.passes.blocks import capture_block_inputs, run_block, with_hidden
+from hfprune.passes.forward import block_input
 from hfprune.stream import CheckpointReader, CheckpointWriter, StreamedModel
 from tests.conftest import logits_of, make_inputs, make_model
 
@@ -128,6 +130,22 @@ def test_one_shard_output_has_no_index(tmp_path):
     copied = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     reference = transformers.AutoModelForCausalLM.from_pretrained(source)
     assert torch.equal(copied.model.layers[2].mlp.down_proj.weight, reference.model.layers[2].mlp.down_proj.weight)
+
+
+def test_a_streamed_block_walk_gives_the_in_memory_logits(tmp_path):
+    """The walk the package docstring promises (pass layer's capture / run_block over `stream.blocks()`) computes the
+    loaded model's logits, with one block real at a time."""
+    model = make_model("llama")
+    model.save_pretrained(tmp_path / "src", max_shard_size="20KB")
+    batch = make_inputs(model)
+    stream = StreamedModel(tmp_path / "src")
+    with stream.outside() as meta_model:
+        inputs = capture_block_inputs(meta_model, stream.block(0), [batch], stream.device)
+    for _, block in stream.blocks():
+        inputs = [with_hidden(args, kwargs, run_block(block, args, kwargs)) for args, kwargs in inputs]
+    with stream.outside() as meta_model, torch.no_grad():
+        logits = meta_model.lm_head(meta_model.model.norm(block_input(*inputs[0])))
+    torch.testing.assert_close(logits, logits_of(model, batch), atol=1e-5, rtol=0)
 
 
 def test_leaving_the_block_loop_early_frees_the_block(tmp_path):

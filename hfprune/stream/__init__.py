@@ -12,25 +12,28 @@ The pieces (this package imports nothing of hfprune but `arch` and `io`):
   each tensor cast back to the dtype the source stores it in, into a temporary sibling folder swapped in atomically;
   checks the output location and the free disk space before writing anything.
 
-The block walker built on them (next: Wanda / SparseGPT / structured criteria through `hfprune.passes`) reads:
+The streamed block walker built on them (next: Wanda / SparseGPT / structured criteria) is `hfprune.passes.blocks`'
+`walk_blocks` with `stream.blocks()` in place of "move each block of a loaded model to the device":
 
 ```python
+from hfprune.passes.blocks import capture_block_inputs, run_block, with_hidden
+
 stream = StreamedModel("llama-14b", device="cuda", dtype=torch.float32)
 with CheckpointWriter("llama-14b-wanda", source=stream.reader, max_shard_size="2GB") as writer:
     with stream.outside() as model:                 # embeddings, final norm, head: real for this `with` only
-        hidden = embed_calibration_inputs(model)    # the inputs of block 0
+        inputs = capture_block_inputs(model, stream.block(0), batches, stream.device)  # stops at block 0 (meta)
     writer.add_tensors(stream.reader.read(stream.outside_names()))   # unchanged tensors: copied as stored
     for index, block in stream.blocks():            # block `index` on the device, fp32; freed after the body
-        prune_block(block, hidden)                  # statistics from `hidden`, then Wanda / SparseGPT / slicing
-        hidden = run_block(block, hidden)           # the next block's inputs
-        writer.add_tensors(stream.block_state(index))   # cast back to bf16 / fp16 and queued for the next shard
+        visit(index, block, inputs)                 # statistics (passes.blocks.feed), then Wanda / SparseGPT / slicing
+        inputs = [with_hidden(a, k, run_block(block, a, k)) for a, k in inputs]   # the next block's inputs
+        writer.add_tensors(stream.block_state(index))   # cast back to bf16 / fp16, straight to the open shard
 ```
 
 A structural change passes the new config to the writer (`CheckpointWriter(..., config=new_config)`); a plan that
 needs every block's scores first walks `stream.blocks()` twice (score, then slice and write).
 """
 
-from .materialize import Slot, build_meta_model, free, materialize, part_slots, release_free_heap
+from .materialize import Slot, build_meta_model, free, materialize, part_slots
 from .model import StreamedModel
 from .reader import CheckpointReader, TensorInfo
 from .writer import CheckpointWriter, check_free_space, check_output_location, parse_size, safetensors_header
@@ -48,6 +51,5 @@ __all__ = [
     "materialize",
     "parse_size",
     "part_slots",
-    "release_free_heap",
     "safetensors_header",
 ]

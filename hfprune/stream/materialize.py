@@ -12,7 +12,6 @@ shared with the output head) are one tensor in two slots, and stay one tensor th
 
 from __future__ import annotations
 
-import ctypes
 from typing import NamedTuple
 
 import torch
@@ -118,19 +117,6 @@ def materialize(slots: list[Slot], tensors: dict[str, torch.Tensor], device: tor
                 value = old.to(device=device)  # a buffer computed from the config keeps its dtype (rotary: fp32)
             new[id(old)] = nn.Parameter(value, requires_grad=False) if slot.is_parameter else value
         slot.set(new[id(old)])
-
-
-def release_free_heap() -> None:
-    """Give glibc's free heap pages back to the OS (`malloc_trim`).
-
-    Freed tensors can stay in glibc's heap instead of going back to the OS: streamed through `CheckpointWriter`
-    without this, a 1024-wide bf16 Llama's resident set grew by about 37 MB per block (16 blocks: +450 MB); with a
-    trim after each block it stays flat. Not glibc: nothing is done.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def free(slots: list[Slot]) -> None:
