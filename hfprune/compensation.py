@@ -27,8 +27,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .arch import get_adapter, unwrap_model
 from .arch.channels import channel_groups
 from .plan import PruningPlan
+from .units import attach, get_kind
 
 
 @dataclass
@@ -230,9 +232,6 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
         >>> hfprune.prune(model, plan, compensate=comp)      # the same offsets: equal to the masked model
         ```
     """
-    from .arch import unwrap_model
-    from .masking_channels import attach_channel_gates  # it imports this module to fold the offsets
-
     model = unwrap_model(model)
     if not plan.channels:
         raise ValueError("channel_compensation: the plan removes no channels (PruningPlan(channels=...))")
@@ -254,7 +253,7 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
                                                                          for p, r in removed.items()})
                 shifts = {p: torch.zeros_like(v) for p, v in full.items()}
                 draft = ChannelCompensation({}, {}, shifts, {p: t[:2] for p, t in targets.items()}, used)
-                gates = attach_channel_gates(model, plan, groups=groups)
+                gates = attach(model, get_adapter(model), {"channels": True}, plan)
                 try:
                     for path in order:  # every earlier consumer's offset is final when this one is measured
                         fold = draft.fold(model)
@@ -282,7 +281,7 @@ def resolve_compensation(model: nn.Module, plan: PruningPlan, compensate) -> Cha
     """`compensate=` of prune / mask: None, a `ChannelCompensation` (checked) or batches (measured now)."""
     if compensate is None:
         return None
-    if not plan.channels:
+    if not any(get_kind(name).compensable for name in plan.kinds()):
         raise ValueError("compensate= applies to CNN channel plans (PruningPlan(channels=...)) only")
     if isinstance(compensate, ChannelCompensation):
         compensate.check(model, plan)

@@ -171,8 +171,7 @@ def base_model_on_meta(model_or_config) -> nn.Module:
 def pruned_model_on_meta(config) -> nn.Module:
     """The pruned model described by a saved `config.json` (with its hfprune record), on the meta device."""
     from .io import model_class_for
-    from .structure import get_record
-    from .surgery.core import apply_structure
+    from .structure import apply_structure, get_record
 
     record = get_record(config)
     if record is None:

@@ -1,97 +1,33 @@
-"""`PruningPlan`: the units to remove, indexed as the model is now."""
+"""`PruningPlan`: the units to remove, per unit kind, indexed as the model is now."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from .arch import get_adapter, unwrap_model
 from .io.atomic import write_atomic
+from .structure import model_structure
+from .units import get_kind, kind_names, kinds_of, supported_kind
 
 
-def _as_index_lists(name: str, value) -> dict[int, list[int]]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"PruningPlan.{name} must be a dict {{layer: [index, ...]}}, got {type(value).__name__}")
-    out: dict[int, list[int]] = {}
-    for layer, indices in value.items():
-        try:
-            layer_i = int(layer)  # JSON keys are strings
-        except (TypeError, ValueError):
-            raise ValueError(f"PruningPlan.{name}: layer key {layer!r} is not an integer") from None
-        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
-            raise TypeError(f"PruningPlan.{name}[{layer_i}] must be a list of integers, got {indices!r}")
-        items = [int(i) for i in indices]
-        if any(isinstance(i, bool) for i in indices) or items != list(indices):
-            raise ValueError(f"PruningPlan.{name}[{layer_i}] must hold integers, got {list(indices)!r}")
-        if items:
-            out[layer_i] = sorted(items)
-            if len(set(items)) != len(items):
-                dup = sorted({i for i in items if items.count(i) > 1})
-                raise ValueError(f"PruningPlan.{name}: layer {layer_i} lists index {dup[0]} more than once")
-    return out
-
-
-def _as_channel_lists(value) -> dict[str, list[int]]:
-    """`{group_name: [channel, ...]}` with sorted, unique, non-negative integer indices (empty lists dropped)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"PruningPlan.channels must be a dict {{group_name: [index, ...]}}, got {type(value).__name__}")
-    out: dict[str, list[int]] = {}
-    for name, indices in value.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"PruningPlan.channels: group key {name!r} must be a group name (a module path string)")
-        if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
-            raise TypeError(f"PruningPlan.channels[{name!r}] must be a list of integers, got {indices!r}")
-        items = list(indices)
-        ints = [int(i) for i in items] if all(isinstance(i, int) and not isinstance(i, bool) for i in items) \
-            else None
-        if ints is None:
-            raise ValueError(f"PruningPlan.channels[{name!r}] must hold integers, got {items!r}")
-        if len(set(ints)) != len(ints):
-            dup = sorted({i for i in ints if ints.count(i) > 1})
-            raise ValueError(f"PruningPlan.channels: group {name!r} lists channel {dup[0]} more than once")
-        if ints and min(ints) < 0:
-            raise ValueError(f"PruningPlan.channels: group {name!r} has negative index {min(ints)}")
-        if ints:
-            out[name] = sorted(ints)
-    return out
-
-
-def _as_layer_list(value) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"PruningPlan.layers must be a list of layer indices, got {value!r}")
-    items = list(value)
-    try:
-        ints = [int(i) for i in items]
-    except (TypeError, ValueError):
-        ints = None
-    if ints is None or any(isinstance(i, bool) for i in items) or ints != items:
-        raise ValueError(f"PruningPlan.layers must hold integer layer indices, got {items!r}")
-    layers = sorted(ints)
-    dup = sorted({i for i in layers if layers.count(i) > 1})
-    if dup:
-        raise ValueError(f"PruningPlan.layers lists layer {dup[0]} more than once")
-    return layers
-
-
-@dataclass
 class PruningPlan:
     """The units to remove from a model, indexed as the model is *now* (before this plan is applied).
+
+    One entry per registered unit kind (`hfprune.units`), each normalised when set (sorted, unique, non-negative
+    indices; a bad value raises naming the kind, the layer or group, and the index). The four kinds of today are
+    keyword arguments and attributes; every registered kind is accepted the same way (`PruningPlan(**{kind: ...})`,
+    `plan.<kind>`).
 
     Args:
         heads (`dict[int, list[int]]`): attention heads to remove, per layer (query heads for GQA models).
         neurons (`dict[int, list[int]]`): FFN neurons (intermediate channels) to remove, per layer.
         layers (`list[int]`): whole blocks to remove.
+        meta (`dict`): free-form provenance (criterion, ratio, scores file ...), kept in the JSON.
         channels (`dict[str, list[int]]`): CNN channels to remove, per channel group (the group's name from
             `hfprune.channel_groups`, e.g. `"resnet.encoder.stages.0.layers.0.layer.0.convolution"`).
-        meta (`dict`): free-form provenance (criterion, ratio, scores file ...), kept in the JSON.
 
     Example:
         ```python
@@ -101,107 +37,93 @@ class PruningPlan:
         ```
     """
 
-    heads: dict[int, list[int]] = field(default_factory=dict)
-    neurons: dict[int, list[int]] = field(default_factory=dict)
-    layers: list[int] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    channels: dict[str, list[int]] = field(default_factory=dict)
+    def __init__(self, heads=None, neurons=None, layers=None, meta: dict | None = None, channels=None, **units):
+        object.__setattr__(self, "units", {name: get_kind(name).empty() for name in kind_names()})
+        object.__setattr__(self, "meta", meta if meta is not None else {})
+        given = {"heads": heads, "neurons": neurons, "layers": layers, "channels": channels, **units}
+        for name, value in given.items():
+            if name not in self.units:
+                raise TypeError(f"PruningPlan: unknown unit kind {name!r} (registered: {', '.join(self.units)})")
+            setattr(self, name, value)
 
-    def __post_init__(self):
-        self.channels = _as_channel_lists(self.channels)
-        self.heads = _as_index_lists("heads", self.heads)
-        self.neurons = _as_index_lists("neurons", self.neurons)
-        layers = _as_layer_list(self.layers)
-        self.layers = layers
-        for name, mapping in (("heads", self.heads), ("neurons", self.neurons)):
-            for layer, indices in mapping.items():
-                if layer < 0:
-                    raise ValueError(f"PruningPlan.{name}: layer index {layer} is negative")
-                if indices and indices[0] < 0:
-                    raise ValueError(f"PruningPlan.{name}: layer {layer} has negative index {indices[0]}")
-        if layers and layers[0] < 0:
-            raise ValueError(f"PruningPlan.layers: layer index {layers[0]} is negative")
+    def __getattr__(self, name: str):
+        units = self.__dict__.get("units", {})
+        if name in units:
+            return units[name]
+        raise AttributeError(f"'PruningPlan' object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.units:
+            self.units[name] = get_kind(name).normalise(value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, PruningPlan):
+            return NotImplemented
+        return self.units == other.units and self.meta == other.meta
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in self.units.items() if v or get_kind(k).listed_when_empty]
+        return f"PruningPlan({', '.join([*parts, f'meta={self.meta!r}'])})"
 
     # ----- queries -------------------------------------------------------------------------------------------------
+    def kinds(self) -> list[str]:
+        """The unit kinds this plan removes something of."""
+        return [name for name, entry in self.units.items() if entry]
+
     def is_empty(self) -> bool:
-        return not (self.heads or self.neurons or self.layers or self.channels)
+        return not self.kinds()
+
+    def count(self, kind: str) -> int:
+        """How many units of `kind` the plan removes."""
+        return get_kind(kind).count(self.units[kind])
 
     def num_channels(self) -> int:
-        return sum(len(v) for v in self.channels.values())
+        return self.count("channels")
 
     def num_heads(self) -> int:
-        return sum(len(v) for v in self.heads.values())
+        return self.count("heads")
 
     def num_neurons(self) -> int:
-        return sum(len(v) for v in self.neurons.values())
+        return self.count("neurons")
 
     def validate(self, model: nn.Module) -> None:
-        """Check every index against `model`'s current structure.
+        """Check every index against `model`'s current structure, before anything changes.
 
         Raises:
-            ValueError: naming the layer and the offending index (out of range for this model).
+            ValueError: a unit kind the model's family does not have, or an index out of range for this model
+                (naming the kind, the layer or group, and the index); a plan made for another structure.
         """
-        from .arch import get_adapter, unwrap_model
-
         model = unwrap_model(model)
         adapter = get_adapter(model)
-        if self.channels or getattr(adapter, "has_channels", False):
-            from .arch.channels import validate_channel_plan
-
-            validate_channel_plan(self, model)
-            return self._check_structure(model)
-        layers = adapter.layers(model)
-        n_layers = len(layers)
-        for layer in self.layers:
-            if layer >= n_layers:
-                raise ValueError(f"PruningPlan.layers: layer {layer} is out of range (model has {n_layers} layers)")
-        for name, mapping, size_of in (
-            ("heads", self.heads, lambda blk: adapter.num_heads(model, blk)),
-            ("neurons", self.neurons, adapter.intermediate_size),
-        ):
-            for layer, indices in mapping.items():
-                if layer >= n_layers:
-                    raise ValueError(
-                        f"PruningPlan.{name}: layer {layer} is out of range (model has {n_layers} layers)"
-                    )
-                size = size_of(layers[layer])
-                if indices[-1] >= size:
-                    raise ValueError(
-                        f"PruningPlan.{name}: layer {layer} index {indices[-1]} is out of range "
-                        f"(layer {layer} has {size} {name}); was this plan made for a different model?"
-                    )
-        self._check_structure(model)
-
-    def _check_structure(self, model: nn.Module) -> None:
+        for name in self.kinds():
+            try:
+                supported_kind(name, adapter, model)
+            except ValueError as err:
+                raise ValueError(f"PruningPlan.{name}: {err}") from None
+        for kind in kinds_of(adapter):
+            kind.validate(model, adapter, self)
         expected = self.meta.get("model_structure")
         if expected is not None:
-            from .structure import model_structure
-
             actual = model_structure(model)
             if actual != expected:
-                raise ValueError(
-                    "PruningPlan was made for a model with structure "
-                    f"{_short(expected)}, but this model has {_short(actual)}"
-                )
+                raise ValueError(f"PruningPlan was made for a model with structure {_short(expected)}, but this "
+                                 f"model has {_short(actual)}")
 
     # ----- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
-            "heads": {str(k): list(v) for k, v in sorted(self.heads.items())},
-            "neurons": {str(k): list(v) for k, v in sorted(self.neurons.items())},
-            "layers": list(self.layers),
-            **({"channels": {k: list(v) for k, v in self.channels.items()}} if self.channels else {}),
-            "meta": self.meta,
-        }
+        out = {name: get_kind(name).to_json(entry) for name, entry in self.units.items()
+               if entry or get_kind(name).listed_when_empty}
+        return {**out, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
-        unknown = set(data) - {"heads", "neurons", "layers", "channels", "meta"}
+        known = (*kind_names(), "meta")
+        unknown = set(data) - set(known)
         if unknown:
-            raise ValueError(f"PruningPlan: unknown key {min(unknown)!r} "
-                             "(expected heads, neurons, layers, channels, meta)")
-        return cls(heads=data.get("heads") or {}, neurons=data.get("neurons") or {}, layers=data.get("layers") or [],
-                   meta=data.get("meta") or {}, channels=data.get("channels") or {})
+            raise ValueError(f"PruningPlan: unknown key {min(unknown)!r} (expected {', '.join(known)})")
+        return cls(**{k: v for k, v in data.items() if v is not None})
 
     def to_json(self, path: str | Path | None = None, indent: int | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
@@ -218,6 +140,4 @@ class PruningPlan:
 
 
 def _short(structure: dict) -> str:
-    if "channels" in structure:
-        return f"channel groups {structure['channels']}"
-    return f"{structure.get('num_layers')} layers, heads={structure.get('heads')}, ffn={structure.get('ffn')}"
+    return ", ".join(f"{k}={v}" for k, v in structure.items() if k != "model_type")

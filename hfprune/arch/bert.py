@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import ArchAdapter
 from .registry import register
+from .transformer import TransformerAdapter
 
 
 @register
-class BertAdapter(ArchAdapter):
+class BertAdapter(TransformerAdapter):
     model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
     layers_paths = ("encoder.layer", "bert.encoder.layer", "roberta.encoder.layer", "electra.encoder.layer",
                     "camembert.encoder.layer", "xlm_roberta.encoder.layer")

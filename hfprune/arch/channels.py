@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .base import ArchAdapter
+from .registry import adapters_for, get_adapter, unwrap_model
 
 OP_KINDS = ("out", "norm", "through", "in", "scale")
 
@@ -115,14 +116,15 @@ class GroupBuilder:
 
 
 class ChannelAdapter(ArchAdapter):
-    """Base class of CNN family adapters: they describe channel groups instead of heads and FFN neurons.
+    """Base class of CNN family adapters: their one unit kind is `channels`, described as channel groups.
 
     Subclasses set `model_types` and `base_prefixes` and implement `build_groups`; `config_updates` says which plain
     config keys can express the current widths (checked by rebuilding the model from the updated config).
     """
 
+    unit_kinds = ("channels",)
+    family = "a CNN"
     base_prefixes: tuple[str, ...] = ()
-    has_channels = True
 
     def base_prefix(self, model: nn.Module) -> str:
         """The path of the backbone inside `model` ("" when `model` is the backbone itself)."""
@@ -154,10 +156,6 @@ class ChannelAdapter(ArchAdapter):
                 if isinstance(child, nn.Linear):
                     return f"{path}.{name}"
         return None
-
-    def layers(self, model: nn.Module):
-        raise ValueError(f"{type(model).__name__} is a CNN: hfprune prunes its channels (PruningPlan(channels=...)), "
-                         "not heads, FFN neurons or layers")
 
 
 def join(*parts: str) -> str:
@@ -192,8 +190,6 @@ def channel_groups(model: nn.Module) -> dict[str, ChannelGroup]:
         False
         ```
     """
-    from . import unwrap_model
-
     model = unwrap_model(model)  # DDP / torch.compile wrappers: group names as the model itself has them
     adapter = channel_adapter(model)
     return {g.name: g.freeze(model) for g in adapter.build_groups(model)}
@@ -201,58 +197,9 @@ def channel_groups(model: nn.Module) -> dict[str, ChannelGroup]:
 
 def channel_adapter(model: nn.Module) -> ChannelAdapter:
     """The model's `ChannelAdapter`; a clear error for transformers and unsupported families."""
-    from . import _REGISTRY, get_adapter
-
     adapter = get_adapter(model)
     if not isinstance(adapter, ChannelAdapter):
-        cnn = sorted(t for t, a in _REGISTRY.items() if isinstance(a, ChannelAdapter))
         raise ValueError(f"model_type={model.config.model_type!r} has no channel groups (channel pruning supports "
-                         f"the CNN families {', '.join(cnn)}; prune its heads / neurons / layers instead)")
+                         f"the CNN families {', '.join(adapters_for('channels'))}; prune its "
+                         f"{' / '.join(adapter.unit_kinds)} instead)")
     return adapter
-
-
-def validate_channel_plan(plan, model: nn.Module) -> None:
-    """Check `plan` against a CNN's channel groups before anything changes.
-
-    Raises:
-        ValueError: the plan removes heads / neurons / layers of a CNN, names no group (or a member module of a
-            group: the message names that group), a group that is not prunable (with the reason), an index out of
-            range, part of a grouped convolution's group, or every channel of a group.
-    """
-    from . import unwrap_model
-
-    model = unwrap_model(model)
-    adapter = channel_adapter(model)
-    kinds = [k for k in ("heads", "neurons", "layers") if getattr(plan, k)]
-    if kinds:
-        raise ValueError(f"PruningPlan.{kinds[0]}: {type(model).__name__} is a CNN ({model.config.model_type}); "
-                         "it has channel groups (PruningPlan(channels=...)), not heads, FFN neurons or layers")
-    groups = {g.name: g.freeze(model) for g in adapter.build_groups(model)}
-    for name, indices in plan.channels.items():
-        group = groups.get(name)
-        if group is None:
-            owner = next((n for n, g in groups.items() if name in g.members or name in (
-                p.rpartition(".")[0] for p in g.members)), None)
-            if owner is not None:
-                kind = "coupled group" if groups[owner].coupled else "group"
-                raise ValueError(f"PruningPlan.channels: {name!r} is a member of the {kind} {owner!r}, not a group "
-                                 f"name; name the group ({owner!r}) to remove its channels from all its members")
-            raise ValueError(f"PruningPlan.channels: {type(model).__name__} has no channel group {name!r} "
-                             f"(its {len(groups)} groups are listed by hfprune.channel_groups(model); e.g. "
-                             f"{next(iter(groups))!r})")
-        if not group.prunable:
-            raise ValueError(f"PruningPlan.channels: group {name!r} is not prunable: {group.reason}")
-        if indices[-1] >= group.size:
-            raise ValueError(f"PruningPlan.channels: group {name!r} index {indices[-1]} is out of range (the group "
-                             f"has {group.size} channels); was this plan made for a different model?")
-        if len(indices) >= group.size:
-            raise ValueError(f"PruningPlan.channels: group {name!r} would lose all its {group.size} channels; at "
-                             "least one must stay")
-        if group.granularity > 1:
-            g = group.granularity
-            runs = {i // g for i in indices}
-            if len(indices) != len(runs) * g:
-                bad = min(r for r in runs if sum(i // g == r for i in indices) != g)
-                raise ValueError(f"PruningPlan.channels: group {name!r} passes a grouped convolution with groups of "
-                                 f"{g} channels, so channels go in whole groups; group {bad} (channels "
-                                 f"{bad * g}..{bad * g + g - 1}) is only partly listed")

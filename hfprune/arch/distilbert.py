@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import ArchAdapter
 from .registry import register
+from .transformer import TransformerAdapter
 
 
 @register
-class DistilBertAdapter(ArchAdapter):
+class DistilBertAdapter(TransformerAdapter):
     model_types = ("distilbert",)
     layers_paths = ("transformer.layer", "distilbert.transformer.layer")
     attention_path = "attention"

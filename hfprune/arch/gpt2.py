@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import ArchAdapter, ProjSegment, get_submodule
+from .base import get_submodule
 from .registry import register
+from .transformer import ProjSegment, TransformerAdapter
 
 
 @register
-class GPT2Adapter(ArchAdapter):
+class GPT2Adapter(TransformerAdapter):
     model_types = ("gpt2",)
     layers_paths = ("h", "transformer.h")
     attention_path = "attn"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import ArchAdapter
 from .registry import register
+from .transformer import TransformerAdapter
 
 
 @register
-class LlamaAdapter(ArchAdapter):
+class LlamaAdapter(TransformerAdapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
     layers_paths = ("layers", "model.layers")
     attention_path = "self_attn"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import ArchAdapter
 from .registry import register
+from .transformer import TransformerAdapter
 
 
 @register
-class ViTAdapter(ArchAdapter):
+class ViTAdapter(TransformerAdapter):
     model_types = ("vit",)
     layers_paths = ("layers", "vit.layers", "encoder.layer", "vit.encoder.layer")
     attention_path = "attention"

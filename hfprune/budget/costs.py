@@ -77,8 +77,7 @@ def unit_costs(model: nn.Module, metric: str, seq_len: int) -> UnitCosts:
 
 def meta_copy(model: nn.Module) -> nn.Module:
     """An empty (meta-device) model with the same class and per-layer shapes as `model`: costs no memory."""
-    from ..structure import get_record
-    from ..surgery.core import apply_structure
+    from ..structure import apply_structure, get_record
 
     config = copy.deepcopy(model.config)
     with torch.device("meta"):

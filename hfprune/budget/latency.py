@@ -113,7 +113,8 @@ def build_latency_table(model: nn.Module, batch: dict, *, seq_len: int = 128, re
                         neuron_points: int = 12) -> LatencyTable:
     """Time the first block with 1..H heads and `neuron_points` FFN widths, and the whole model, on `batch`
     tiled to `seq_len` tokens (see `timing_batch`). The model is not changed (blocks are timed on copies)."""
-    from ..surgery.core import kv_layout, reshape_attention, reshape_ffn
+    from ..units.heads import kv_layout, reshape_attention
+    from ..units.neurons import reshape_ffn
 
     adapter = get_adapter(model)
     inputs = timing_batch(batch, seq_len)

@@ -8,9 +8,10 @@ pruned model's residual and bias), the scales solve min ||C s - B||^2; the norma
 summed over batches (and processes) and solved with `torch.linalg.lstsq`. Layers are tuned in order, on the pruned
 model's own inputs, so each layer also corrects the error that reaches it. As in the paper, tuning stops at the
 first solution with a scale outside [-10, 10] (or a non-finite one): that and later layers keep scale 1. When the
-task head reads only the first token of the last block (a [CLS] classifier, `ArchAdapter.reads_first_token_only`),
-the last layer's neurons are fitted on that token alone, as in the paper's code for classification: the other
-positions of that output never reach the loss, and fitting them spends the few scales on what does not matter.
+task head reads only the first token of the last block (a [CLS] classifier,
+`TransformerAdapter.reads_first_token_only`), the last layer's neurons are fitted on that token alone, as in the
+paper's code for classification: the other positions of that output never reach the loss, and fitting them spends
+the few scales on what does not matter.
 
 The scales are folded into the input columns of the output / down projections afterwards (`fold_scales`), so the
 pruned model has no extra op.

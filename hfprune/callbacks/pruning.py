@@ -19,12 +19,12 @@ from transformers import TrainerCallback
 
 from ..arch import unwrap_model
 from ..criteria import criterion_names, get_criterion
-from ..importance import head_importance, layer_importance, neuron_importance
+from ..importance import channel_importance, head_importance, layer_importance, neuron_importance
 from ..importance.common import check_ratio
 from ..masking import mask
 from ..passes import is_distributed
 from ..plan import PruningPlan
-from ..selection import select_heads, select_layers, select_neurons
+from ..selection import select_channels, select_heads, select_layers, select_neurons
 from ..structure import model_structure
 from ..surgery import prune
 from .announce import announce, export_on_save, planned_totals, totals
@@ -233,9 +233,7 @@ class PruningCallback(TrainerCallback):
             scores["neurons"] = neuron_importance(model, data, criterion=c.neuron_criterion, seed=c.seed, **limits)
         if isinstance(c.layers, int) and c.layers:
             scores["layers"] = layer_importance(model, data, method=c.layer_method, **limits)
-        if c.channels_ratio is not None:  # CNN channel groups (hfprune.importance.channels)
-            from ..importance.channels import channel_importance
-
+        if c.channels_ratio is not None:  # CNN channel groups
             scores["channels"] = channel_importance(model, data, criterion=c.channel_criterion, seed=c.seed,
                                                     groups=c.channel_groups, **limits)
         return scores
@@ -255,8 +253,6 @@ class PruningCallback(TrainerCallback):
         elif isinstance(c.layers, list):
             plan.layers = sorted(c.layers)
         if "channels" in scores:
-            from ..selection_channels import select_channels
-
             plan.channels = select_channels(scores["channels"], ratio=c.channels_ratio, scope=c.scope,
                                             round_to=c.round_to, min_per_group=c.min_per_layer).channels
         return plan
@@ -355,8 +351,6 @@ class PruningCallback(TrainerCallback):
         if "layer_method" in names:
             scores["layers"] = torch.zeros(model_structure(model)["num_layers"])
         if "channel_criterion" in names:
-            from ..importance.channels import channel_importance
-
             scores["channels"] = channel_importance(model, criterion=names["channel_criterion"], seed=c.seed,
                                                     groups=c.channel_groups)
         return scores

@@ -18,13 +18,13 @@ from . import register_criterion
                     summary="|activation x gradient| per channel (Molchanov et al. 2017)")
 def taylor_channels(model: nn.Module, dataloader, *, groups, max_batches=None, num_samples=None,
                     show_progress=False, **common) -> dict[str, torch.Tensor]:
-    from ..masking_channels import attach_channel_gates
+    from ..masking import attach_gates
     from ..passes import check_model, iter_batches, model_loss, scoring_mode
 
     device = check_model(model)
     totals = {name: torch.zeros(group.size) for name, group in groups.items()}
     with scoring_mode(model), torch.enable_grad():
-        gates = attach_channel_gates(model, requires_grad=True, groups=groups, names=list(groups))
+        gates = attach_gates(model, channels=list(groups), requires_grad=True)
         try:
             for index, batch in enumerate(iter_batches(dataloader, device, max_batches=max_batches,
                                                        num_samples=num_samples, show_progress=show_progress,

@@ -1,5 +1,5 @@
-"""The public scorers for heads and FFN neurons: one entry point per unit kind, dispatching through the criterion
-registry (`hfprune.criteria`)."""
+"""The public scorers: one entry point per unit kind (heads, FFN neurons, CNN channels), each dispatching through the
+criterion registry (`hfprune.criteria`) for its kind."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..arch import unwrap_model
+from ..arch.channels import ChannelGroup, channel_groups
 from ..criteria import UnitScores, check_call, criterion_names, get_criterion
 from ..plan import PruningPlan
 from .common import ImportanceResult, normalize_heads, pad_rows
@@ -25,18 +26,24 @@ def __getattr__(name: str):
 
 
 def score_units(unit: str, caller: str, model: nn.Module, dataloader: Iterable | None, criterion: str, *,
-                seed: int | None, options: dict, **common) -> UnitScores:
-    """Look `criterion` up for `unit`, check the call against its flags, run it: the dispatch of every scorer.
+                seed: int | None, options: dict, **common):
+    """Look `criterion` up for the unit kind `unit`, check the call against its flags, run it: the dispatch of every
+    scorer (heads, neurons, channels). Returns what the criterion returns.
 
     A model wrapped by DDP / `accelerate` / `torch.compile` is scored through the model inside it. Not through the
     wrapper: DDP's forward is a collective (it broadcasts buffers, and prepares a gradient all-reduce for the next
     backward), so processes holding unequal numbers of batches would hang in it, and its all-reduce hooks have
     nothing to do here (parameters are frozen while scoring; only the gates get gradients). hfprune sums its own
-    statistics over processes, once, at the end (`common.sum_per_token`).
+    statistics over processes, once, at the end (`common.sum_per_token`). A criterion without data runs without
+    autograd.
     """
     found = get_criterion(criterion, unit, caller=caller)
     check_call(found, caller=caller, dataloader=dataloader, seed=seed, options=options)
-    result = found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
+    with torch.enable_grad() if found.needs_data else torch.no_grad():
+        return found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
+
+
+def _unit_scores(result) -> UnitScores:
     return result if isinstance(result, UnitScores) else UnitScores(rows=list(result))
 
 
@@ -94,9 +101,9 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
     """
     if return_entropy:
         options = {"return_entropy": True, **options}
-    result = score_units("heads", "head_importance", model, dataloader, criterion, seed=seed, options=options,
-                         plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
-                         distributed=distributed)
+    result = _unit_scores(score_units("heads", "head_importance", model, dataloader, criterion, seed=seed,
+                                      options=options, plan=plan, max_batches=max_batches, num_samples=num_samples,
+                                      show_progress=show_progress, distributed=distributed))
     scores = normalize_heads(pad_rows(result.rows), by_layer=normalize_layers, by_global=normalize_global)
     if return_entropy:
         return ImportanceResult(scores=scores, entropy=pad_rows(result.entropy), num_tokens=result.num_tokens)
@@ -139,11 +146,92 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
         >>> plan = hfprune.select_neurons(scores, ratio=0.3, round_to=8)
         ```
     """
-    result = score_units("neurons", "neuron_importance", model, dataloader, criterion, seed=seed, options=options,
-                         plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
-                         distributed=distributed)
+    result = _unit_scores(score_units("neurons", "neuron_importance", model, dataloader, criterion, seed=seed,
+                                      options=options, plan=plan, max_batches=max_batches, num_samples=num_samples,
+                                      show_progress=show_progress, distributed=distributed))
     rows = result.rows
     rows = [r.detach().to("cpu", torch.float32) for r in rows]
     if normalize_layers:
         rows = [r / (r.pow(2).sum().sqrt() + 1e-20) for r in rows]
     return rows
+
+
+class ChannelScores(dict):
+    """`{group_name: scores}` (one value per channel, higher = more important) that also remembers the groups.
+
+    `select_channels` reads `.groups` to remove grouped-convolution channels in whole groups; a plain dict works
+    too (then every channel is its own unit).
+
+    Attributes:
+        groups (`dict[str, ChannelGroup]`): the scored groups, as `hfprune.channel_groups` returned them.
+        criterion (`str`): the criterion's name.
+    """
+
+    def __init__(self, scores: dict, groups: dict[str, ChannelGroup], criterion: str):
+        super().__init__(scores)
+        self.groups = groups
+        self.criterion = criterion
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form (lists of floats) with the criterion."""
+        return {"criterion": self.criterion, "channels": {k: [float(x) for x in v] for k, v in self.items()}}
+
+
+def _pick(groups: dict[str, ChannelGroup], which) -> dict[str, ChannelGroup]:
+    prunable = {n: g for n, g in groups.items() if g.prunable}
+    if which is None or which == "all":
+        return prunable
+    if which == "inner":
+        return {n: g for n, g in prunable.items() if not g.coupled}
+    if which == "coupled":
+        return {n: g for n, g in prunable.items() if g.coupled}
+    if isinstance(which, str) or not isinstance(which, Iterable):
+        raise ValueError(f"channel_importance: groups must be 'all', 'inner', 'coupled' or a list of group names, "
+                         f"got {which!r}")
+    picked = {}
+    for name in which:
+        if name not in groups:
+            raise ValueError(f"channel_importance: no channel group {name!r} (see hfprune.channel_groups(model))")
+        if not groups[name].prunable:
+            raise ValueError(f"channel_importance: group {name!r} is not prunable: {groups[name].reason}")
+        picked[name] = groups[name]
+    return picked
+
+
+def channel_importance(model: nn.Module, dataloader: Iterable | None = None, *, criterion: str = "l1",
+                       seed: int | None = None, groups="all", max_batches: int | None = None,
+                       num_samples: int | None = None, show_progress: bool = False, **options) -> ChannelScores:
+    """Score every channel of a CNN's prunable channel groups (the model is not changed).
+
+    Criteria (the channel criteria of `hfprune.criteria`): `bn_scale` (|BatchNorm gamma|, Liu et al. 2017, Network
+    Slimming), `l1` (filter L1 norm, Li et al. 2017), `magnitude` (L2 of every weight a channel owns), `taylor`
+    (first-order Taylor, Molchanov et al. 2017; needs `dataloader` with labels), `random` (needs `seed`).
+
+    Args:
+        model (`PreTrainedModel`): a model of a supported CNN family.
+        dataloader (`Iterable[dict]`, *optional*): batches with `pixel_values` and `labels` (data criteria only).
+        criterion (`str`, defaults to `"l1"`): a channel criterion name.
+        seed (`int`, *optional*): seed of `random`.
+        groups (`str` or `list[str]`, defaults to `"all"`): `"all"` prunable groups, `"inner"` (free groups: a
+            block's inner channels), `"coupled"` (residual-path widths) or explicit group names.
+        max_batches, num_samples (`int`, *optional*): limits on the data scored.
+
+    Returns:
+        `ChannelScores`: `{group_name: Tensor[size]}`, higher = more important.
+
+    Example:
+        ```python
+        >>> import hfprune
+        >>> from transformers import ResNetConfig, ResNetForImageClassification
+        >>> model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        ...                                                    layer_type="basic"))
+        >>> scores = hfprune.channel_importance(model, criterion="bn_scale", groups="inner")
+        >>> plan = hfprune.select_channels(scores, ratio=0.5, scope="global")
+        >>> plan.num_channels()
+        12
+        ```
+    """
+    picked = _pick(channel_groups(model), groups)
+    scores = score_units("channels", "channel_importance", model, dataloader, criterion, seed=seed, options=options,
+                         groups=picked, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress)
+    return ChannelScores({n: scores[n] for n in picked}, picked, criterion)

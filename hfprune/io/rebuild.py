@@ -147,7 +147,7 @@ def build_model(config, state: dict[str, torch.Tensor], source: str, dtype=None,
     """
     from transformers.initialization import no_init_weights
 
-    from ..surgery.core import apply_structure
+    from ..structure import apply_structure
 
     with no_init_weights():
         model = model_class_for(config)(config)  # weights are overwritten below, so skip their random init

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..surgery.core import apply_structure
-from ..surgery.headless import HeadlessAttention
-from ..surgery.slicing import ZeroWidthConv1D
+from ..structure import apply_structure
+from ..units.headless import HeadlessAttention
+from ..units.slicing import ZeroWidthConv1D
 
 MODELING_FILE = "modeling_hfprune.py"
 _TEMPLATE = Path(__file__).with_name("modeling_template.py")

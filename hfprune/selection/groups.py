@@ -1,4 +1,4 @@
-"""Selection for CNN channels: channel scores -> `PruningPlan(channels=...)`.
+"""Selection per channel group (CNN channels): channel scores -> `PruningPlan(channels=...)`.
 
 A unit of selection is one channel, or a whole group of a grouped convolution (RegNet: `groups_width` channels,
 scored by their mean); a coupled group (a residual path) is selected like any other group and removed together by
@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from .importance.common import check_ratio
-from .plan import PruningPlan
-from .ranking import SCOPES
+from ..importance.common import check_ratio
+from ..plan import PruningPlan
+from ..ranking import SCOPES
 
 
 def _units(scores, name: str) -> tuple[torch.Tensor, int]:

@@ -1,9 +1,12 @@
-"""Index-based slicing of projection layers (nn.Linear and transformers' Conv1D) into new, smaller modules."""
+"""Index-based slicing, in place: projection layers (nn.Linear and transformers' Conv1D) for heads and FFN neurons,
+and one op of a channel group (`slice_op`: a convolution, linear layer or norm) for channels."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..arch.channels import ChannelOp
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -73,3 +76,44 @@ def zero_width_safe(module: nn.Module) -> nn.Module:
     if _is_conv1d(module) and module.weight.shape[0] == 0:
         return ZeroWidthConv1D(module)
     return module
+
+
+def _select(module: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
+    tensor = getattr(module, name, None)
+    if tensor is None:
+        return
+    new = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
+    if isinstance(tensor, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+    else:
+        setattr(module, name, new)  # a registered buffer stays a buffer (running_mean / running_var)
+
+
+def slice_op(model: nn.Module, op: ChannelOp, index: torch.Tensor) -> None:
+    """Keep channels `index` of one tensor of a group (see `hfprune.arch.channels` for the op kinds)."""
+    module = model.get_submodule(op.path)
+    n = int(index.numel())
+    if op.kind == "norm":
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _select(module, name, 0, index)
+        if isinstance(module, nn.LayerNorm):
+            module.normalized_shape = (n,)
+        else:
+            module.num_features = n
+        return
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"{op.path}: cannot slice a {type(module).__name__} as channel op {op.kind!r}")
+    linear = isinstance(module, nn.Linear)
+    if op.kind == "in":
+        if not linear and module.groups != 1:
+            raise TypeError(f"{op.path}: a grouped convolution cannot lose single input channels")
+        _select(module, "weight", 1, index)
+        setattr(module, "in_features" if linear else "in_channels", n)
+        return
+    per_group = module.out_channels // module.groups if not linear else 1
+    _select(module, "weight", 0, index)
+    _select(module, "bias", 0, index)
+    setattr(module, "out_features" if linear else "out_channels", n)
+    if op.kind == "through":  # depthwise / grouped: in == out channels, weight dim 1 is the per-group input width
+        module.in_channels = n
+        module.groups = n // per_group

@@ -1,0 +1,64 @@
+"""Physical removal of a plan's units: weights and `model.config` change together, all or nothing.
+
+One loop over the unit kinds of the plan (`hfprune.units`): every kind checks first (nothing changes if one refuses),
+then each removes its units in its order (layers last), and the record in `config.hfprune` follows.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .arch import get_adapter, unwrap_model
+from .compensation import resolve_compensation
+from .plan import PruningPlan
+from .structure import sync_config
+from .units import get_kind
+
+
+def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
+    """Physically remove the units of `plan` (heads, FFN neurons, layers; CNN channels) from `model`, in place.
+
+    Weights and biases of every tensor a unit lives in are sliced (q/k/v/o or fused qkv and FFN projections; a CNN
+    channel group's convolutions, BatchNorms and consumers), removed layers are dropped and re-indexed, and
+    `model.config` records the new structure (`config.hfprune`; plain keys too where they can say it), so that
+    `model.save_pretrained()` followed by `hfprune.load_pruned()` gives the same model back. Calls compose: a second
+    plan is indexed against the already-pruned model.
+
+    For grouped-query attention a KV head is removed once every query head of its group is removed.
+
+    Args:
+        model (`PreTrainedModel`): a model of a supported family; a DDP / accelerate / compiled wrapper is unwrapped
+            (the wrapper holds the old parameters afterwards: wrap the returned model again, e.g.
+            `accelerator.prepare(model)`).
+        plan (`PruningPlan`): units to remove, indexed as the model is now.
+        compensate (`Iterable[dict]` or `ChannelCompensation`, *optional*): CNN channel plans only: calibration
+            batches (`pixel_values`) or a measured `hfprune.channel_compensation`; each removed channel's mean
+            contribution is folded into its consumers' biases / BatchNorm running means (see `docs/channels.md`).
+
+    Returns:
+        The same `model` object (the model inside the wrapper, when given one), pruned.
+
+    Raises:
+        ValueError: the plan does not fit the model, a gate is still attached to a unit it resizes, or the
+            compensation cannot be measured or does not fit (nothing is changed then).
+
+    Example:
+        ```python
+        >>> import hfprune
+        >>> hfprune.prune(model, hfprune.PruningPlan(heads={0: [0, 2]}, neurons={1: list(range(32))}, layers=[3]))
+        ```
+    """
+    model = unwrap_model(model)
+    adapter = get_adapter(model)
+    plan.validate(model)  # before any change: a bad plan leaves the model untouched
+    kinds = sorted((get_kind(name) for name in plan.kinds()), key=lambda kind: kind.order)
+    for kind in kinds:
+        kind.check_removal(model, adapter, plan)
+    compensation = resolve_compensation(model, plan, compensate)  # measured on the model as it is, before slicing
+    sync_config(model, adapter)  # make sure a record of the structure *before* this plan exists
+    if compensation is not None:
+        compensation.fold(model)  # full-size tensors: a target that is also sliced keeps its kept rows' fold
+    for kind in kinds:
+        kind.remove(model, adapter, plan)
+    sync_config(model, adapter, plan=plan)
+    return model
