@@ -19,8 +19,7 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from ..io.rebuild import model_class_for
-from ..structure import get_record
-from ..surgery.core import apply_structure
+from ..structure import apply_structure, get_record
 
 
 class Slot(NamedTuple):
