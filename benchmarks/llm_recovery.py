@@ -46,7 +46,7 @@ def run_variant(name: str, model: Path, texts: Path, out: Path, args) -> dict:
             "--eval-text-file", str(texts / "eval.txt"), "--num-samples", "32", "--seq-len", str(args.seq_len),
             "--batch-size", str(args.batch_size), "--eval-samples", str(args.eval_samples), "--heads", "0.33",
             "--ffn", "0.25", "--uniform", "--criterion", "activation", "--recover-steps", str(args.steps),
-            "--learning-rate", str(args.lr), "--output", str(out / name), "--quiet", *VARIANTS[name]]
+            "--learning-rate", str(args.lr), "--output", str(out / name), *VARIANTS[name]]
     start = time.perf_counter()
     rc = hfprune_main(argv)
     if rc != 0:
