@@ -80,6 +80,19 @@ def test_distill_recovery_writes_a_plain_folder_and_uses_the_kd_loss(lm, tmp_pat
     assert len(results["recover_losses"]) == 3 and max(results["recover_losses"]) < 0.5 < 2.0 < min(lm_losses)
 
 
+def test_distill_from_another_teacher_folder(lm, tmp_path, capsys):
+    """`--teacher PATH`: a model with the same vocabulary (a folder without a tokenizer is enough)."""
+    teacher = save_tiny_llama(tmp_path / "teacher", seed=1, num_hidden_layers=2)
+    for path in teacher.glob("tokenizer*"):
+        path.unlink()
+    out = tmp_path / "out"
+    rc, _, err = _run(_argv(lm, out, "--distill", "--teacher", teacher, "--recover-steps", "1"), capsys)
+    assert rc == 0, err
+    rec = json.loads((out / "results.json").read_text())["recovery"]
+    assert rec["teacher"] == str(teacher) and rec["loss"] == "distill"
+    assert str(teacher) in (out / "report.md").read_text()
+
+
 def test_lora_recovery_is_merged_into_a_plain_checkpoint(lm, tmp_path, capsys):
     out = tmp_path / "out"
     rc, _, err = _run(_argv(lm, out, "--lora", "8", "--recover-steps", "2", "--learning-rate", "0.01"), capsys)

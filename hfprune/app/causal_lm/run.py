@@ -16,7 +16,7 @@ from ...arch import get_adapter
 from ...criteria import get_criterion
 from ..common.outputs import check_output_dir
 from ..common.progress import StageLog, quiet_libraries
-from .data import eval_windows, load_model, split_texts
+from .data import eval_windows, load_decoder, load_model, split_texts
 from .harness import run_lm_eval
 from .options import CausalLMRecipe, LMPrune
 from .recover import load_teacher, recover, recovery_batches
@@ -120,7 +120,7 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
         calib_lines, eval_lines = split_texts(data)
         with quiet_libraries(quiet):
             model, tokenizer = load_model(recipe.model.name_or_path, recipe.model.gguf_file)
-            teacher = load_teacher(recipe, model, lambda path: load_model(path)[0])
+            teacher = load_teacher(recipe, model, load_decoder)
         note["summary"] = f"{type(model).__name__}, {_param_count(model):,} parameters"
     with log.stage("data") as note:
         calib = hfprune.calibration_batches(tokenizer, calib_lines, num_samples=data.num_samples, seq_len=data.seq_len,
