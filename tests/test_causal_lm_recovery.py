@@ -59,7 +59,7 @@ def _plain_keys(folder: Path) -> list[str]:
 
 
 def test_distill_recovery_writes_a_plain_folder_and_uses_the_kd_loss(lm, tmp_path, capsys):
-    rc, _, err = _run(_argv(lm, tmp_path / "kd", "--distill", "--recover-steps", "3"), capsys)
+    rc, _, err = _run(_argv(lm, tmp_path / "kd", "--hidden", "0.25", "--distill", "--recover-steps", "3"), capsys)
     assert rc == 0, err
     results = json.loads((tmp_path / "kd" / "results.json").read_text())
     rec = results["recovery"]
@@ -72,9 +72,10 @@ def test_distill_recovery_writes_a_plain_folder_and_uses_the_kd_loss(lm, tmp_pat
     assert "share no token with the 8 calibration windows" in report
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "kd").eval()
     assert plain.config.num_attention_heads == 2 and plain.config.intermediate_size == 48
+    assert plain.config.hidden_size == 24 and len(results["plan"]["hidden"]) == 8
     # The same run with the LM loss: a random tiny Llama's LM loss is about ln(vocab) ~ 3.5, while the KL between
     # the pruned model and the model before pruning is far smaller; a run that ignored --distill logs the former.
-    rc, _, err = _run(_argv(lm, tmp_path / "lm", "--recover-steps", "3"), capsys)
+    rc, _, err = _run(_argv(lm, tmp_path / "lm", "--hidden", "0.25", "--recover-steps", "3"), capsys)
     assert rc == 0, err
     lm_losses = json.loads((tmp_path / "lm" / "results.json").read_text())["recover_losses"]
     assert len(results["recover_losses"]) == 3 and max(results["recover_losses"]) < 0.5 < 2.0 < min(lm_losses)
@@ -95,7 +96,8 @@ def test_distill_from_another_teacher_folder(lm, tmp_path, capsys):
 
 def test_lora_recovery_is_merged_into_a_plain_checkpoint(lm, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, _, err = _run(_argv(lm, out, "--lora", "8", "--recover-steps", "2", "--learning-rate", "0.01"), capsys)
+    rc, _, err = _run(_argv(lm, out, "--hidden", "0.25", "--lora", "8", "--recover-steps", "2", "--learning-rate",
+                            "0.01"), capsys)
     assert rc == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["recovery"]["lora"] == 8 and results["recovery"]["loss"] == "lm"
@@ -106,6 +108,7 @@ def test_lora_recovery_is_merged_into_a_plain_checkpoint(lm, tmp_path, capsys):
     plain = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert not any("lora" in name for name, _ in plain.named_modules())
     assert results["after"]["params"] == sum(p.numel() for p in plain.parameters())
+    assert plain.config.hidden_size == 24
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -115,6 +118,9 @@ def test_lora_recovery_is_merged_into_a_plain_checkpoint(lm, tmp_path, capsys):
      f"its vocabulary ({len(WORDS) + 7} logits) differs from the model's ({len(WORDS) + 2})"),
     (["--teacher", "{root}/model", "--recover-steps", "1"], "teacher is only used with distill"),
     (["--distill"], "give steps too (--recover-steps N)"),
+    (["--hidden", "0.25", "--distill-hidden", "1", "--recover-steps", "1"], "not with prune.hidden"),
+    (["--hidden", "1.0"], "hidden must be a fraction in (0, 1), got 1.0"),
+    (["--hidden", "0.25", "--criterion", "michel"], "prune.criterion for hidden must be one of"),
     (["--distill", "--distill-hidden", "-1", "--recover-steps", "1"], "hidden_weight must be a number >= 0"),
 ])
 def test_bad_recovery_input_is_one_line_and_writes_nothing(lm, tmp_path, capsys, extra, message):

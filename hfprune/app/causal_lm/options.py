@@ -62,6 +62,9 @@ class LMPrune:
     layer_method: str = option("block_influence", "layer importance method: "
                                + ", ".join(criterion_names("layers")) + " (angular: a contiguous block)",
                                "--layer-method", choices=lambda: criterion_names("layers"))
+    hidden: float | None = option(None, "fraction of hidden (residual-stream) channels to remove; the kept width is "
+                                        "rounded to a multiple of 8 and of the kept head count", "--hidden",
+                                  metavar="R")
     heads: float | None = option(None, "fraction of attention heads to remove", "--heads", metavar="R")
     ffn: float | None = option(None, "fraction of FFN neurons to remove", "--ffn", metavar="R")
     criterion: str | None = option(None, "heads / FFN: a head / neuron criterion of the registry (default activation, "
@@ -80,7 +83,7 @@ class LMPrune:
     def __post_init__(self):
         check_at_least("layers", self.layers)
         check_at_least("round_to", self.round_to)
-        for name in ("heads", "ffn", "sparsity"):
+        for name in ("hidden", "heads", "ffn", "sparsity"):
             value = getattr(self, name)
             check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
         methods = criterion_names("layers")
@@ -92,7 +95,7 @@ class LMPrune:
 
     @property
     def structured(self) -> bool:
-        return self.layers is not None or self.heads is not None or self.ffn is not None
+        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn"))
 
     @property
     def weights(self) -> bool:
@@ -196,6 +199,12 @@ class CausalLMRecipe:
             prune.criterion = prune.criterion or "activation"
             check(prune.criterion in names,
                   f"prune.criterion for heads / ffn must be one of {names}, got {prune.criterion!r}")
+            if prune.hidden is not None:
+                names = criterion_names("hidden")
+                check(prune.criterion in names,
+                      f"prune.criterion for hidden must be one of {names}, got {prune.criterion!r}")
+                check(self.recover.distill is None or self.recover.distill["hidden_weight"] == 0,
+                      "recover.distill_hidden compares hidden states of equal width: not with prune.hidden")
 
 
 SECTIONS = sections(CausalLMRecipe)

@@ -26,7 +26,8 @@ def render_report(results: dict, plots: list[str]) -> str:
     ppl, prune = results["perplexity"], results["recipe"]["prune"]
     what = (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
             f"{prune['pattern'] or 'unstructured'})" if results["plan"] is None else
-            f"layers {results['plan']['layers']}, heads {prune['heads']}, ffn {prune['ffn']} ({prune['criterion']}, "
+            f"layers {results['plan']['layers']}, hidden {prune['hidden']}, heads {prune['heads']}, ffn {prune['ffn']} "
+            f"({prune['criterion']}, "
             f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
     lines = [f"# hfprune causal-LM run: {results['model']}", "", f"Pruned: {what}.", "",
              "| model | perplexity |", "|---|---|"]

@@ -10,6 +10,8 @@ and final model), and write model + tokenizer + results.json + report.md + plots
 
 from __future__ import annotations
 
+import math
+
 import hfprune
 
 from ...arch import get_adapter
@@ -33,6 +35,10 @@ def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
         heads = hfprune.head_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
         scores["heads"] = heads
         plan.heads = hfprune.select_heads(heads, ratio=prune.heads, model=model, uniform=prune.uniform).heads
+    if prune.hidden is not None:
+        scores["hidden"] = hfprune.hidden_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
+        plan.hidden = hfprune.select_hidden(scores["hidden"], ratio=prune.hidden,
+                                            round_to=_hidden_multiple(model, plan)).hidden
     if prune.ffn is not None:
         neurons = hfprune.neuron_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
         plan.neurons = hfprune.select_neurons(neurons, ratio=prune.ffn, uniform=prune.uniform,
@@ -44,6 +50,13 @@ def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
         plan.layers = hfprune.select_layers(layers, count=prune.layers,
                                             contiguous=prune.layer_method == "angular").layers
     return plan, scores
+
+
+def _hidden_multiple(model, plan) -> int:
+    """The kept hidden width's multiple: 8 and every kept head count (LlamaConfig checks hidden % heads)."""
+    heads = int(model.config.num_attention_heads)
+    kept = {heads - len((plan.heads or {}).get(i, ())) for i in range(int(model.config.num_hidden_layers))}
+    return math.lcm(8, *kept)
 
 
 def _param_count(model) -> int:
@@ -77,7 +90,8 @@ def _prune(model, calib: list[dict], recipe: CausalLMRecipe, log: StageLog):
         note["summary"] = f"{', '.join(scores) or 'neurons'} scored ({prune.criterion})"
     with log.stage("prune") as note:
         hfprune.prune(model, plan)
-        note["summary"] = f"{plan.num_heads()} heads, {plan.num_neurons()} FFN neurons, layers {plan.layers}"
+        note["summary"] = (f"{len(plan.hidden or [])} hidden channels, {plan.num_heads()} heads, "
+                           f"{plan.num_neurons()} FFN neurons, layers {plan.layers}")
     return plan, scores
 
 
