@@ -3,6 +3,7 @@ file, and the evaluation windows."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from contextlib import contextmanager
@@ -61,8 +62,8 @@ def _gguf_bar(quiet: bool):
         gguf_utils.tqdm = bar
 
 
-def load_model(name: str, gguf_file: str | None = None, quiet: bool = False):
-    """(model, tokenizer) in float32 eval mode; an hfprune folder with a non-plain structure via `load_pruned`.
+def load_decoder(name: str, gguf_file: str | None = None, quiet: bool = False):
+    """The model alone, float32 in eval mode; an hfprune folder with a non-plain structure via `load_pruned`.
 
     A GGUF file loads the way transformers' own GGUF path does (every tensor dequantized to float32); the quantizer
     that the loader leaves attached is detached (`hfprune.dequantized`), so the model is a plain float model.
@@ -73,16 +74,26 @@ def load_model(name: str, gguf_file: str | None = None, quiet: bool = False):
     check_model_source(name, gguf_file)
     if gguf_file:
         with _gguf_bar(quiet or not show_bars()):
-            tokenizer = transformers.AutoTokenizer.from_pretrained(name, gguf_file=gguf_file)
             model = transformers.AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf_file, dtype=torch.float32)
         detach_gguf_quantizer(model)
-    else:
-        require_safetensors(name)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-        config_path = Path(name) / "config.json"
-        record = json.loads(config_path.read_text()).get("hfprune") if config_path.is_file() else None
-        model = load_pruned(name) if record is not None else \
-            transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
+        return model.float().eval()
+    require_safetensors(name)
+    config_path = Path(name) / "config.json"
+    record = json.loads(config_path.read_text()).get("hfprune") if config_path.is_file() else None
+    model = load_pruned(name) if record is not None else \
+        transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
+    return model.float().eval()
+
+
+def load_model(name: str, gguf_file: str | None = None, quiet: bool = False):
+    """(model, tokenizer) in float32 eval mode (see `load_decoder`)."""
+    import transformers
+
+    check_model_source(name, gguf_file)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    with _gguf_bar(quiet or not show_bars()) if gguf_file else contextlib.nullcontext():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
+    model = load_decoder(name, gguf_file, quiet)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.float().eval(), tokenizer
+    return model, tokenizer
