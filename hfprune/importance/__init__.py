@@ -9,9 +9,10 @@ use (`names`).
 """
 
 from .api import ChannelScores, channel_importance, head_importance, neuron_importance
+from .experts import expert_importance
 from .common import ImportanceResult, normalize_heads
 from .layers import layer_importance
 from .names import HEAD_CRITERIA, NEURON_CRITERIA
 
 __all__ = ["HEAD_CRITERIA", "NEURON_CRITERIA", "ChannelScores", "ImportanceResult", "channel_importance",
-           "head_importance", "layer_importance", "neuron_importance", "normalize_heads"]
+           "expert_importance", "head_importance", "layer_importance", "neuron_importance", "normalize_heads"]
