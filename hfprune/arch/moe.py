@@ -98,10 +98,12 @@ class MoEAdapter(TransformerAdapter):
         return weights.to(logits.dtype), indices
 
     def expert_output(self, layer: nn.Module, expert: int, x: torch.Tensor) -> torch.Tensor:
-        """E_j(x), expert `expert`'s unweighted output for tokens `x` `[T, hidden]`."""
+        """E_j(x), expert `expert`'s unweighted output for tokens `x` `[T, hidden]`, in `x`'s dtype (the expert's
+        weights are cast to it: scoring computes in float64)."""
         experts = self.experts(layer)
-        gate, up = F.linear(x, experts.gate_up_proj[expert]).chunk(2, dim=-1)
-        return F.linear(experts.act_fn(gate) * up, experts.down_proj[expert])
+        gate_up, down = experts.gate_up_proj[expert].to(x.dtype), experts.down_proj[expert].to(x.dtype)
+        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+        return F.linear(experts.act_fn(gate) * up, down)
 
     def dense_layer_config(self, config, layers) -> dict:
         """Config keys that say which layers are dense after layers were removed (qwen); `{}` where every layer is

@@ -5,7 +5,8 @@
 outputs of the blocks before it, so only one block's activations are held at once. In an MoE block a forward hook on
 the router sees the experts' input x, the applied top-k weights g and the chosen experts; per expert j it sums, over
 the non-padding tokens routed to j, the count, g_j(x) and g_j(x) * ||E_j(x)||_2 (E_j(x) the expert's unweighted
-output, one extra expert pass per routed (token, slot)). The sums and the token count are added over
+output, one extra expert pass per routed (token, slot), in float64 so that the scores do not depend on how
+the tokens are batched). The sums and the token count are added over
 torch.distributed processes before any division, so several processes give what one process seeing all batches
 gives.
 """
@@ -51,7 +52,7 @@ def _accumulate(adapter, block: nn.Module, stats: RoutingStats, x: torch.Tensor,
     for j in torch.nonzero(chosen.any(dim=(0, 1))).flatten().tolist():
         tok, slot = torch.nonzero(chosen[..., j], as_tuple=True)
         g = weights[tok, slot].double()
-        norms = torch.linalg.vector_norm(adapter.expert_output(block, j, x[tok]).double(), dim=-1)
+        norms = torch.linalg.vector_norm(adapter.expert_output(block, j, x[tok].double()), dim=-1)
         stats.routed[j] += tok.numel()
         stats.gate[j] += float(g.sum())
         stats.reap[j] += float((g * norms).sum())

@@ -9,8 +9,8 @@ use (`names`).
 """
 
 from .api import ChannelScores, channel_importance, head_importance, neuron_importance
-from .experts import expert_importance
 from .common import ImportanceResult, normalize_heads
+from .experts import expert_importance
 from .layers import layer_importance
 from .names import HEAD_CRITERIA, NEURON_CRITERIA
 

@@ -10,4 +10,5 @@ from .groups import select_channels
 from .iterative import iterative_head_pruning
 from .per_layer import select_heads, select_layers, select_neurons
 
-__all__ = ["iterative_head_pruning", "select_channels", "select_experts", "select_heads", "select_layers", "select_neurons"]
+__all__ = ["iterative_head_pruning", "select_channels", "select_experts", "select_heads", "select_layers",
+           "select_neurons"]

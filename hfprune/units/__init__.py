@@ -1,9 +1,9 @@
 """Unit kinds: one module per kind of removable unit, registered by name (see `base` for the contract).
 
-`heads`, `neurons` and `layers` are a transformer's units, `channels` a CNN's, `experts` a mixture of experts'. `masking`, `surgery`, `structure`,
-`PruningPlan` and `compensation` dispatch over the kinds a family adapter lists (`adapter.unit_kinds`). A new kind
-is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md, "Adding a unit
-kind").
+`heads`, `neurons` and `layers` are a transformer's units, `channels` a CNN's, `experts` a mixture of experts'.
+`masking`, `surgery`, `structure`, `PruningPlan` and `compensation` dispatch over the kinds a family adapter lists
+(`adapter.unit_kinds`). A new kind is one module here, added to `KINDS` below, plus the adapter entries it reads
+(docs/architecture.md, "Adding a unit kind").
 """
 
 from .base import UnitKind

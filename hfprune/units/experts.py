@@ -51,11 +51,12 @@ class Experts(UnitKind):
 
     def validate(self, model, adapter, plan):
         layers = adapter.layers(model)
+        for idx in plan.experts:
+            if idx < len(layers) and not adapter.is_moe(layers[idx]):
+                raise ValueError(f"PruningPlan.experts: layer {idx} is a dense MLP layer, it has no experts")
         check_per_layer(self.name, self.name, plan.experts, layers, adapter.num_experts)
         for idx, removed in plan.experts.items():
             block = layers[idx]
-            if not adapter.is_moe(block):
-                raise ValueError(f"PruningPlan.experts: layer {idx} is a dense MLP layer, it has no experts")
             total, top_k = adapter.num_experts(block), adapter.top_k(block)
             if total - len(removed) < top_k:
                 raise ValueError(f"PruningPlan.experts: layer {idx} would keep {total - len(removed)} of {total} "
