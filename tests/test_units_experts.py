@@ -224,3 +224,25 @@ def test_experts_compose_with_layer_removal_and_reload(tmp_path):
     clone = copy.deepcopy(model)
     hfprune.prune(clone, hfprune.PruningPlan(experts={1: [6]}))
     assert clone.config.num_experts == 6
+
+
+def test_flex_olmo_shares_the_olmoe_adapter(tmp_path):
+    config = transformers.FlexOlmoConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=16, num_experts=8,
+                                         num_experts_per_tok=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.FlexOlmoForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".mlp." in name:
+                p.normal_(0, 0.5)
+    batch = token_batch(4)
+    plan = hfprune.PruningPlan(experts={0: [1, 2, 3], 1: [0]})
+    dense = _logits(model, batch)
+    with hfprune.masked(model, plan):
+        masked = _logits(model, batch)
+    assert (masked - dense).abs().max() > 1e-2
+    hfprune.prune(model, plan)
+    assert (_logits(model, batch) - masked).abs().max() <= 1e-4
+    model.save_pretrained(tmp_path)
+    assert (_logits(hfprune.load_pruned(tmp_path), batch) - masked).abs().max() <= 1e-4
