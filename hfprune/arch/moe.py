@@ -64,6 +64,13 @@ class MoEAdapter(TransformerAdapter):
     disk_moe_name = "mlp"
     disk_expert_names = ("gate_proj", "up_proj", "down_proj")
 
+    def linear_paths(self) -> tuple[str, ...]:
+        """The attention projections (the experts are fused 3-D tensors, not Linear modules)."""
+        return tuple(dict.fromkeys((self.q_path, self.k_path, self.v_path, self.o_path)))
+
+    def calibration_stages(self) -> tuple[tuple[str, ...], ...]:
+        return ()
+
     # ----- where the experts are -----------------------------------------------------------------------------------
     def is_moe(self, layer: nn.Module) -> bool:
         return hasattr(get_submodule(layer, self.moe_path), self.experts_path.rpartition(".")[2])

@@ -25,19 +25,35 @@ def render_report(results: dict, plots: list[str]) -> str:
     ppl, prune = results["perplexity"], results["recipe"]["prune"]
     what = (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
             f"{prune['pattern'] or 'unstructured'})" if results["plan"] is None else
-            f"layers {results['plan']['layers']}, heads {prune['heads']}, ffn {prune['ffn']} ({prune['criterion']}, "
-            f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
+            f"layers {results['plan']['layers']}, heads {prune['heads']}, ffn {prune['ffn']}, experts "
+            f"{prune.get('experts')} ({prune['criterion']}, layer method {prune['layer_method']}, "
+            f"uniform={prune['uniform']})")
     lines = [f"# hfprune causal-LM run: {results['model']}", "", f"Pruned: {what}.", "",
              "| model | perplexity |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in ppl.items() if value is not None]
     b, a = results["before"], results["after"]
+    sizes = ", ".join(f"{name} {sorted(set(a['structure'][key]))}" for key, name in (
+        ("heads", "heads per layer"), ("kv_heads", "KV heads"), ("ffn", "FFN"), ("experts", "experts per layer"))
+        if key in a["structure"])
     lines += ["", f"Parameters: {b['params']:,} -> {a['params']:,}; layers {b['structure']['num_layers']} -> "
-              f"{a['structure']['num_layers']}; heads per layer {sorted(set(a['structure']['heads']))}, KV heads "
-              f"{sorted(set(a['structure']['kv_heads']))}, FFN {sorted(set(a['structure']['ffn']))}.", "",
-              "| stage | seconds |", "|---|---|"]
+              f"{a['structure']['num_layers']}; {sizes}.", "", *expert_table(results), "| stage | seconds |",
+              "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["stage_seconds"].items()]
     lines += ["", *(f"![{p}]({p})" for p in plots), ""]
     return "\n".join(lines)
+
+
+def expert_table(results: dict) -> list[str]:
+    """The per-layer table of an expert plan (experts before / after and the removed indices); `[]` otherwise."""
+    plan = results["plan"] or {}
+    removed = plan.get("experts") or {}
+    if not removed:
+        return []
+    before, after = results["before"]["structure"]["experts"], results["after"]["structure"]["experts"]
+    lines = ["| layer | experts before | experts after | removed |", "|---|---|---|---|"]
+    lines += [f"| {i} | {n} | {after[i]} | {', '.join(map(str, removed.get(str(i), []))) or '-'} |"
+              for i, n in enumerate(before) if n and i < len(after)]
+    return [*lines, ""]
 
 
 def write_plots(results: dict, scores: dict, folder: Path) -> list[str]:
