@@ -71,11 +71,21 @@ import torch, transformers
 from safetensors.torch import load_file
 torch.set_num_threads(1)
 ref = load_file(sys.argv[2])
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+remote = len(sys.argv) > 3
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=remote).eval()
 with torch.no_grad():
     diff = (model(input_ids=ref["input_ids"]).logits - ref["logits"]).abs().max().item()
 print(f"LOADED {type(model).__name__} {model.config.num_experts} {diff}")
 """
+
+
+def _load_without_hfprune(folder, reference, *remote) -> list[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1",
+           "HF_MODULES_CACHE": str(folder / "modules")}
+    proc = subprocess.run([sys.executable, "-I", "-c", _PLAIN, str(folder), str(reference), *remote], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(x for x in proc.stdout.splitlines() if x.startswith("LOADED ")).split()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -99,11 +109,7 @@ def test_uniform_plan_reloads_with_plain_transformers(family, tmp_path):
     assert saved[count_key(family)] == kept
     batch = token_batch(2)
     save_file({"input_ids": batch["input_ids"], "logits": _logits(model, batch)}, str(tmp_path / "ref.safetensors"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-I", "-c", _PLAIN, str(tmp_path / "plain"),
-                           str(tmp_path / "ref.safetensors")], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _, name, count, diff = next(x for x in proc.stdout.splitlines() if x.startswith("LOADED ")).split()
+    _, name, count, diff = _load_without_hfprune(tmp_path / "plain", tmp_path / "ref.safetensors")
     assert name == type(model).__name__ and int(count) == kept and float(diff) <= 1e-4
 
 
@@ -246,3 +252,16 @@ def test_flex_olmo_shares_the_olmoe_adapter(tmp_path):
     assert (_logits(model, batch) - masked).abs().max() <= 1e-4
     model.save_pretrained(tmp_path)
     assert (_logits(hfprune.load_pruned(tmp_path), batch) - masked).abs().max() <= 1e-4
+
+
+def test_non_uniform_plan_loads_without_hfprune_through_remote_code(tmp_path):
+    from safetensors.torch import save_file
+
+    model = make_moe_model("qwen2_moe", seed=6)
+    hfprune.prune(model, hfprune.PruningPlan(experts={0: [1, 2, 3], 2: [0]}, heads={1: [0, 1]}))
+    model.save_pretrained(tmp_path / "remote")
+    hfprune.add_remote_code(tmp_path / "remote")
+    batch = token_batch(5)
+    save_file({"input_ids": batch["input_ids"], "logits": _logits(model, batch)}, str(tmp_path / "ref.safetensors"))
+    _, name, _, diff = _load_without_hfprune(tmp_path / "remote", tmp_path / "ref.safetensors", "remote")
+    assert name == "Qwen2MoeForCausalLM" and float(diff) <= 1e-4
