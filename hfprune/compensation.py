@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from .arch import get_adapter, unwrap_model
 from .arch.channels import channel_groups
 from .plan import PruningPlan
+from .transaction import transaction
 from .units import attach, get_kind
 
 
@@ -67,6 +68,10 @@ class ChannelCompensation:
             tensor = getattr(model.get_submodule(path), attr, None)
             if tensor is None or tensor.shape != self.shifts[consumer].shape:
                 raise ValueError(f"compensate: {path}.{attr} does not match the measured offset of {consumer}")
+
+    def tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        """The tensors `fold` changes in place (biases and running means of `model`)."""
+        return [getattr(model.get_submodule(path), attr) for path, attr in self.targets.values()]
 
     def fold(self, model: nn.Module) -> CompensationHandle:
         """Fold the offsets into the model in place; the handle's `remove()` restores the original tensors."""
@@ -240,6 +245,22 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
         raise ValueError(f"channel_compensation: max_batches must be a positive integer or None, not {max_batches!r}")
     groups = channel_groups(model)
     targets = consumer_targets(model, plan, groups)
+    with transaction(model) as snapshot:  # an error or Ctrl-C mid-way leaves no gate, hook or fold behind
+        snapshot.keep(*(getattr(model.get_submodule(t[0]), t[1]) for t in targets.values()))
+        shifts, used = _measure(model, plan, dataloader, max_batches, sequential, targets)
+    device = next(model.parameters()).device
+    return ChannelCompensation(
+        channels={k: list(v) for k, v in plan.channels.items()},
+        sizes={name: groups[name].size for name in plan.channels},
+        shifts={p: v.to(device) for p, v in shifts.items()},
+        targets={p: (t[0], t[1]) for p, t in targets.items()},
+        num_batches=used,
+    )
+
+
+def _measure(model: nn.Module, plan: PruningPlan, dataloader: Iterable, max_batches: int | None, sequential: bool,
+             targets: dict) -> tuple[dict[str, torch.Tensor], int]:
+    """The offsets of `channel_compensation` and the number of batches used (the model is left as it was)."""
     removed = {path: t[2] for path, t in targets.items()}
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -267,14 +288,7 @@ def channel_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
     finally:
         for module, training in modes:
             module.training = training
-    device = next(model.parameters()).device
-    return ChannelCompensation(
-        channels={k: list(v) for k, v in plan.channels.items()},
-        sizes={name: groups[name].size for name in plan.channels},
-        shifts={p: v.to(device) for p, v in shifts.items()},
-        targets={p: (t[0], t[1]) for p, t in targets.items()},
-        num_batches=used,
-    )
+    return shifts, used
 
 
 def resolve_compensation(model: nn.Module, plan: PruningPlan, compensate) -> ChannelCompensation | None:

@@ -19,12 +19,13 @@ from ..arch import get_adapter, unwrap_model
 from ..masking import Gates, attach_gates
 from ..passes import prepare_batches
 from ..plan import PruningPlan
+from ..transaction import transaction
 from .costs import UnitCosts, counted_cost, unit_costs
 from .fisher import collect_mask_gradients
 from .latency import LatencyTable, build_latency_table
 from .rearrange import rearrange
 from .search import minimum_cost, search_mask
-from .tuning import fold_scales, tune_scales
+from .tuning import fold_scales, scaled_weights, tune_scales
 
 
 @dataclass
@@ -233,9 +234,11 @@ def apply_budget_masks(model: nn.Module, masks: BudgetMasks) -> PruningPlan:
     seq_len = int(plan.meta.get("seq_len", 128))
     before = model_costs(model, seq_len=seq_len)
     t0 = time.perf_counter()
-    fold_scales(model, masks.head_scales, masks.neuron_scales, masks.kept_heads, masks.kept_neurons)
-    if not plan.is_empty():
-        prune(model, plan)
+    with transaction(model) as snapshot:  # the folded scales and the surgery: all or nothing
+        snapshot.keep(*scaled_weights(model, masks.head_scales, masks.neuron_scales))
+        fold_scales(model, masks.head_scales, masks.neuron_scales, masks.kept_heads, masks.kept_neurons)
+        if not plan.is_empty():
+            prune(model, plan)
     after = model_costs(model, seq_len=seq_len)
     plan.meta.setdefault("time_s", {})["prune"] = time.perf_counter() - t0
     plan.meta["achieved"] = {"flops": after["flops"] / before["flops"], "params": after["params"] / before["params"]}
