@@ -17,9 +17,9 @@ from .arch import get_adapter, unwrap_model
 from .checks import expect_model
 from .compensation import resolve_compensation
 from .plan import PruningPlan, expect_plan
-from .weight_masks import check_no_weight_masks
 from .transaction import transaction
 from .units import Gates, attach
+from .weight_masks import check_no_weight_masks
 
 __all__ = ["Gates", "attach_gates", "mask", "masked"]
 

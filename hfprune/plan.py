@@ -155,7 +155,7 @@ def structure_difference(expected: dict, actual: dict) -> str:
         elif have != want:
             if isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
                 layer = next(i for i, (a, b) in enumerate(zip(want, have)) if a != b)
-                return f"{key} of layer {layer} was {want[layer]}, the model has {have[layer]} ({key}: {want} vs {have})"
+                return f"{key} of layer {layer} was {want[layer]}, the model has {have[layer]} ({want} vs {have})"
             return f"{key} was {want!r}, the model has {have!r}"
     return ""
 

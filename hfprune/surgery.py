@@ -12,10 +12,10 @@ from .arch import get_adapter, unwrap_model
 from .checks import expect_model
 from .compensation import resolve_compensation
 from .plan import PruningPlan, expect_plan
-from .weight_masks import check_no_weight_masks
 from .structure import sync_config
 from .transaction import transaction
 from .units import get_kind
+from .weight_masks import check_no_weight_masks
 
 
 def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:

@@ -19,6 +19,7 @@ from ..arch import get_adapter, unwrap_model
 from ..masking import Gates, attach_gates
 from ..passes import prepare_batches
 from ..plan import PruningPlan
+from ..structure import model_structure
 from ..transaction import transaction
 from .costs import UnitCosts, counted_cost, unit_costs
 from .fisher import collect_mask_gradients
@@ -133,6 +134,7 @@ def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | 
         plan.meta["tuning"] = {"layers_tuned": tuned.layers_tuned, "stopped_at": tuned.stopped_at}
     times["total"] = time.perf_counter() - t_start
     plan.meta.update({
+        "model_structure": model_structure(model),  # the plan refuses any other structure
         "method": "kwon2022",
         "budget": {metric: fraction},
         "seq_len": seq_len,
