@@ -102,8 +102,6 @@ class PruningPlan:
                 supported_kind(name, adapter, model)
             except ValueError as err:
                 raise ValueError(f"PruningPlan.{name}: {err}") from None
-        for kind in kinds_of(adapter):
-            kind.validate(model, adapter, self)
         expected = self.meta.get("model_structure")
         if expected is not None:
             difference = structure_difference(expected, model_structure(model))
@@ -111,6 +109,8 @@ class PruningPlan:
                 raise ValueError(f"PruningPlan was made for a model with structure other than this "
                                  f"{type(model).__name__}'s: {difference} (applied twice, or to another model? select "
                                  "again on this model)")
+        for kind in kinds_of(adapter):
+            kind.validate(model, adapter, self)
 
     # ----- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
