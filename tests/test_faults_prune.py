@@ -14,6 +14,7 @@ generically, so a new unit kind is covered without a change here:
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import pytest
@@ -137,32 +138,30 @@ def count_steps(model: nn.Module, run, patch) -> int:
     return counter.calls
 
 
-def inject_everywhere(make, plan, inputs, kinds, run=None) -> int:
-    """Fail `run(model)` (default: prune with `plan`) at every step, for both exception types; the model must be
-    unchanged each time and the clean run must still work afterwards. Returns the number of faults injected."""
+def inject_everywhere(make, plan, inputs, kinds, run=None, both: bool = True) -> int:
+    """Fail `run(model)` (default: prune with `plan`) at every step and find the model unchanged each time; the
+    clean run still works afterwards. Every entry fault is injected as both exception types; the k-th-call faults
+    too with `both`, else alternately (odd k a failure, even k a KeyboardInterrupt: every step gets one, and both
+    kinds run through every part of the run). Returns the number of faults injected."""
     run = run or (lambda model: hfprune.prune(model, plan))
     model = make()
     before, logits = fingerprint(model), logits_of(model, inputs)
-    steps = {"setattr": count_steps(make(), run, _patch_setattr), "slicing": count_steps(make(), run, _patch_slicing)}
-    assert steps["setattr"] > 0
-    injected = 0
-    for exc in EXCEPTIONS:
-        for fault in entry_faults(plan, kinds):
-            with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
-                _patch_entry(mp, fault, exc)
-                run(model)
-            assert_unchanged(model, before, inputs, logits)
-            injected += 1
-        for what, patch in (("setattr", _patch_setattr), ("slicing", _patch_slicing)):
-            for k in range(1, steps[what] + 1):
-                with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
-                    patch(mp, Counter(k, exc), model)
-                    run(model)
-                assert_unchanged(model, before, inputs, logits)
-                injected += 1
+    faults = [(exc, lambda mp, f=fault, e=exc: _patch_entry(mp, f, e))
+              for exc in EXCEPTIONS for fault in entry_faults(plan, kinds)]
+    for patch in (_patch_setattr, _patch_slicing):
+        steps = count_steps(make(), run, patch)
+        assert steps > 0
+        for k in range(1, steps + 1):
+            for exc in EXCEPTIONS if both else [EXCEPTIONS[(k + 1) % 2]]:
+                faults.append((exc, lambda mp, p=patch, k=k, e=exc: p(mp, Counter(k, e), model)))
+    for exc, fault in faults:
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
+            fault(mp)
+            run(model)
+        assert_unchanged(model, before, inputs, logits)
     run(model)  # the same model still prunes cleanly afterwards
-    assert not torch.equal(logits_of(model, inputs), logits) or plan.is_empty()
-    return injected
+    assert not torch.equal(logits_of(model, inputs), logits)
+    return len(faults)
 
 
 def _transformer_plan(model) -> PruningPlan:
@@ -184,15 +183,25 @@ def test_prune_is_all_or_nothing_at_every_step(family):
     assert injected > 50
 
 
+def _two_groups(model) -> PruningPlan:
+    """Channels of the first and the last free group and of the first and the last coupled one (every op kind)."""
+    groups = hfprune.channel_groups(model)
+    chosen = {}
+    for which in ("inner", "coupled"):
+        found = list(random_channel_plan(groups, seed=0, which=which).items())
+        chosen.update(dict(found[:1] + found[-1:]))
+    return PruningPlan(channels=chosen)
+
+
 @pytest.mark.parametrize("family", CNN_FAMILIES)
 def test_prune_with_compensation_is_all_or_nothing_at_every_step(family):
     model = make_cnn(family)
-    plan = PruningPlan(channels=random_channel_plan(hfprune.channel_groups(model), seed=0))
+    plan = _two_groups(model)
     comp = hfprune.channel_compensation(model, plan, [pixel_batch()])
     inputs = {"pixel_values": pixel_batch()["pixel_values"]}
     kinds = hfprune.get_adapter(model).unit_kinds
     injected = inject_everywhere(lambda: make_cnn(family), plan, inputs, kinds,
-                                 run=lambda m: hfprune.prune(m, plan, compensate=comp))
+                                 run=lambda m: hfprune.prune(m, plan, compensate=comp), both=False)
     assert injected > 20
 
 
@@ -262,8 +271,7 @@ def test_measuring_compensation_is_all_or_nothing(sequential, exc):
 
 
 # ----- prune_to_budget's final surgery ------------------------------------------------------------------------------
-@pytest.mark.parametrize("exc", EXCEPTIONS)
-def test_budget_surgery_is_all_or_nothing(exc):
+def test_budget_surgery_is_all_or_nothing():
     from hfprune.budget import api as budget
 
     model = make_model("bert")
@@ -272,19 +280,13 @@ def test_budget_surgery_is_all_or_nothing(exc):
     masks = budget.find_budget_masks(model, batches, flops=0.6, num_samples=None, show_progress=False)
     assert masks.head_scales or masks.neuron_scales  # the fold changes weights in place before the surgery
     before, logits = fingerprint(model), logits_of(model, inputs)
-    n = count_steps(make_model("bert"), lambda m: budget.apply_budget_masks(m, _copy(masks)), _patch_setattr)
-    for k in range(1, n + 1, max(1, n // 40)):
+    n = count_steps(make_model("bert"), lambda m: budget.apply_budget_masks(m, copy.deepcopy(masks)), _patch_setattr)
+    assert n > 10
+    faults = [(EXCEPTIONS[k % 2], lambda mp, k=k: _patch_setattr(mp, Counter(k, EXCEPTIONS[k % 2]), model))
+              for k in range(1, n + 1, max(1, n // 12))]
+    faults += [(exc, lambda mp, e=exc: _patch_entry(mp, "heads.remove", e)) for exc in EXCEPTIONS]
+    for exc, fault in faults:
         with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
-            _patch_setattr(mp, Counter(k, exc), model)
-            budget.apply_budget_masks(model, _copy(masks))
+            fault(mp)
+            budget.apply_budget_masks(model, copy.deepcopy(masks))
         assert_unchanged(model, before, inputs, logits)
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
-        _patch_entry(mp, "heads.remove", exc)
-        budget.apply_budget_masks(model, _copy(masks))
-    assert_unchanged(model, before, inputs, logits)
-
-
-def _copy(masks):
-    import copy
-
-    return copy.deepcopy(masks)
