@@ -178,7 +178,8 @@ def test_prune_is_all_or_nothing_at_every_step(family):
     kinds = hfprune.get_adapter(model).unit_kinds
     assert set(kinds) <= set(kind_names())
     plan = _transformer_plan(model)
-    assert set(plan.kinds()) == set(kinds)  # every kind of the family is exercised
+    missing = set(kinds) - set(plan.kinds())
+    assert not missing, f"add an entry for unit kind(s) {sorted(missing)} to _transformer_plan"
     injected = inject_everywhere(lambda: make_model(family), plan, make_inputs(model), kinds)
     assert injected > 50
 
