@@ -97,3 +97,122 @@ def test_console_script_points_to_the_moved_main():
     module, _, attr = re.search(r'^hfprune = "([^"]+)"', scripts, re.M).group(1).partition(":")
     assert module.startswith("hfprune.app.")
     assert getattr(importlib.import_module(module), attr) is importlib.import_module("hfprune.app.cli.main").main
+
+
+APP_DIR = ROOT / "app"
+
+
+def test_every_application_has_the_same_layout():
+    from hfprune.app.apps import APPS
+
+    assert [app.name for app in APPS] == ["glue", "image", "causal_lm"]
+    for app in APPS:
+        files = {p.name for p in (APP_DIR / app.name).glob("*.py")}
+        assert {"__init__.py", "options.py", "run.py", "report.py", "writer.py"} <= files, app.name
+        assert app.options.__module__ == f"hfprune.app.{app.name}.options"
+        assert app.run.__module__ == f"hfprune.app.{app.name}.run"
+
+
+def test_no_module_getattr_no_deny_lists_and_small_modules_under_app():
+    import ast
+
+    for path in APP_DIR.rglob("*.py"):
+        text = path.read_text()
+        tree = ast.parse(text)
+        assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body), path
+        assert "_GLUE_ONLY" not in text and "_LM_ONLY" not in text, path
+        assert len(text.splitlines()) <= 400, path
+
+
+def test_every_option_of_every_application_has_help():
+    from dataclasses import fields
+
+    from hfprune.app.apps import APPS
+    from hfprune.app.common.recipe import sections, top_level
+
+    for app in APPS:
+        for section, cls in sections(app.options).items():
+            for f in fields(cls):
+                assert len(f.metadata.get("help", "")) > 10, f"{app.name}: {section}.{f.name}"
+        assert all(f.metadata.get("help") for f in top_level(app.options).values()), app.name
+
+
+def test_a_flag_of_another_task_is_refused_naming_flag_key_and_task():
+    """Derived from the options classes: for every flag and every application without it, one message that names the
+    flag, the task, the recipe key and the tasks the flag belongs to."""
+    import argparse
+
+    from hfprune.app.apps import APPS
+    from hfprune.app.cli.flags import collect_flags, recipe_data
+
+    specs = collect_flags()
+    refused = 0
+    for spec in specs.values():
+        for app in APPS:
+            if spec.keys(app):
+                continue
+            args = argparse.Namespace(**{s.dest: None for s in specs.values()})
+            setattr(args, spec.dest, "x")
+            with pytest.raises(ValueError) as err:
+                recipe_data(args, specs, app, app.tasks[0])
+            message = str(err.value)
+            assert f"{spec.flag} do not apply to --task {app.tasks[0]}" in message, message
+            owner = spec.apps[0]
+            assert f"{spec.keys(owner)[0]} does not apply to task {app.tasks[0]}" in message, message
+            assert owner.task_label in message and "\n" not in message
+            refused += 1
+    assert refused >= 20  # GLUE, image and causal-LM flags all exist only for some tasks
+    assert {"--text-file", "--channels", "--sweep", "--gguf-file", "--compensate"} <= set(specs)
+
+
+def test_prune_help_groups_flags_by_the_tasks_they_apply_to():
+    run = subprocess.run([sys.executable, "-m", "hfprune", "prune", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert "causal-lm" in text.split("\n  --task TASK", 1)[1].split("\n  --", 1)[0]  # --task lists every task
+    sections = {line.rstrip(":"): i for i, line in enumerate(text.splitlines()) if line.endswith(":")}
+    assert {"every task", "--task causal-lm", "--task image-classification"} <= set(sections)
+    lines = text.splitlines()
+    after = lines[sections["--task causal-lm"]:]
+    assert any(line.strip().startswith("--text-file") for line in after)
+
+
+def test_yaml_and_flags_spell_the_same_options(tmp_path):
+    from hfprune.app.apps import app_for_task, recipe_from_dict
+    from hfprune.app.cli.flags import recipe_data
+    from hfprune.app.cli.main import build_parser
+    from hfprune.app.common.recipe import apply_overrides
+
+    text = tmp_path / "t.txt"
+    text.write_text("a b\nc d\n")
+    argv = ["prune", "--task", "causal-lm", "--model", "m", "--output", "o", "--text-file", str(text), "--heads",
+            "0.25", "--uniform", "--batch-size", "2", "--recover-steps", "3", "--seed", "4"]
+    args = build_parser().parse_args(argv)
+    data = recipe_data(args, args.option_flags, app_for_task("causal-lm"), "causal-lm")
+    from_flags = recipe_from_dict(apply_overrides(data, ["data.eval_fraction=0.5"]), source="command line")
+    from_yaml = recipe_from_dict({"model": {"name_or_path": "m"}, "output": {"dir": "o"}, "seed": 4,
+                                  "data": {"task": "causal-lm", "text_file": str(text), "batch_size": 2,
+                                           "eval_fraction": 0.5},
+                                  "prune": {"heads": 0.25, "uniform": True}, "recover": {"steps": 3}})
+    assert from_flags == from_yaml and type(from_flags).__name__ == "CausalLMRecipe"
+    args = build_parser().parse_args(["prune", "--task", "sst2", "--model", "m", "--output", "o", "--batch-size", "8",
+                                      "--distill", "--heads", "0.5", "--recover-steps", "1"])
+    glue = recipe_from_dict(recipe_data(args, args.option_flags, app_for_task("sst2"), "sst2"), "command line")
+    assert glue.finetune.batch_size == glue.recover.batch_size == 8 and glue.recover.distill["alpha"] == 0.5
+
+
+def test_trainer_bars_only_on_a_terminal(tmp_path, monkeypatch):
+    from torch import nn
+
+    from hfprune.app.common import progress
+    from hfprune.app.common.training import make_trainer
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    model = nn.Linear(2, 2)
+    assert make_trainer(model, work_dir=tmp_path).args.disable_tqdm  # pytest's stderr is not a terminal
+    monkeypatch.setattr(progress.sys, "stderr", Tty())
+    assert not make_trainer(model, work_dir=tmp_path).args.disable_tqdm
+    assert make_trainer(model, work_dir=tmp_path, quiet=True).args.disable_tqdm

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import hfprune
+from hfprune.app.apps import recipe_from_dict
 from hfprune.app.cli.demo import build_base, synthetic_sentences
 from hfprune.app.cli.main import main
-from hfprune.app.recipes import RecipeError, recipe_from_dict
+from hfprune.app.common.recipe import RecipeError
 
 FAST = ["--set", "eval.latency_repeats=1", "--set", "eval.latency_seq_len=16", "--set", "eval.latency_batch_size=4",
         "--quiet"]

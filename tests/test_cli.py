@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import hfprune
+from hfprune.app.cli import demo
 from hfprune.app.cli.demo import build_base, synthetic_sentences
 from hfprune.app.cli.main import COMMANDS, main
 
@@ -299,8 +300,8 @@ def test_decoder_classifier_whose_tokenizer_has_no_pad_token(tiny, tmp_path, cap
 
 
 def test_new_head_when_fine_tuning_from_a_base_model(tiny):
-    from hfprune.app.data import get_task
-    from hfprune.app.recipes.modeling import load_classifier
+    from hfprune.app.glue.modeling import load_classifier
+    from hfprune.app.glue.tasks import get_task
 
     torch.manual_seed(0)
     model, _, head = load_classifier(str(tiny / "base"), get_task("mnli"), allow_new_head=True)
@@ -309,8 +310,6 @@ def test_new_head_when_fine_tuning_from_a_base_model(tiny):
 
 
 def test_demo_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):
-    from hfprune.app.cli import demo
-
     full = demo.demo_recipe
 
     def short(work, output, seed=0):  # the demo's own recipe, with fewer steps so the test stays short
@@ -326,3 +325,23 @@ def test_demo_runs_the_whole_workflow(tmp_path, capsys, monkeypatch):
     assert "-> positive" in stdout or "-> negative" in stdout
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["removed"]["heads"] == 16 and results["pruned"]["params"] < results["dense"]["params"]
+
+
+def test_demo_writes_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path, capfd, monkeypatch):
+    """`hfprune demo 2>&1 | cat`: no carriage-return bars (Trainer, tokenization, scoring, loading), stage lines and
+    log lines instead."""
+    full = demo.demo_recipe
+
+    def short(work, output, seed=0):
+        recipe = full(work, output, seed)
+        recipe.finetune.steps, recipe.recover.steps, recipe.prune.score_batches = 10, 5, 2
+        recipe.prune.sweep, recipe.eval.latency_repeats = [0.5], 1
+        return recipe
+
+    monkeypatch.setattr(demo, "demo_recipe", short)
+    assert not sys.stderr.isatty()
+    assert main(["demo", "--output", str(tmp_path / "demo")]) == 0
+    out = capfd.readouterr()
+    assert "\r" not in out.err and "\r" not in out.out
+    assert "[hfprune] finetune: 10 steps" in out.err and "[hfprune] score:" in out.err
+    assert "'loss':" in out.out  # the Trainer's log lines stand in for its bar

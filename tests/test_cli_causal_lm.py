@@ -186,6 +186,26 @@ def test_uniform_head_count_llamaconfig_refuses_is_written_as_a_plain_folder(tmp
         assert torch.allclose(plain(ids).logits, pruned(ids).logits, atol=1e-5)
 
 
+def test_a_causal_lm_yaml_recipe_runs_like_the_flags(tiny_lm, tmp_path, capsys):
+    """`hfprune run` takes a causal-LM recipe: the same options as `hfprune prune --task causal-lm`, as YAML."""
+    import yaml
+
+    recipe = tmp_path / "lm.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(tiny_lm / "model")},
+        "data": {"task": "causal-lm", "text_file": str(tiny_lm / "train.txt"), "num_samples": 8, "seq_len": 16,
+                 "batch_size": 4, "eval_samples": 6},
+        "prune": {"layers": 1, "layer_method": "block_influence"},
+        "output": {"dir": str(tmp_path / "out"), "plots": False}}))
+    rc, stdout, err = _run(["run", recipe, "--quiet"], capsys)
+    assert rc == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["after"]["structure"]["num_layers"] == 3 and results["recipe"]["prune"]["layers"] == 1
+    assert "causal-lm perplexity" in stdout and not (tmp_path / "out" / "perplexity.png").exists()
+    rc, _, err = _run(["run", recipe, "--set", "prune.channels=0.5"], capsys)
+    assert rc == 2 and "prune.channels does not apply to task causal-lm" in err
+
+
 @pytest.fixture
 def rowmag():
     """A new block-by-block weight criterion and a new layer criterion, registered for one test only (no app file
@@ -237,7 +257,7 @@ def hfprune_adapter_layers(model):
 
 def test_a_new_block_by_block_criterion_is_a_cli_choice_and_runs(rowmag, tiny_lm, tmp_path, capsys):
     import hfprune
-    from hfprune.app.causal_lm import CausalLMOptions
+    from hfprune.app.causal_lm.options import LMPrune
 
     out = tmp_path / "out"
     rc, _, err = _run(_base(tiny_lm, out) + ["--sparsity", "0.5", "--criterion", "rowmag"], capsys)
@@ -254,6 +274,5 @@ def test_a_new_block_by_block_criterion_is_a_cli_choice_and_runs(rowmag, tiny_lm
     with pytest.raises(ValueError, match="power must be a positive integer; got 0"):
         hfprune.sparsify(model, 0.5, criterion="rowmag", dataloader=batches, power=0)
     # A new layer criterion is a valid --layer-method of the causal-LM run.
-    options = CausalLMOptions(model=str(tiny_lm / "model"), text_file=str(tiny_lm / "train.txt"), output="o",
-                              layers=1, layer_method="last_first")
+    options = LMPrune(layers=1, layer_method="last_first")
     assert options.layer_method == "last_first"

@@ -160,3 +160,22 @@ def test_eval_a_pruned_cnn(resnet_dir, digits_npz, tmp_path, capsys):
     assert metrics["accuracy"] == pytest.approx(saved)  # same images, same model: the same accuracy
     assert main(["eval", "--model", str(out), "--task", "image-classification"]) == 2
     assert "needs exactly one of --data-dir" in capsys.readouterr().err
+
+
+def test_an_image_yaml_recipe_runs_with_hfprune_run(resnet_dir, digits_npz, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "cnn.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(resnet_dir)},
+        "data": {"task": "image-classification", "train_file": str(digits_npz[0]),
+                 "validation_file": str(digits_npz[1]), "image_size": 16},
+        "prune": {"channels": 0.5, "channel_criterion": "l1"},
+        "eval": {"latency_repeats": 1},
+        "output": {"dir": str(tmp_path / "out"), "plots": False}}))
+    assert main(["run", str(recipe), "--quiet"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["removed"]["channels"] > 0 and results["recipe"]["prune"]["channels"] == 0.5
+    assert "image-classification validation accuracy" in capsys.readouterr().out
+    assert main(["run", str(recipe), "--set", "prune.heads=0.5"]) == 2
+    assert "prune.heads does not apply to task image-classification" in capsys.readouterr().err

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
 import hfprune
 import hfprune.criteria as registry
+from hfprune.app.cli.flags import _argparse_kwargs, collect_flags
+from hfprune.app.cli.main import build_parser
+from hfprune.app.glue.options import GluePrune
 from hfprune.criteria import criteria, criterion_names, get_criterion, register_criterion
 from tests.conftest import make_inputs, make_model
-
-
-def _app(module: str):
-    """`hfprune.<module>`, or `hfprune.app.<module>` once the GLUE application lives in its own subpackage."""
-    try:
-        return importlib.import_module(f"hfprune.app.{module}")
-    except ImportError:
-        return importlib.import_module(f"hfprune.{module}")
 
 
 def _batches(model, n=2):
@@ -95,11 +88,11 @@ def test_a_new_head_criterion_is_usable_everywhere_once_registered(registered):
         hfprune.head_importance(model, criterion="layer_index", offst=2)
     # Every list of choices is the registry's: API checks, recipe validation, CLI choices, callbacks.
     assert "layer_index" in hfprune.importance.HEAD_CRITERIA
-    assert _app("recipes.config").PruneConfig(criterion="layer_index").criterion == "layer_index"
-    assert "layer_index" in _app("recipes.config").CRITERIA
-    args = _app("cli.main").build_parser().parse_args(
+    assert GluePrune(criterion="layer_index").criterion == "layer_index"
+    assert "layer_index" in _argparse_kwargs(collect_flags()["--criterion"])["choices"]
+    args = build_parser().parse_args(
         ["prune", "--model", "m", "--task", "sst2", "--output", "o", "--criterion", "layer_index"])
-    assert args.prune__criterion == "layer_index"
+    assert args.criterion == "layer_index"
     assert hfprune.HeadImportanceCallback(criterion="layer_index").config.criterion == "layer_index"
     assert hfprune.PruningCallback(heads_ratio=0.5, criterion="layer_index").config.criterion == "layer_index"
     # Not registered for neurons: refused there, naming the unit kind it does score.
@@ -110,7 +103,7 @@ def test_a_new_head_criterion_is_usable_everywhere_once_registered(registered):
 def test_after_the_test_the_criterion_is_gone():
     assert "layer_index" not in criterion_names("heads")
     with pytest.raises(ValueError, match="criterion must be one of"):
-        _app("recipes.config").PruneConfig(criterion="layer_index")
+        GluePrune(criterion="layer_index")
 
 
 def test_flags_decide_data_and_seed_checks_before_any_work(registered):

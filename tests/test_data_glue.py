@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hfprune.app.data import GLUE_TASKS, get_task, load_task_data, read_glue_tsv
-from hfprune.app.metrics import glue_metrics
+from hfprune.app.glue.data import load_task_data
+from hfprune.app.glue.files import read_glue_tsv
+from hfprune.app.glue.metrics import glue_metrics
+from hfprune.app.glue.tasks import GLUE_TASKS, get_task
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 QUOTED = 'he said " it \'s fine " and left'  # bare quotes: only csv.QUOTE_NONE keeps this intact

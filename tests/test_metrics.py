@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from hfprune.app.data import get_task
-from hfprune.app.metrics import compute_metrics_fn, glue_metrics, predictions_from_logits
+from hfprune.app.glue.metrics import compute_metrics_fn, glue_metrics, predictions_from_logits
+from hfprune.app.glue.tasks import get_task
 
 
 def test_mrpc_f1_and_accuracy_by_hand():

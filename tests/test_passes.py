@@ -111,3 +111,31 @@ def test_no_module_level_getattr(place):
     for path in paths:
         tree = ast.parse(path.read_text())
         assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body), path
+
+
+def test_library_bars_are_drawn_only_on_a_terminal(capsys, monkeypatch, caplog):
+    """Scoring with `show_progress=True` into a pipe (stderr not a TTY): log lines, never a carriage return."""
+    import io
+    import logging
+
+    import hfprune.passes.bars as progress_module
+
+    model = make_model("bert")
+    batches = [{"input_ids": torch.randint(0, model.config.vocab_size, (2, 8)), "labels": torch.tensor([0, 1])}
+               for _ in range(3)]
+    with caplog.at_level(logging.INFO, logger="hfprune"):
+        hfprune.head_importance(model, batches, criterion="michel", show_progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert any("started" in r.getMessage() for r in caplog.records)
+
+    # On a terminal the same call draws a tqdm bar (carriage returns): the check above can fail.
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    fake = Terminal()
+    monkeypatch.setattr(progress_module.sys, "stderr", fake)
+    bar = progress_module.progress(3, "scoring", show=True)
+    assert type(bar).__name__ != "_LogLines"
+    bar.close()

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hfprune.app.data import GLUE_TASKS
-from hfprune.app.recipes import RecipeError, apply_overrides, field_help, load_recipe, recipe_from_dict
-from hfprune.app.recipes.config import SECTIONS, Recipe
+from hfprune.app.apps import field_help, load_recipe, recipe_from_dict
+from hfprune.app.common.recipe import RecipeError, apply_overrides
+from hfprune.app.glue.options import SECTIONS
+from hfprune.app.glue.options import GlueRecipe as Recipe
+from hfprune.app.glue.tasks import GLUE_TASKS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MINIMAL = {"model": {"name_or_path": "m"}, "data": {"task": "sst2"}, "output": {"dir": "out"}}

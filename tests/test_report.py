@@ -11,8 +11,10 @@ import yaml
 from conftest import make_inputs, make_model
 
 import hfprune
-from hfprune.app.report import per_layer_rows, render_model_card, render_report, write_plots
-from hfprune.app.report.progress import StageLog
+from hfprune.app.common.progress import StageLog
+from hfprune.app.glue.plots import write_plots
+from hfprune.app.glue.report import render_model_card, render_report
+from hfprune.app.glue.results import per_layer_rows
 from hfprune.flops import base_model_on_meta, layer_costs, measure_latency, model_costs, pruned_model_on_meta
 
 
@@ -96,7 +98,7 @@ def test_plots_report_and_card(tmp_path):
 
 
 def test_stage_log_times_and_quiet(capsys, monkeypatch):
-    from hfprune.app.report import progress
+    from hfprune.app.common import progress
 
     clock = iter([100.0, 110.0, 112.5, 120.0, 121.5])  # created, score starts/ends, score again starts/ends
     monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
@@ -116,7 +118,7 @@ def test_stage_log_times_and_quiet(capsys, monkeypatch):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    from hfprune.app.report import outputs
+    from hfprune.app.glue import writer as outputs
 
     model = make_model("bert")
     hfprune.prune(model, hfprune.PruningPlan(heads={0: [0]}))
@@ -153,7 +155,7 @@ def test_output_folders_follow_the_umask(tmp_path):
 def test_only_an_earlier_hfprune_output_may_be_replaced(tmp_path):
     import json
 
-    from hfprune.app.report import check_output_dir
+    from hfprune.app.common.outputs import check_output_dir
 
     earlier = tmp_path / "earlier"
     earlier.mkdir()
@@ -173,7 +175,7 @@ def test_only_an_earlier_hfprune_output_may_be_replaced(tmp_path):
 
 
 def test_push_offline_is_a_clear_error(tmp_path, monkeypatch):
-    from hfprune.app.report import push_outputs
+    from hfprune.app.common.outputs import push_outputs
 
     make_model("bert").save_pretrained(tmp_path / "out")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

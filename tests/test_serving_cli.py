@@ -9,7 +9,7 @@ import torch
 from test_cli import FAST, _run, tiny  # noqa: F401  (tiny is a fixture)
 
 import hfprune
-from hfprune.app.recipes.config import OutputConfig
+from hfprune.app.glue.options import GlueOutput as OutputConfig
 
 pytest.importorskip("compressed_tensors")
 

@@ -1,7 +1,8 @@
-"""The hfprune application: tasks, data files, metrics, recipes, reports, the `hfprune` command and its demo.
+"""The hfprune application: the `hfprune` command, its recipes and reports, over the library (`hfprune.*` outside
+this package, which never imports from here).
 
-A thin shell over the library (`hfprune.*` outside this package), which never imports from here. Today it serves
-GLUE sequence classification; its layout: `cli/` (one module per command, `cli/demo.py` included), `data/` (task
-specifications and loading), `metrics.py`, `recipes/` (a run declared as dataclasses, spelled as YAML or flags, and
-its runner), `report/` (results.json, report.md, plots, model card, console summary).
+Three applications of one shape, each a folder with an options dataclass (`options.py`: help text, flags and
+validation; a YAML recipe and the `hfprune prune` flags spell the same object), a run function (`run.py`), a report
+(`report.py`) and a writer (`writer.py`): `glue/` (GLUE sequence classification), `image/` (CNN channel pruning),
+`causal_lm/` (decoder LLMs). `apps.py` lists them; `common/` holds what they share; `cli/` is the command line.
 """

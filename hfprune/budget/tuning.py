@@ -27,7 +27,7 @@ from torch import nn
 
 from ..arch import get_adapter
 from ..masking import Gates
-from ..passes import all_reduce_sum
+from ..passes import all_reduce_sum, progress
 from .blocks import BlockInputs, capture_block_inputs, run_block
 
 BOUND = 10.0
@@ -142,13 +142,13 @@ def tune_scales(model: nn.Module, batches: list[dict], gates: Gates, kept_heads:
     blocks = adapter.layers(model)
     head_dim = adapter.head_dim(model)
     result = TuneResult()
-    from tqdm.auto import tqdm
-
     first_only = adapter.reads_first_token_only(model)
     with torch.no_grad():
         teacher = capture_block_inputs(model, batches)  # block 0 sees the embeddings, unaffected by the mask
         student = list(teacher)
-        for layer in tqdm(range(len(blocks)), desc="mask tuning", disable=not show_progress, leave=False):
+        bar = progress(len(blocks), "mask tuning", show_progress)
+        for layer in range(len(blocks)):
+            bar.update(1)
             block = blocks[layer]
             probe = _Probe(adapter, block)
             ffn_rows = _first_token if first_only and layer == len(blocks) - 1 else _all_tokens
@@ -164,6 +164,7 @@ def tune_scales(model: nn.Module, batches: list[dict], gates: Gates, kept_heads:
             finally:
                 probe.remove()
             teacher = teacher_next if layer + 1 < len(blocks) else []
+        bar.close()
     return result
 
 

@@ -9,9 +9,11 @@ on top of it; it imports none of them).
 * `forward`: `forward_passes`, no gradient, hooks read activations (Minitron, block influence, angular);
 * `blocks`: the block walker `walk_blocks`, one block at a time on the outputs of the blocks before it (Wanda,
   SparseGPT);
+* `bars`: `progress`, bars only on a terminal, log lines elsewhere;
 * `distributed`: the sums over processes (`all_reduce_sum`, `sum_per_token`, `gather_rows`).
 """
 
+from .bars import progress, stderr_is_terminal
 from .batches import (
     batch_size,
     check_limit,
@@ -38,9 +40,9 @@ from .gradients import (
 from .memory import MemoryMeter
 from .modes import eager_attention, scoring_mode
 
-__all__ = ["BatchView", "MemoryMeter", "TokenCounter", "all_reduce_sum", "all_reduce_sum_", "batch_size", "block_input",
-           "block_output", "capture_block_inputs", "check_limit", "check_model", "check_seq_len", "eager_attention",
-           "feed", "forward_passes", "gated_passes", "gather_rows", "is_causal_lm", "is_distributed", "is_main_process",
-           "iter_batches", "max_positions", "model_loss", "names_per_block", "per_example_stats",
-           "per_example_unit_grads", "prepare_batches", "run_block", "scoring_mode", "sum_per_token", "walk_blocks",
-           "weight_gradient_passes", "with_lm_labels"]
+__all__ = ["BatchView", "MemoryMeter", "TokenCounter", "all_reduce_sum", "all_reduce_sum_", "batch_size",
+           "block_input", "block_output", "capture_block_inputs", "check_limit", "check_model", "check_seq_len",
+           "eager_attention", "feed", "forward_passes", "gated_passes", "gather_rows", "is_causal_lm",
+           "is_distributed", "is_main_process", "iter_batches", "max_positions", "model_loss", "names_per_block",
+           "per_example_stats", "per_example_unit_grads", "prepare_batches", "progress", "run_block", "scoring_mode",
+           "stderr_is_terminal", "sum_per_token", "walk_blocks", "weight_gradient_passes", "with_lm_labels"]

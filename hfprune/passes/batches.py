@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .distributed import is_main_process
+from .bars import progress
 
 _LABEL_ALIASES = ("label", "label_ids")
 # Config attributes that bound the sequence length, by family (the first one present wins).
@@ -188,10 +188,7 @@ def iter_batches(dataloader: Iterable, device: torch.device | None = None, *, ma
         raise TypeError("got a single batch dict; pass an iterable of batches, e.g. [batch]")
     check_limit("max_batches", max_batches)
     check_limit("num_samples", num_samples)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=_length(dataloader, max_batches), desc=desc, disable=not show_progress or not is_main_process(),
-               leave=False)
+    bar = progress(_length(dataloader, max_batches), desc, show_progress)
     seen = used = 0
     try:
         for index, raw in enumerate(dataloader):

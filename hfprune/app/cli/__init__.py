@@ -1,5 +1,3 @@
-"""The `hfprune` command line (entry point `hfprune.app.cli.main:main`; also `python -m hfprune`)."""
-
-from .main import build_parser, main
-
-__all__ = ["build_parser", "main"]
+"""The `hfprune` command line (entry point `hfprune.app.cli.main:main`; also `python -m hfprune`): one module per
+command (`run`, `prune`, `eval`, `info`, `demo`), and `flags.py`, which reads `hfprune prune`'s flags from the
+applications' options."""

@@ -9,9 +9,18 @@ latency, save (safetensors, results.json, report.md, plots, model card), reload 
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import tempfile
 from pathlib import Path
+
+import torch
+
+import hfprune
+
+from ..apps import recipe_from_dict, run_recipe
+from ..common.progress import quiet_libraries
+from ..common.render import print_summary
 
 POSITIVE = ["good", "great", "fine", "superb", "lovely", "excellent", "fun", "moving"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "dull", "boring", "weak", "messy"]
@@ -53,7 +62,6 @@ def build_tokenizer():
 
 def build_base(folder: Path, seed: int) -> None:
     """Save a randomly initialised tiny BERT classifier and its tokenizer to `folder` (the demo's 'checkpoint')."""
-    import torch
     import transformers
 
     tokenizer = build_tokenizer()
@@ -66,8 +74,6 @@ def build_base(folder: Path, seed: int) -> None:
 
 
 def write_split(path: Path, n: int, seed: int) -> None:
-    import csv
-
     texts, labels = synthetic_sentences(n, seed)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -76,9 +82,7 @@ def write_split(path: Path, n: int, seed: int) -> None:
 
 
 def demo_recipe(work: Path, output: Path, seed: int = 0):
-    """The demo's recipe: the same `Recipe` object `hfprune run` / `hfprune prune` build."""
-    from ..recipes.loader import recipe_from_dict
-
+    """The demo's recipe: the same `GlueRecipe` object `hfprune run` / `hfprune prune` build."""
     return recipe_from_dict({
         "description": "hfprune demo: a tiny BERT on a synthetic sentiment task (built in code, no download).",
         "seed": seed,
@@ -95,13 +99,6 @@ def demo_recipe(work: Path, output: Path, seed: int = 0):
 
 def run_demo(output: str | Path | None = None, seed: int = 0, quiet: bool = False) -> dict:
     """Run the demo; returns results.json's content. Outputs go to `output` (default: a new temporary folder)."""
-    import torch
-
-    import hfprune
-
-    from ..recipes.runner import run_recipe
-    from ..report.progress import print_summary, quiet_libraries
-
     output = Path(output) if output else Path(tempfile.mkdtemp(prefix="hfprune-demo-")) / "pruned"
     threads = torch.get_num_threads()
     # A 64-wide model: intra-op threads cost more in synchronisation than they gain (seconds on a busy machine).
@@ -129,8 +126,6 @@ def run_demo(output: str | Path | None = None, seed: int = 0, quiet: bool = Fals
 
 
 def model_summary(model) -> str:
-    import hfprune
-
     s = hfprune.model_structure(model)
     return f"{s['num_layers']} layers, heads per layer {s['heads']}, FFN per layer {s['ffn']}"
 
@@ -148,10 +143,3 @@ def main(args: argparse.Namespace) -> int:
     run_demo(args.output, seed=args.seed, quiet=args.quiet)
     return 0
 
-
-if __name__ == "__main__":  # `python -m hfprune.demo`, the older spelling of `hfprune demo`
-    import sys
-
-    from .main import main as cli_main
-
-    raise SystemExit(cli_main(["demo", *sys.argv[1:]]))

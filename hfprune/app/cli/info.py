@@ -10,6 +10,12 @@ import argparse
 import json
 from pathlib import Path
 
+from ...flops import base_model_on_meta, model_costs, pruned_model_on_meta
+from ...io import resolve_folder
+from ...structure import get_record
+from ..common.render import big as _big
+from ..glue.results import per_layer_rows
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="show what was pruned in a saved model", description=__doc__,
@@ -23,11 +29,6 @@ def add_parser(sub) -> None:
 def describe(path: str, seq_len: int = 128) -> dict:
     """Before/after structure, parameter and FLOPs counts of a saved pruned model, from its config alone."""
     from transformers import AutoConfig
-
-    from ...flops import base_model_on_meta, model_costs, pruned_model_on_meta
-    from ...io import resolve_folder
-    from ...structure import get_record
-    from ..report.results import per_layer_rows
 
     folder = resolve_folder(path)
     if not (Path(folder) / "config.json").is_file():
@@ -51,8 +52,6 @@ def describe(path: str, seq_len: int = 128) -> dict:
 
 def _describe_channels(path: str, config, record: dict) -> dict:
     """A CNN's channel record: group sizes before / after and parameter counts (the pruned model on meta)."""
-    from ...flops import pruned_model_on_meta
-
     pruned = pruned_model_on_meta(config)
     return {
         "path": str(path), "model_type": config.model_type, "architectures": config.architectures,
@@ -64,8 +63,6 @@ def _describe_channels(path: str, config, record: dict) -> dict:
 
 
 def _print_channels(info: dict) -> None:
-    from ..report.markdown import _big
-
     before, after = info["params_before"], info["params_after"]
     ratio = f" ({after / before:.1%})" if before else ""
     print(f"{info['path']}: {info['model_type']} ({', '.join(info['architectures'] or [])}); parameters "
@@ -79,8 +76,6 @@ def _print_channels(info: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..report.markdown import _big
-
     if args.seq_len < 1:
         raise ValueError(f"--seq-len must be >= 1, got {args.seq_len}")
     info = describe(args.path, args.seq_len)

@@ -7,13 +7,16 @@ one `hfprune <command>: error: ...` line on stderr and exit status 2; set `HFPRU
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-# One module per command in this package, each with `add_parser(sub)` (which sets `handler`); imported when the
-# parser is built, so `python -m hfprune.app.cli.demo` does not find its module already imported.
-COMMANDS = ("run", "prune", "eval", "info", "demo")
+from ... import __version__
+from . import demo, info, prune, run
+from . import eval as evaluate
+
+# One module per command in this package, each with `add_parser(sub)` (which sets `handler`).
+_MODULES = {"run": run, "prune": prune, "eval": evaluate, "info": info, "demo": demo}
+COMMANDS = tuple(_MODULES)
 # Input problems a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, ConnectionError, PermissionError,
                KeyError)
@@ -24,12 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hfprune",
         description="Structured pruning for Hugging Face Transformers: score, prune, recover, evaluate, save.",
     )
-    from ... import __version__
-
     parser.add_argument("--version", action="version", version=f"hfprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
+    for module in _MODULES.values():
+        module.add_parser(sub)
     return parser
 
 

@@ -1,8 +1,11 @@
-"""`hfprune run RECIPE.yaml [--set key=value ...]`: run a YAML recipe."""
+"""`hfprune run RECIPE.yaml [--set key=value ...]`: run a YAML recipe (any task: GLUE, image-classification,
+causal-lm)."""
 
 from __future__ import annotations
 
 import argparse
+
+from ..apps import load_recipe, print_recipe_summary, run_recipe
 
 
 def add_parser(sub) -> None:
@@ -19,11 +22,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..recipes.loader import load_recipe
-    from ..recipes.runner import run_recipe
-    from ..report.progress import print_summary
-
     overrides = list(args.set) + ([f"output.dir={args.output}"] if args.output else [])
     recipe = load_recipe(args.recipe, overrides)
-    print_summary(run_recipe(recipe, quiet=args.quiet), recipe.output.dir)
+    print_recipe_summary(recipe, run_recipe(recipe, quiet=args.quiet))
     return 0

@@ -10,10 +10,12 @@ import csv
 import logging
 import sys
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from .tasks import TaskSpec
+
+if TYPE_CHECKING:  # `datasets` takes seconds to import: loaded when data is read, not by `hfprune --help`
+    import datasets
 
 logger = logging.getLogger("hfprune")
 
@@ -25,6 +27,8 @@ _UNLABELED = {"-", ""}
 
 def features_for(task: TaskSpec) -> datasets.Features:
     """The `datasets` features of a task: its text columns and a `ClassLabel` (or float for STS-B) label."""
+    import datasets
+
     label = datasets.Value("float32") if task.is_regression else datasets.ClassLabel(names=list(task.label_names))
     return datasets.Features({**{c: datasets.Value("string") for c in task.text_columns}, "label": label})
 
@@ -92,6 +96,8 @@ def read_glue_tsv(task: TaskSpec, path: str | Path) -> datasets.Dataset:
         ['sentence1', 'sentence2', 'label']
         ```
     """
+    import datasets
+
     path = Path(path)
     layout = task.tsv
     columns: dict[str, list] = {c: [] for c in (*task.text_columns, "label")}
@@ -128,5 +134,7 @@ def read_glue_tsv(task: TaskSpec, path: str | Path) -> datasets.Dataset:
 
 def load_glue_dir(task: TaskSpec, data_dir: str | Path, splits: list[str] | None = None) -> datasets.DatasetDict:
     """Load the given splits (default: train + the task's eval splits) of `task` from an original GLUE folder."""
+    import datasets
+
     splits = splits or ["train", *task.eval_splits]
     return datasets.DatasetDict({s: read_glue_tsv(task, split_path(task, data_dir, s)) for s in splits})

@@ -1,37 +1,26 @@
-"""The outputs of an image-classification (CNN channel) run: model, results.json, report.md, plots, model card.
-
-Written like the GLUE path's (`outputs.write_outputs`): a temporary folder next to OUT, moved into place at the end.
-"""
+"""The report of an image-classification (CNN channel) run: results.json, report.md, the channel-width plot, the
+model card (the summary lines are `common.render.print_summary`, as for GLUE: the results have the same keys)."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import yaml
 
-from ...io import atomic_dir
-from .markdown import _big, _num
-from .results import _clean, machine_info
+from ..common.render import bar_chart, clean, machine_info, results_header
+from ..common.render import big as _big
+from ..common.render import num as _num
 
 SPLIT = "validation"
 
 
 def build_image_results(run: dict, reload_diff: float) -> dict:
-    import transformers
-
-    from ... import __version__
-
     recipe, plan = run["recipe"], run["plan"]
     dense, pruned = run["dense_costs"], run["pruned_costs"]
     before = run["before_recovery"]
     results = {
-        "hfprune_version": __version__, "transformers_version": transformers.__version__,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        **results_header(),
         "task": "image-classification", "metric": "accuracy", "metrics": ["accuracy"], "eval_split": SPLIT,
         "model": recipe.model.name_or_path, "classification_head": run["head"],
         "dense": {"metrics": {SPLIT: run["dense_metrics"]}, "metric": run["dense_metrics"]["accuracy"],
@@ -54,26 +43,17 @@ def build_image_results(run: dict, reload_diff: float) -> dict:
         "stage_seconds": dict(run["log"].seconds), "wall_seconds": run["log"].total_seconds,
         "reload_max_abs_diff": reload_diff, "machine": machine_info(), "recipe": asdict(recipe),
     }
-    return _clean(results)
+    return clean(results)
 
 
 def channel_widths_plot(results: dict, path: Path) -> Path:
-    from .plots import _pyplot
-
-    plt = _pyplot()
+    """channels.png: every channel group's width before (grey) and after (blue), in model order."""
     before, after = results["dense"]["structure"]["channels"], results["pruned"]["structure"]["channels"]
     names = list(before)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names)), 3.5))
-    ax.bar(range(len(names)), [before[n] for n in names], color="#cccccc", label="dense")
-    ax.bar(range(len(names)), [after.get(n, 0) for n in names], color="#1f77b4", label="pruned")
-    ax.set_xlabel("channel group (model order)")
-    ax.set_ylabel("channels")
-    ax.set_title(f"channel widths: {results['removed']['channels']} channels removed")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return bar_chart(path, range(len(names)), [([before[n] for n in names], "#cccccc", "dense"),
+                                              ([after.get(n, 0) for n in names], "#1f77b4", "pruned")],
+                     "channel group (model order)", "channels",
+                     f"channel widths: {results['removed']['channels']} channels removed", width=6.0)
 
 
 def _table(r: dict) -> str:
@@ -124,25 +104,3 @@ def render_image_card(r: dict) -> str:
         "from transformers import AutoModelForImageClassification",
         f'model = AutoModelForImageClassification.from_pretrained("{where}", trust_remote_code=True)  # no hfprune',
         "```", ""])
-
-
-def write_image_outputs(model, run: dict, out_dir: str | Path) -> dict:
-    """Write model, remote code, results.json, report.md, plot and README.md; move them to `out_dir`."""
-    from ...io import load_pruned
-    from ...remote import add_remote_code
-
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir, overwrite=True) as tmp:  # check_output_dir (the --output guard) decided before any work
-        model.save_pretrained(tmp)
-        batch = run["latency_batch"]["pixel_values"][:8]
-        model.eval().to("cpu")
-        with torch.no_grad():
-            diff = float((load_pruned(tmp)(pixel_values=batch).logits - model(pixel_values=batch).logits).abs().max())
-        add_remote_code(tmp)
-        results = build_image_results(run, diff)
-        plots = [channel_widths_plot(results, tmp / "channels.png").name] if run["recipe"].output.plots else []
-        results["files"] = sorted([*os.listdir(tmp), "results.json", "report.md", "README.md"])
-        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "report.md").write_text(render_image_report(results, plots))
-        (tmp / "README.md").write_text(render_image_card(results))
-    return results

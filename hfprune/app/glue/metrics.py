@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .data.tasks import TaskSpec, get_task
+from .tasks import TaskSpec, get_task
 
 
 def predictions_from_logits(task: TaskSpec, logits) -> np.ndarray:

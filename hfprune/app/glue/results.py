@@ -1,27 +1,10 @@
-"""results.json: what a run measured, as plain JSON (NaN written as null)."""
+"""results.json of a GLUE run: what it measured, as plain JSON (NaN written as null)."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
-import os
-import platform
 from dataclasses import asdict
 
-import torch
-
-
-def _clean(value):
-    """JSON-safe copy: tensors to lists, NaN/inf to None."""
-    if isinstance(value, torch.Tensor):
-        return _clean(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from ..common.render import clean, machine_info, results_header
 
 
 def _sources(record: dict | None, count: int) -> list[int]:
@@ -53,24 +36,13 @@ def per_layer_rows(dense_costs: dict, pruned_costs: dict, record: dict | None,
     return rows
 
 
-def machine_info() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
 def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
-    """Assemble results.json from the runner's state (see `hfprune.app.recipes.runner.run_recipe`)."""
-    import transformers
-
-    from ... import __version__
-
+    """Assemble results.json from the runner's state (see `hfprune.app.glue.run.run_glue`)."""
     task, recipe, plan = run["task"], run["recipe"], run["plan"]
     main_split = task.eval_splits[0]
     dense, pruned = run["dense_costs"], run["pruned_costs"]
     results = {
-        "hfprune_version": __version__,
-        "transformers_version": transformers.__version__,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        **results_header(),
         "task": task.name,
         "metric": task.main_metric,
         "metrics": list(task.metrics),
@@ -109,4 +81,4 @@ def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
         "machine": machine_info(),
         "recipe": asdict(recipe),
     }
-    return _clean(results)
+    return clean(results)

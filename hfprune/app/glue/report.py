@@ -1,4 +1,5 @@
-"""report.md (the human-readable run report) and README.md (the model card, in the Hub's format)."""
+"""The report of a GLUE run: report.md (human-readable), README.md (the model card, in the Hub's format) and the
+final summary lines on stdout."""
 
 from __future__ import annotations
 
@@ -6,18 +7,8 @@ from pathlib import Path
 
 import yaml
 
-
-def _num(value, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _big(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
+from ..common.render import big as _big
+from ..common.render import num as _num
 
 
 def metrics_table(results: dict) -> str:
@@ -124,3 +115,4 @@ def render_model_card(results: dict, has_remote_code: bool) -> str:
          "report.md in this repository."), "",
     ]
     return "\n".join(lines)
+

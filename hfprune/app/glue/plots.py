@@ -1,4 +1,4 @@
-"""PNG plots of a run (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of a GLUE run (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # headless: servers and CI have no display
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..common.render import pyplot as _pyplot
 
 
 def head_importance_heatmap(scores, removed: dict[int, list[int]], path: str | Path, title: str = "") -> Path:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
-
-from .glue_files import features_for, load_glue_dir
+from .files import features_for, load_glue_dir
 from .tasks import TaskSpec, get_task
+
+if TYPE_CHECKING:  # `datasets` takes seconds to import: loaded when data is read, not by `hfprune --help`
+    import datasets
 
 GLUE_HUB_ID = "nyu-mll/glue"
 
 
 def _from_files(task: TaskSpec, files: dict[str, str]) -> datasets.DatasetDict:
+    import datasets
+
     out = {}
     for split, file in files.items():
         path = Path(file)
@@ -79,6 +83,8 @@ def load_task_data(
         872
         ```
     """
+    import datasets
+
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     splits = list(splits or ["train", *spec.eval_splits])
     if data_dir is not None and (train_file or validation_file):
@@ -114,6 +120,8 @@ def load_task_data(
 def tokenize(data: datasets.DatasetDict, tokenizer, task: TaskSpec, max_length: int = 128,
              show_progress: bool = True) -> datasets.DatasetDict:
     """Tokenize the task's text columns (one sentence or a pair), keeping `label`; padding is left to the collator."""
+    import datasets
+
     def encode(batch):
         texts = [batch[c] for c in task.text_columns]
         return tokenizer(*texts, truncation=True, max_length=max_length)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..data.tasks import TaskSpec
+from ...io import load_pruned
+from ...io.names import SPARSE_MANIFEST_NAME as MANIFEST_NAME
+from ...structure import get_record
+from .tasks import TaskSpec
 
 logger = logging.getLogger("hfprune")
 
@@ -97,10 +100,6 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
         ValueError: the checkpoint has no usable head and `allow_new_head` is False (names the sizes).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from ...io import load_pruned
-    from ...sparsity.compressed import MANIFEST_NAME
-    from ...structure import get_record
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)

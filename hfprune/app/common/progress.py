@@ -1,4 +1,9 @@
-"""Stage timing and the one-line summaries a run prints (silenced by `--quiet`)."""
+"""Stage timing, the one-line summaries a run prints (silenced by `--quiet`), and progress bars only on a terminal.
+
+A bar redraws itself with carriage returns: on a terminal that is one moving line, in a log file or a pipe
+(`hfprune demo 2>&1 | cat`) a wall of them. So bars are shown only when stderr is a TTY and the run is not quiet;
+otherwise the stage lines (and the Trainer's log lines) say how far the run got.
+"""
 
 from __future__ import annotations
 
@@ -44,10 +49,18 @@ class StageLog:
         return time.perf_counter() - self._start
 
 
+def show_bars(quiet: bool = False, stream=None) -> bool:
+    """Whether progress bars may be drawn: not `quiet`, and `stream` (default: stderr) is a terminal."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return not quiet and bool(isatty and isatty())
+
+
 @contextmanager
 def quiet_libraries(quiet: bool):
-    """Silence transformers' and datasets' logging and progress bars while `quiet` (restored on exit)."""
-    if not quiet:
+    """While inside: transformers' and datasets' progress bars off unless `show_bars(quiet)`, and their logging at
+    error level when `quiet` (both restored on exit)."""
+    if show_bars(quiet):
         yield
         return
     import datasets
@@ -58,9 +71,10 @@ def quiet_libraries(quiet: bool):
     ds_bars = datasets.is_progress_bar_enabled()
     tf_bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    if quiet:
+        transformers.logging.set_verbosity_error()
+        datasets.logging.set_verbosity_error()
     try:
         yield
     finally:
@@ -70,15 +84,3 @@ def quiet_libraries(quiet: bool):
             datasets.enable_progress_bars()
         if tf_bars:
             transformers.utils.logging.enable_progress_bar()
-
-
-def print_summary(results: dict, out_dir) -> None:
-    """The final lines of `run` / `prune` (always printed, also with --quiet)."""
-    from .markdown import _num
-
-    split, metric = results["eval_split"], results["metric"]
-    print(f"{results['task']} {split} {metric}: dense {_num(results['dense']['metric'])} -> pruned "
-          f"{_num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, "
-          f"FLOPs {results['flops_ratio']:.1%}, "
-          f"CPU speedup {results['speedup']:.2f}x; wall {results['wall_seconds']:.0f} s")
-    print(f"outputs in {out_dir}: {', '.join(results['files'])}")

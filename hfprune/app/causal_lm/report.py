@@ -1,0 +1,66 @@
+"""The report of a causal-LM run: results.json's content, report.md, the PNG plots and the final summary lines."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..common.render import bar_chart, clean, machine_info, results_header
+
+
+def build_results(run: dict) -> dict:
+    """results.json from the runner's state (see `run.run_causal_lm`)."""
+    plan = run["plan"]
+    return clean({
+        **results_header(), "task": "causal-lm", "model": run["recipe"].model.name_or_path,
+        "recipe": asdict(run["recipe"]), "perplexity": run["perplexity"], "stage_seconds": dict(run["log"].seconds),
+        "wall_seconds": run["log"].total_seconds, "before": run["before"], "after": run["after"],
+        "plan": plan.to_dict() if plan is not None else None, "scores": dict(run["scores"]),
+        "recover_losses": run["losses"], "eval_windows": run["eval_windows"], "machine": machine_info(),
+    })
+
+
+def render_report(results: dict, plots: list[str]) -> str:
+    """The text of report.md."""
+    ppl, prune = results["perplexity"], results["recipe"]["prune"]
+    what = (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
+            f"{prune['pattern'] or 'unstructured'})" if results["plan"] is None else
+            f"layers {results['plan']['layers']}, heads {prune['heads']}, ffn {prune['ffn']} ({prune['criterion']}, "
+            f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
+    lines = [f"# hfprune causal-LM run: {results['model']}", "", f"Pruned: {what}.", "",
+             "| model | perplexity |", "|---|---|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in ppl.items() if value is not None]
+    b, a = results["before"], results["after"]
+    lines += ["", f"Parameters: {b['params']:,} -> {a['params']:,}; layers {b['structure']['num_layers']} -> "
+              f"{a['structure']['num_layers']}; heads per layer {sorted(set(a['structure']['heads']))}, KV heads "
+              f"{sorted(set(a['structure']['kv_heads']))}, FFN {sorted(set(a['structure']['ffn']))}.", "",
+              "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in results["stage_seconds"].items()]
+    lines += ["", *(f"![{p}]({p})" for p in plots), ""]
+    return "\n".join(lines)
+
+
+def write_plots(results: dict, scores: dict, folder: Path) -> list[str]:
+    """perplexity.png (every measured stage) and, for a layer plan, layer_scores.png (removed layers in red)."""
+    try:
+        import matplotlib  # noqa: F401  (plots are optional output)
+    except ImportError:
+        return []
+    names = [k for k, v in results["perplexity"].items() if v is not None]
+    bar_chart(folder / "perplexity.png", names, [([results["perplexity"][k] for k in names], "#2171b5", None)],
+              ylabel="perplexity", title="perplexity before / after pruning")
+    written = ["perplexity.png"]
+    if "layers" in scores:
+        removed, values = set(results["plan"]["layers"]), scores["layers"].tolist()
+        colors = ["#cb181d" if i in removed else "#2171b5" for i in range(len(values))]
+        bar_chart(folder / "layer_scores.png", range(len(values)), [(values, colors, None)], "layer (red: removed)",
+                  results["recipe"]["prune"]["layer_method"], width=6.0)
+        written.append("layer_scores.png")
+    return written
+
+
+def print_summary(results: dict, out_dir) -> None:
+    """The final lines of a causal-LM run (always printed, also with --quiet)."""
+    shown = " -> ".join(f"{k} {v:.3f}" for k, v in results["perplexity"].items() if v is not None)
+    print(f"causal-lm perplexity: {shown}; params {results['before']['params']:,} -> {results['after']['params']:,}")
+    print(f"outputs in {out_dir}: {', '.join(results['files'])}")
