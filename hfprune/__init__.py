@@ -52,8 +52,11 @@ _LAZY = {
     "NetworkSlimmingCallback": "hfprune.callbacks.slimming",
     "refresh_batchnorm": "hfprune.batchnorm",
     "channel_compensation": "hfprune.compensation",
-    "ChannelCompensation": "hfprune.compensation",
+    "Compensation": "hfprune.compensation",
+    "measure_compensation": "hfprune.compensation",
     "export_compressed_tensors": "hfprune.serving.compressed_tensors",
+    "hidden_importance": "hfprune.importance",
+    "select_hidden": "hfprune.selection",
 }
 
 __all__ = [

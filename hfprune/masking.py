@@ -61,8 +61,9 @@ def attach_gates(model: nn.Module, heads=False, neurons=False, layers=False, req
 def mask(model: nn.Module, plan: PruningPlan, compensate=None) -> Gates:
     """Zero the contributions of the plan's units through hooks; returns a handle whose `.remove()` undoes it.
 
-    `compensate` (CNN channel plans only): calibration batches or a `hfprune.channel_compensation`; the removed
-    channels' mean contribution is folded into each consumer's bias / BatchNorm running mean, exactly as
+    `compensate`: calibration batches or a `hfprune.measure_compensation`; the removed units' mean contribution
+    (CNN channels, a transformer's heads / FFN neurons / hidden channels) is folded into each consumer's bias /
+    BatchNorm running mean, exactly as
     `hfprune.prune(model, plan, compensate=...)` does, and `.remove()` restores the original tensors.
 
     Example:

@@ -34,9 +34,10 @@ def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
             (the wrapper holds the old parameters afterwards: wrap the returned model again, e.g.
             `accelerator.prepare(model)`).
         plan (`PruningPlan`): units to remove, indexed as the model is now.
-        compensate (`Iterable[dict]` or `ChannelCompensation`, *optional*): CNN channel plans only: calibration
-            batches (`pixel_values`) or a measured `hfprune.channel_compensation`; each removed channel's mean
-            contribution is folded into its consumers' biases / BatchNorm running means (see `docs/channels.md`).
+        compensate (`Iterable[dict]` or `Compensation`, *optional*): calibration batches (`input_ids` /
+            `pixel_values`) or a measured `hfprune.measure_compensation`; each removed unit's mean contribution
+            (CNN channels; a transformer's heads, FFN neurons and hidden channels: FLAP) is folded into its
+            consumers' biases / BatchNorm running means (see `docs/channels.md`, `docs/llm_structured.md`).
 
     Returns:
         The same `model` object (the model inside the wrapper, when given one), pruned.

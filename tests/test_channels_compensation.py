@@ -218,9 +218,10 @@ def test_a_consumer_with_nowhere_to_fold_is_refused():
     _refused(model, plan, CALIB, ValueError, "layer.1.convolution .* has no bias and no BatchNorm")
 
 
-def test_compensation_is_for_channel_plans_only():
+def test_compensation_needs_a_compensable_plan_and_the_models_inputs():
     from transformers import BertConfig, BertForSequenceClassification
 
-    model = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+    model = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2,
                                                      num_attention_heads=2, intermediate_size=8))
-    _refused(model, hfprune.PruningPlan(heads={0: [0]}), CALIB, ValueError, "CNN channel plans")
+    _refused(model, hfprune.PruningPlan(layers=[0]), CALIB, ValueError, "applies to plans that remove heads")
+    _refused(model, hfprune.PruningPlan(heads={0: [0]}), CALIB, ValueError, "must be a dict with 'input_ids'")

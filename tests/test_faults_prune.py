@@ -111,12 +111,12 @@ def _patch_slicing(mp, counter: Counter, model: nn.Module) -> None:
                 mp.setattr(module, helper, wrapped[id(real)])
 
 
-METHODS = ("check_removal", "remove", "write_record", "write_config")
-
-
 def entry_faults(plan: PruningPlan, kinds) -> list[str]:
-    """`kind.method` for every method of every kind the family has, and the record writer's two calls."""
-    return [f"{kind}.{method}" for kind in kinds for method in METHODS] + ["sync_config#1", "sync_config#2"]
+    """`kind.check_removal` / `kind.remove` of every kind the plan removes, `kind.write_record` /
+    `kind.write_config` of every kind the family has, and the record writer's two calls."""
+    return ([f"{kind}.{method}" for kind in plan.kinds() for method in ("check_removal", "remove")]
+            + [f"{kind}.{method}" for kind in kinds for method in ("write_record", "write_config")]
+            + ["sync_config#1", "sync_config#2"])
 
 
 def _patch_entry(mp, fault: str, exc) -> None:
@@ -168,7 +168,7 @@ def _transformer_plan(model) -> PruningPlan:
     """Every unit kind the family supports, including a layer losing all its heads and one all its neurons."""
     adapter = hfprune.get_adapter(model)
     units = {"heads": {0: [1, 3], 1: list(range(4))}, "neurons": {1: list(range(0, 48, 3)), 2: list(range(48))},
-             "layers": [2]}
+             "layers": [2], "hidden": [0, 5, 17]}
     return PruningPlan(**{k: v for k, v in units.items() if k in adapter.unit_kinds})
 
 
@@ -181,6 +181,18 @@ def test_prune_is_all_or_nothing_at_every_step(family):
     missing = set(kinds) - set(plan.kinds())
     assert not missing, f"add an entry for unit kind(s) {sorted(missing)} to _transformer_plan"
     injected = inject_everywhere(lambda: make_model(family), plan, make_inputs(model), kinds)
+    assert injected > 50
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_prune_with_flap_compensation_is_all_or_nothing_at_every_step(family):
+    model = make_model(family)  # Llama's projections get biases through its config flags: new tensors and keys
+    plan = _transformer_plan(model)
+    plan.layers = []
+    comp = hfprune.measure_compensation(model, plan, [make_inputs(model, batch=4, seed=s) for s in range(2)])
+    kinds = hfprune.get_adapter(model).unit_kinds
+    injected = inject_everywhere(lambda: make_model(family), plan, make_inputs(model), kinds,
+                                 run=lambda m: hfprune.prune(m, plan, compensate=comp), both=False)
     assert injected > 50
 
 
@@ -213,7 +225,7 @@ def _patch_hooks(mp, counter: Counter, model: nn.Module) -> None:
 
 
 def _fold_then(exc):
-    real = hfprune.ChannelCompensation.fold
+    real = hfprune.Compensation.fold
 
     def fold(self, model):
         real(self, model)  # the offsets are in: the failure comes after the in-place change
@@ -243,7 +255,7 @@ def test_mask_is_all_or_nothing_at_every_hook(family, exc):
         assert_unchanged(model, before, inputs, logits)
     if cnn:
         with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
-            mp.setattr(hfprune.ChannelCompensation, "fold", _fold_then(exc))
+            mp.setattr(hfprune.Compensation, "fold", _fold_then(exc))
             hfprune.mask(model, plan, compensate=comp)
         assert_unchanged(model, before, inputs, logits)
 
@@ -263,7 +275,7 @@ def test_measuring_compensation_is_all_or_nothing(sequential, exc):
     assert n > 1
     faults = [lambda mp, k=k: _patch_hooks(mp, Counter(k, exc), model) for k in range(1, n + 1)]
     if sequential:  # a failure in the middle of the sequential folds, after one changed tensors in place
-        faults.append(lambda mp: mp.setattr(hfprune.ChannelCompensation, "fold", _fold_then(exc)))
+        faults.append(lambda mp: mp.setattr(hfprune.Compensation, "fold", _fold_then(exc)))
     for fault in faults:
         with pytest.MonkeyPatch.context() as mp, pytest.raises(exc, match="injected"):
             fault(mp)

@@ -31,7 +31,9 @@ def test_every_family_lists_registered_kinds_and_only_its_own_paths():
             assert not isinstance(adapter, TransformerAdapter)
             assert not any(hasattr(adapter, a) for a in ("layers", "q_path", "o_path", "ffn_out", "num_heads"))
         else:
-            assert isinstance(adapter, TransformerAdapter) and adapter.unit_kinds == ("layers", "heads", "neurons")
+            assert isinstance(adapter, TransformerAdapter)
+            assert adapter.unit_kinds[:3] == ("layers", "heads", "neurons"), model_type
+            assert set(adapter.unit_kinds[3:]) <= {"hidden"}, model_type
 
 
 def test_no_channel_twins_and_no_duck_typed_probes():
@@ -55,8 +57,8 @@ def test_a_wrong_kind_for_the_family_names_what_the_model_is_and_has():
         hfprune.mask(cnn, hfprune.PruningPlan(neurons={0: [0]}))
     with pytest.raises(ValueError, match="is a CNN"):
         hfprune.attach_gates(cnn, heads=True)
-    with pytest.raises(TypeError, match="unknown unit kind 'hidden'"):
-        hfprune.PruningPlan(hidden=[0])
+    with pytest.raises(TypeError, match="unknown unit kind 'widths'"):
+        hfprune.PruningPlan(widths=[0])
 
 
 class FirstLayerNeurons(UnitKind):

@@ -23,3 +23,18 @@ class BertAdapter(TransformerAdapter):
     headless_owns_output = False
     # BERT derives head size from hidden_size / num_attention_heads, so its config cannot express fewer heads.
     config_ffn_key = "intermediate_size"
+    unit_kinds = ("layers", "heads", "neurons", "hidden")
+    # Post-LN: the embedding LayerNorm starts the stream, and each sub-layer's LayerNorm(x + residual) carries it.
+    hidden_stream_starts = ("embeddings",)
+    hidden_embeddings = ("embeddings.word_embeddings", "embeddings.position_embeddings",
+                         "embeddings.token_type_embeddings")
+    hidden_block_norms = ("attention.output.LayerNorm", "output.LayerNorm")
+    hidden_norms = ("embeddings.LayerNorm",)
+    hidden_readers = ("pooler.dense",)  # its output (what the classifier reads) keeps the full width
+    # Electra is left out (its embedding width may differ from the stream's: embeddings_project).
+    hidden_heads = {"BertModel": (), "BertForSequenceClassification": (), "BertForMultipleChoice": (),
+                    "BertForTokenClassification": ("classifier",), "BertForQuestionAnswering": ("qa_outputs",),
+                    **{f"{p}Model": () for p in ("Roberta", "XLMRoberta", "Camembert")},
+                    **{f"{p}ForSequenceClassification": ("classifier.dense",)
+                       for p in ("Roberta", "XLMRoberta", "Camembert")},
+                    **{f"{p}ForTokenClassification": ("classifier",) for p in ("Roberta", "XLMRoberta", "Camembert")}}

@@ -20,3 +20,11 @@ class DistilBertAdapter(TransformerAdapter):
     first_token_heads = ("ForSequenceClassification", "ForMultipleChoice")  # their classifiers read position 0 only
     # head size is dim / n_heads, as in BERT; hidden_dim is the FFN width.
     config_ffn_key = "hidden_dim"
+    unit_kinds = ("layers", "heads", "neurons", "hidden")
+    hidden_stream_starts = ("embeddings",)
+    hidden_embeddings = ("embeddings.word_embeddings", "embeddings.position_embeddings")
+    hidden_block_norms = ("sa_layer_norm", "output_layer_norm")
+    hidden_norms = ("embeddings.LayerNorm",)
+    hidden_heads = {"DistilBertModel": (), "DistilBertForSequenceClassification": ("pre_classifier",),
+                    "DistilBertForTokenClassification": ("classifier",),
+                    "DistilBertForQuestionAnswering": ("qa_outputs",)}

@@ -19,6 +19,13 @@ class GPT2Adapter(TransformerAdapter):
     ffn_in_paths = ("mlp.c_fc",)
     ffn_out_path = "mlp.c_proj"
     config_ffn_key = "n_inner"
+    unit_kinds = ("layers", "heads", "neurons", "hidden")
+    hidden_stream_starts = ("wte", "wpe")
+    hidden_embeddings = ("wte", "wpe")
+    hidden_block_norms = ("ln_1", "ln_2")
+    hidden_norms = ("ln_f",)
+    hidden_heads = {"GPT2Model": (), "GPT2LMHeadModel": ("lm_head",), "GPT2ForSequenceClassification": ("score",),
+                    "GPT2ForTokenClassification": ("classifier",)}
 
     def qkv_segments(self, layer: nn.Module) -> list[ProjSegment]:
         c_attn = get_submodule(layer, self.q_path)

@@ -22,6 +22,21 @@ class LlamaAdapter(TransformerAdapter):
     config_heads_key = "num_attention_heads"
     config_kv_heads_key = "num_key_value_heads"
     config_ffn_key = "intermediate_size"
+    # Llama's attention_bias / mlp_bias give every projection they govern a bias; qwen3's attention_bias too. Mistral
+    # and qwen2 have no such flag (qwen2's q/k/v biases are always there).
+    bias_flags = {"llama": {"attention_bias": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                               "self_attn.o_proj"),
+                            "mlp_bias": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")},
+                  "qwen3": {"attention_bias": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                               "self_attn.o_proj")}}
+    config_hidden_key = "hidden_size"  # with the explicit head_dim the new width is plain config
+    unit_kinds = ("layers", "heads", "neurons", "hidden")
+    hidden_stream_starts = ("embed_tokens",)
+    hidden_embeddings = ("embed_tokens",)
+    hidden_block_norms = ("input_layernorm", "post_attention_layernorm")  # qwen3's q_norm / k_norm are per head
+    hidden_norms = ("norm",)
+    hidden_heads = {"Model": (), "ForCausalLM": ("lm_head",), "ForSequenceClassification": ("score",),
+                    "ForTokenClassification": ("score",)}
 
     # Llama classes -> the Mistral classes with the same weight names (LlamaForQuestionAnswering is left out: its
     # base model sits under `transformer`, Mistral's under `model`).

@@ -63,6 +63,22 @@ class TransformerAdapter(ArchAdapter):
     # position: mask tuning fits the last layer's FFN on that token alone (Kwon et al. 2022 do so for
     # classification), since no other position of that output reaches the loss.
     first_token_heads: tuple[str, ...] = ()
+    # The residual width (the `hidden` unit kind, `hfprune.units.hidden`). Paths relative to the base model
+    # (`model.base_model`) unless said otherwise; every entry is optional (a family without it has none).
+    hidden_stream_starts: tuple[str, ...] = ()  # modules whose output starts the residual stream (gated there)
+    hidden_embeddings: tuple[str, ...] = ()  # nn.Embedding tables: their columns are hidden channels
+    hidden_tensors: tuple[str, ...] = ()  # raw parameters whose last dim is hidden ("embeddings.cls_token")
+    hidden_producers: tuple[str, ...] = ()  # Conv2d / Linear whose output rows are hidden (ViT's patch projection)
+    hidden_block_norms: tuple[str, ...] = ()  # per-block norms on the stream, relative to the block
+    hidden_norms: tuple[str, ...] = ()  # model-level norms on the stream (embedding norm, final norm)
+    hidden_readers: tuple[str, ...] = ()  # model-level Linear layers reading the stream (BERT's / ViT's pooler)
+    # Head classes (class-name suffix) -> paths relative to the model (not the base model) of the layers that read
+    # the stream (input columns): "lm_head", "score", "classifier". A class not listed refuses hidden plans.
+    hidden_heads: dict[str, tuple[str, ...]] = {}
+    config_hidden_key: str | None = None  # set where the plain config can say a new width (explicit head_dim)
+    # model_type -> {config flag: layer-relative projections it gives a bias}: where compensation
+    # (`hfprune.compensation`) can add a bias to a bias-free projection and the config still says the model.
+    bias_flags: dict[str, dict[str, tuple[str, ...]]] = {}
 
     # ----- where things are -------------------------------------------------------------------------------------
     def reads_first_token_only(self, model: nn.Module) -> bool:
@@ -157,6 +173,33 @@ class TransformerAdapter(ArchAdapter):
 
     def hidden_size(self, model: nn.Module) -> int:
         return int(model.config.hidden_size)
+
+    def bias_flag_modules(self, model: nn.Module, flag: str) -> list[nn.Module]:
+        """Every module (all layers) that config flag `flag` gives a bias, for `model`'s model type."""
+        paths = self.bias_flags.get(model.config.model_type, {}).get(flag, ())
+        out = []
+        for block in self.layers(model):
+            for path in paths:
+                try:
+                    out.append(get_submodule(block, path))
+                except AttributeError:  # a headless layer has no q/k/v
+                    continue
+        return out
+
+    def bias_flag_of(self, model: nn.Module, module: nn.Module) -> str | None:
+        """The config flag that would give `module` a bias, or `None`."""
+        for flag in self.bias_flags.get(model.config.model_type, {}):
+            if any(m is module for m in self.bias_flag_modules(model, flag)):
+                return flag
+        return None
+
+    def hidden_head_paths(self, model: nn.Module) -> tuple[str, ...] | None:
+        """The layers of `model`'s task head that read the residual stream, or `None` for an unknown head class."""
+        name = type(model).__name__
+        for suffix, paths in sorted(self.hidden_heads.items(), key=lambda kv: -len(kv[0])):
+            if name.endswith(suffix):
+                return paths
+        return None
 
     # ----- attributes the forward pass reads -----------------------------------------------------------------------
     def set_attention_attrs(self, attention: nn.Module, num_heads: int, num_kv_heads: int, head_dim: int) -> None:

@@ -20,3 +20,11 @@ class ViTAdapter(TransformerAdapter):
     first_token_heads = ("ForImageClassification",)  # their classifiers read position 0 only
     config_heads_key = "num_attention_heads"
     config_ffn_key = "intermediate_size"
+    unit_kinds = ("layers", "heads", "neurons", "hidden")
+    hidden_stream_starts = ("embeddings",)
+    hidden_tensors = ("embeddings.cls_token", "embeddings.position_embeddings", "embeddings.mask_token")
+    hidden_producers = ("embeddings.patch_embeddings.projection",)
+    hidden_block_norms = ("layernorm_before", "layernorm_after")
+    hidden_norms = ("layernorm",)
+    hidden_readers = ("pooler.dense",)
+    hidden_heads = {"ViTModel": (), "ViTForImageClassification": ("classifier",)}

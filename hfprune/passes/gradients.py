@@ -22,7 +22,7 @@ from .batches import check_model, iter_batches, model_loss
 from .distributed import sum_per_token
 from .modes import eager_attention, scoring_mode
 
-GATED_UNITS = ("heads", "neurons", "layers")
+GATED_UNITS = ("heads", "neurons", "layers", "hidden")
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _keep_activation(store: dict, layer: int):
 def _check_units(units: tuple[str, ...], keep_activations: bool) -> None:
     if not units or any(u not in GATED_UNITS for u in units):
         raise ValueError(f"units must be among {GATED_UNITS}, got {units!r}")
-    if keep_activations and (len(units) != 1 or units[0] == "layers"):
+    if keep_activations and (len(units) != 1 or units[0] in ("layers", "hidden")):
         raise ValueError(f"keep_activations needs one unit kind, 'heads' or 'neurons'; got {units!r}")
 
 
@@ -90,7 +90,8 @@ def _mask_others(model: nn.Module, plan: PruningPlan | None, units: tuple[str, .
         return None
     rest = PruningPlan(heads={} if "heads" in units else plan.heads,
                        neurons={} if "neurons" in units else plan.neurons,
-                       layers=[] if "layers" in units else plan.layers)
+                       layers=[] if "layers" in units else plan.layers,
+                       hidden=[] if "hidden" in units else plan.hidden)
     return None if rest.is_empty() else mask(model, rest)
 
 
@@ -113,7 +114,8 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str | tuple[s
     """Run forward + backward of the model's loss on each batch, calling `on_batch` after each backward.
 
     Args:
-        units (`str` or `tuple[str, ...]`): "heads", "neurons" and / or "layers": which gates get gradients.
+        units (`str` or `tuple[str, ...]`): "heads", "neurons", "layers" and / or "hidden": which gates get
+            gradients.
         plan (`PruningPlan`, *optional*): units masked while scoring (their gates are 0).
         keep_activations (`bool`): also keep the gated inputs of the unit's projection and their gradients (one
             unit kind, heads or neurons).
@@ -130,7 +132,7 @@ def gated_passes(model: nn.Module, dataloader: Iterable, *, units: str | tuple[s
     with torch.inference_mode(False), torch.enable_grad(), scoring_mode(model), eager_attention(model,
                                                                                                   output_attentions):
         gates = attach_gates(model, heads="heads" in units, neurons="neurons" in units, layers="layers" in units,
-                             requires_grad=True, plan=plan)
+                             hidden="hidden" in units, requires_grad=True, plan=plan)
         try:
             others = _mask_others(model, plan, units)
         except Exception:

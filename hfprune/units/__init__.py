@@ -1,21 +1,22 @@
 """Unit kinds: one module per kind of removable unit, registered by name (see `base` for the contract).
 
-`heads`, `neurons` and `layers` are a transformer's units, `channels` a CNN's. `masking`, `surgery`, `structure`,
-`PruningPlan` and `compensation` dispatch over the kinds a family adapter lists (`adapter.unit_kinds`). A new kind
-is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md, "Adding a unit
-kind").
+`heads`, `neurons`, `layers` and `hidden` are a transformer's units, `channels` a CNN's. `masking`, `surgery`,
+`structure`, `PruningPlan` and `compensation` dispatch over the kinds a family adapter lists (`adapter.unit_kinds`).
+A new kind is one module here, added to `KINDS` below, plus the adapter entries it reads (docs/architecture.md,
+"Adding a unit kind").
 """
 
 from .base import UnitKind
 from .channels import Channels
 from .gates import Gates, attach
 from .heads import Heads
+from .hidden import Hidden
 from .layers import Layers
 from .neurons import Neurons
 from .registry import get_kind, kind_names, kinds_of, register, supported_kind
 
 # The registered kinds, in the order of a plan's JSON keys and of `Gates.parameters()`.
-KINDS = (Heads, Neurons, Layers, Channels)
+KINDS = (Heads, Neurons, Layers, Channels, Hidden)
 for _kind in KINDS:
     register(_kind)
 

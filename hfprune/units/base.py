@@ -93,6 +93,12 @@ class UnitKind:
         """Whether the plain config keys alone (no hfprune record) build this kind's recorded sizes."""
         return True
 
+    # ----- compensation (`compensable` kinds) ---------------------------------------------------------------------
+    def compensation_sites(self, model: nn.Module, adapter, plan) -> tuple[dict, set[str]]:
+        """The consumers of `plan`'s removed units: `{consumer path: (target path, "bias", removed-input
+        indicator)}`, and the config flags that give bias-free consumers their bias (`hfprune.compensation`)."""
+        raise NotImplementedError(f"unit kind {self.name!r} has no compensation")
+
 
 # ----- shared helpers ---------------------------------------------------------------------------------------------
 def per_layer_entry(name: str, value) -> dict[int, list[int]]:
@@ -180,6 +186,30 @@ def gated_error(layer: int, what: str) -> ValueError:
                       f"attach_gates handle, or PruningCallback's mask) and this plan resizes its {what}; remove "
                       "them first (handle.remove(), leave the `with hfprune.masked(...)` block, or "
                       "PruningCallback.remove_mask()). Nothing was changed.")
+
+
+def bias_site(model: nn.Module, adapter, module: nn.Module, removed: torch.Tensor, sites: dict, flags: set,
+              names: dict, optional: bool = False) -> None:
+    """Add `module` as a compensation site folding into its bias (one the config can give it, else refused or, when
+    `optional`, skipped)."""
+    path = names[id(module)]
+    if getattr(module, "bias", None) is None:
+        flag = adapter.bias_flag_of(model, module)
+        if flag is None:
+            if optional:
+                return
+            raise ValueError(f"compensate: {path} has no bias and the {model.config.model_type} config has no flag "
+                             "that gives it one, so there is nowhere to fold the removed units' mean; prune "
+                             "without compensate=")
+        flags.add(flag)
+    if path in sites:
+        sites[path][2].copy_(torch.maximum(sites[path][2], removed))
+    else:
+        sites[path] = (path, "bias", removed)
+
+
+def module_names(model: nn.Module) -> dict[int, str]:
+    return {id(m): n for n, m in model.named_modules()}
 
 
 _MISSING = object()

@@ -128,6 +128,9 @@ class Channels(UnitKind):
     def config_says(self, config, adapter, record):
         return bool(record.get("plain_config"))
 
+    def compensation_sites(self, model, adapter, plan):
+        return consumer_targets(model, plan), set()
+
 
 def per_group_entry(value) -> dict[str, list[int]]:
     """`{group_name: [channel, ...]}` with sorted, unique, non-negative integer indices (empty lists dropped)."""
@@ -211,3 +214,33 @@ def _recorded_group(groups: dict[str, ChannelGroup], name: str, prefixes: tuple[
     if not found:
         raise ValueError(f"hfprune record names channel group {name!r}, which the config does not build")
     return groups[found[0]]
+
+
+def consumer_targets(model: nn.Module, plan, groups=None) -> dict[str, tuple[str, str, torch.Tensor]]:
+    """Consumer path -> (target module path, attribute, removed-channel indicator) for every consumer of the plan.
+
+    Raises:
+        ValueError: a consumer has no bias and no BatchNorm with running statistics after it (nothing to fold into).
+    """
+    groups = groups if groups is not None else channel_groups(model)
+    found: dict[str, tuple[str, str, torch.Tensor]] = {}
+    for name, removed in plan.channels.items():
+        group = groups[name]
+        for op in group.consumers():
+            module = model.get_submodule(op.path)
+            if op.path not in found:
+                if getattr(module, "bias", None) is not None:
+                    target = (op.path, "bias")
+                elif op.norm is not None and _has_running_mean(model.get_submodule(op.norm)):
+                    target = (op.norm, "running_mean")
+                else:
+                    raise ValueError(f"compensate: {op.path} (a consumer of channel group {name!r}) has no bias and "
+                                     "no BatchNorm with running statistics after it, so there is nowhere to fold the "
+                                     "removed channels' mean; prune without compensate=")
+                found[op.path] = (*target, torch.zeros(group.size))
+            found[op.path][2][list(removed)] = 1.0
+    return found
+
+
+def _has_running_mean(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None

@@ -17,9 +17,11 @@ from torch import nn
 from ..arch.base import set_submodule
 from .base import (
     UnitKind,
+    bias_site,
     check_per_layer,
     gated_error,
     has_gate,
+    module_names,
     new_gate,
     per_layer_entry,
     per_layer_json,
@@ -47,6 +49,7 @@ class Heads(UnitKind):
     noun = "attention heads"
     order = 0
     listed_when_empty = True
+    compensable = True
     structure_keys = ("heads", "kv_heads")
 
     def normalise(self, value):
@@ -105,6 +108,17 @@ class Heads(UnitKind):
             if (heads, kv) != (adapter.num_heads(model, block), adapter.num_kv_heads(model, block)):
                 base_kv = adapter.num_kv_heads(model, block)
                 reshape_attention(model, adapter, block, list(range(heads)), [i % base_kv for i in range(kv)])
+
+    def compensation_sites(self, model, adapter, plan):
+        sites, flags, names = {}, set(), module_names(model)
+        blocks, head_dim = adapter.layers(model), adapter.head_dim(model)
+        for idx, removed in plan.heads.items():
+            if idx not in plan.layers:
+                out_proj = adapter.out_proj(blocks[idx])
+                indicator = torch.zeros(adapter.num_heads(model, blocks[idx]) * head_dim)
+                indicator[head_rows(removed, head_dim)] = 1.0
+                bias_site(model, adapter, out_proj, indicator, sites, flags, names)
+        return sites, flags
 
     def config_says(self, config, adapter, record):
         heads = {s["heads"] for s in record["layers"]}

@@ -13,9 +13,11 @@ import torch
 from ..arch.base import set_submodule
 from .base import (
     UnitKind,
+    bias_site,
     check_per_layer,
     gated_error,
     has_gate,
+    module_names,
     new_gate,
     per_layer_entry,
     per_layer_json,
@@ -40,6 +42,7 @@ class Neurons(UnitKind):
     noun = "FFN neurons"
     order = 0
     listed_when_empty = True
+    compensable = True
     structure_keys = ("ffn",)
 
     def normalise(self, value):
@@ -85,6 +88,16 @@ class Neurons(UnitKind):
         for block, spec in zip(adapter.layers(model), record["layers"]):
             if int(spec["ffn"]) != adapter.intermediate_size(block):
                 reshape_ffn(adapter, block, list(range(int(spec["ffn"]))))
+
+    def compensation_sites(self, model, adapter, plan):
+        sites, flags, names = {}, set(), module_names(model)
+        blocks = adapter.layers(model)
+        for idx, removed in plan.neurons.items():
+            if idx not in plan.layers:
+                indicator = torch.zeros(adapter.intermediate_size(blocks[idx]))
+                indicator[removed] = 1.0
+                bias_site(model, adapter, adapter.ffn_out(blocks[idx]), indicator, sites, flags, names)
+        return sites, flags
 
     def config_says(self, config, adapter, record):
         ffn = {s["ffn"] for s in record["layers"]}
