@@ -89,7 +89,7 @@ def test_a_plan_applied_twice_is_refused_naming_the_layer():
     _unchanged(model, before)
 
 
-@pytest.mark.parametrize("select", ["neurons", "layers", "entropy"])
+@pytest.mark.parametrize("select", ["neurons", "layers", "entropy", "hidden"])
 def test_every_selection_carries_the_structure(select):
     model, other = make_model("bert"), make_model("distilbert")
     batches = [{**make_inputs(model, batch=4), "labels": torch.arange(4) % 3}]
@@ -97,6 +97,8 @@ def test_every_selection_carries_the_structure(select):
         plan = hfprune.select_neurons(hfprune.neuron_importance(model, criterion="magnitude"), ratio=0.2)
     elif select == "layers":
         plan = hfprune.select_layers(hfprune.layer_importance(model, batches, show_progress=False), count=1)
+    elif select == "hidden":
+        plan = hfprune.select_hidden(hfprune.hidden_importance(model, criterion="magnitude"), ratio=0.25)
     else:
         result = hfprune.head_importance(model, batches, return_entropy=True, show_progress=False)
         assert result.structure == hfprune.model_structure(model)
@@ -116,6 +118,9 @@ def test_plans_from_bare_scores_carry_what_the_scores_imply():
     before = fingerprint(model)
     with pytest.raises(ValueError, match="num_layers was 2, the model has 3"):
         hfprune.prune(model, plan)
+    _unchanged(model, before)
+    with pytest.raises(ValueError, match="hidden_size was 40, the model has 32"):
+        hfprune.prune(model, hfprune.select_hidden(torch.rand(40), ratio=0.25))
     _unchanged(model, before)
     cnn = make_cnn("resnet_basic")
     name = next(n for n, g in hfprune.channel_groups(cnn).items() if g.prunable and not g.coupled)
