@@ -79,7 +79,7 @@ class LMData:
 
 @dataclass
 class LMPrune:
-    """What to remove: whole layers, heads / FFN neurons, or weights (unstructured or N:M)."""
+    """What to remove: whole layers, heads / FFN neurons, MoE experts, or weights (unstructured or N:M)."""
 
     layers: int | None = option(None, "remove this many layers, chosen by layer_method", "--layers", metavar="N")
     layer_method: str = option("block_influence", "layer importance method: "
@@ -90,10 +90,15 @@ class LMPrune:
                                   metavar="R")
     heads: float | None = option(None, "fraction of attention heads to remove", "--heads", metavar="R")
     ffn: float | None = option(None, "fraction of FFN neurons to remove", "--ffn", metavar="R")
+    experts: float | None = option(None, "fraction of the experts of every MoE layer to remove (mixture-of-experts "
+                                         "models; the same count in every layer, at least num_experts_per_tok kept)",
+                                   "--experts", metavar="R")
     criterion: str | None = option(None, "heads / FFN: a head / neuron criterion of the registry (default activation, "
-                                         "Minitron, no labels); sparsity: a weight criterion (default wanda)",
+                                         "Minitron, no labels); experts: an expert criterion (default reap); "
+                                         "sparsity: a weight criterion (default wanda)",
                                    "--criterion",
                                    choices=lambda: tuple(dict.fromkeys(criterion_names("heads")
+                                                                       + criterion_names("experts")
                                                                        + criterion_names("weights"))))
     uniform: bool = option(False, "the same heads / KV heads / FFN width in every layer (whole KV groups; a plain "
                                   "config)", "--uniform", action="store_true")
@@ -106,7 +111,7 @@ class LMPrune:
     def __post_init__(self):
         check_at_least("layers", self.layers)
         check_at_least("round_to", self.round_to)
-        for name in ("hidden", "heads", "ffn", "sparsity"):
+        for name in ("hidden", "heads", "ffn", "experts", "sparsity"):
             value = getattr(self, name)
             check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
         methods = criterion_names("layers")
@@ -120,7 +125,7 @@ class LMPrune:
 
     @property
     def structured(self) -> bool:
-        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn"))
+        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn", "experts"))
 
     @property
     def weights(self) -> bool:
@@ -211,10 +216,17 @@ class CausalLMRecipe:
         check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         prune = self.prune
         check(prune.structured or prune.weights,
-              "prune: nothing to prune: give layers, heads / ffn, or sparsity / pattern")
+              "prune: nothing to prune: give layers, heads / ffn, experts, or sparsity / pattern")
         check(not (prune.structured and prune.weights), "prune: give either structured pruning (layers / heads / "
-              "ffn) or weight sparsity (sparsity / pattern), not both in one run")
-        if prune.weights:
+              "ffn / experts) or weight sparsity (sparsity / pattern), not both in one run")
+        if prune.experts is not None:
+            check(prune.heads is None and prune.ffn is None and prune.hidden is None, "prune: experts and heads / "
+                  "ffn / hidden read different criteria; give experts (optionally with layers) or the others")
+            names = criterion_names("experts")
+            prune.criterion = prune.criterion or "reap"
+            check(prune.criterion in names,
+                  f"prune.criterion for experts must be one of {names}, got {prune.criterion!r}")
+        elif prune.weights:
             names = criterion_names("weights")
             prune.criterion = prune.criterion or ("wanda" if "wanda" in names else "magnitude")
             check(prune.criterion in names,

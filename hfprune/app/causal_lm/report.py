@@ -30,10 +30,12 @@ def render_report(results: dict, plots: list[str]) -> str:
              "| model | perplexity |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in ppl.items() if value is not None]
     b, a = results["before"], results["after"]
+    sizes = ", ".join(f"{name} {sorted(set(a['structure'][key]))}" for key, name in (
+        ("heads", "heads per layer"), ("kv_heads", "KV heads"), ("ffn", "FFN"), ("experts", "experts per layer"))
+        if key in a["structure"])
     lines += ["", f"Parameters: {b['params']:,} -> {a['params']:,}; layers {b['structure']['num_layers']} -> "
-              f"{a['structure']['num_layers']}; heads per layer {sorted(set(a['structure']['heads']))}, KV heads "
-              f"{sorted(set(a['structure']['kv_heads']))}, FFN {sorted(set(a['structure']['ffn']))}.", "",
-              "| stage | seconds |", "|---|---|"]
+              f"{a['structure']['num_layers']}; {sizes}.", "", *expert_table(results), "| stage | seconds |",
+              "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["stage_seconds"].items()]
     lines += _recovery_lines(results["recovery"]) + _lm_eval_lines(results["lm_eval"])
     lines += ["", f"Loads as {results['loads_as']}: `{results['load_with']}` ({results['loads_because']}).", ""]
@@ -46,8 +48,9 @@ def _pruned_what(results: dict) -> str:
     if results["plan"] is None:
         return (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
                 f"{prune['pattern'] or 'unstructured'})")
-    return (f"layers {results['plan']['layers']}, hidden {prune['hidden']}, heads {prune['heads']}, ffn {prune['ffn']} "
-            f"({prune['criterion']}, layer method {prune['layer_method']}, uniform={prune['uniform']})")
+    return (f"layers {results['plan']['layers']}, hidden {prune['hidden']}, heads {prune['heads']}, "
+            f"ffn {prune['ffn']}, experts {prune.get('experts')} ({prune['criterion']}, "
+            f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
 
 
 def render_lm_card(results: dict) -> str:
@@ -73,6 +76,19 @@ def render_lm_card(results: dict) -> str:
         "tokenizer = AutoTokenizer.from_pretrained(repo)",
         "```", "", "Or with hfprune: `hfprune.load_pruned(repo)`. The full run: results.json and report.md.", "",
     ])
+
+
+def expert_table(results: dict) -> list[str]:
+    """The per-layer table of an expert plan (experts before / after and the removed indices); `[]` otherwise."""
+    plan = results["plan"] or {}
+    removed = plan.get("experts") or {}
+    if not removed:
+        return []
+    before, after = results["before"]["structure"]["experts"], results["after"]["structure"]["experts"]
+    lines = ["| layer | experts before | experts after | removed |", "|---|---|---|---|"]
+    lines += [f"| {i} | {n} | {after[i]} | {', '.join(map(str, removed.get(str(i), []))) or '-'} |"
+              for i, n in enumerate(before) if n and i < len(after)]
+    return [*lines, ""]
 
 
 def _recovery_lines(rec: dict | None) -> list[str]:

@@ -1,8 +1,8 @@
 """Running a causal-LM recipe: the application behind `hfprune prune --task causal-lm`.
 
 One run: load a decoder (a folder, a Hub id, or a GGUF file with `model.gguf_file`), cut the text file into
-calibration windows and a held-out evaluation text, measure perplexity, prune (whole layers, heads / FFN neurons, or
-weight-level sparsity with a weight criterion of the registry), optionally recover (`recover.py`: LM loss or
+calibration windows and a held-out evaluation text, measure perplexity, prune (whole layers, heads / FFN neurons, MoE
+experts, or weight-level sparsity with a weight criterion of the registry), optionally recover (`recover.py`: LM loss or
 distillation from the model before pruning, all weights or merged LoRA; windows of the text file apart from the
 calibration windows, steps x batch_size x seq_len tokens), measure perplexity again (and lm-eval tasks on the dense
 and final model), and write model + tokenizer + results.json + report.md + plots atomically.
@@ -27,7 +27,7 @@ from .writer import write_outputs
 
 
 def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
-    """Scores -> PruningPlan for layers / heads / FFN; also returns the scores (for the report)."""
+    """Scores -> PruningPlan for layers / heads / FFN / MoE experts; also returns the scores (for the report)."""
     plan, scores = hfprune.PruningPlan(), {}
     kwargs = {"show_progress": False}
     seeded = {"seed": seed} if prune.criterion == "random" else {}
@@ -43,6 +43,11 @@ def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
         neurons = hfprune.neuron_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
         plan.neurons = hfprune.select_neurons(neurons, ratio=prune.ffn, uniform=prune.uniform,
                                               round_to=prune.round_to if prune.uniform else None).neurons
+    if prune.experts is not None:
+        experts = hfprune.expert_importance(model, calib, criterion=prune.criterion, seed=seed)
+        scores["experts"] = experts
+        plan.experts = hfprune.select_experts(experts, ratio=prune.experts, uniform=True,
+                                              min_keep=int(model.config.num_experts_per_tok)).experts
     if prune.layers is not None:
         extra = {"n": prune.layers} if prune.layer_method == "angular" else {}
         layers = hfprune.layer_importance(model, calib, method=prune.layer_method, **kwargs, **extra)
@@ -92,7 +97,7 @@ def _prune(model, calib: list[dict], recipe: CausalLMRecipe, log: StageLog):
     with log.stage("prune") as note:
         hfprune.prune(model, plan)
         note["summary"] = (f"{len(plan.hidden or [])} hidden channels, {plan.num_heads()} heads, "
-                           f"{plan.num_neurons()} FFN neurons, layers {plan.layers}")
+                           f"{plan.num_neurons()} FFN neurons, {plan.count('experts')} experts, layers {plan.layers}")
     return plan, scores
 
 
