@@ -257,7 +257,10 @@ def _score(model: nn.Module, batches: list[dict], axes: tuple[str, ...], plan: P
     common = {"criterion": "activation", "show_progress": False, "plan": plan}
     hidden = heads = neurons = None
     if "hidden" in axes:
-        hidden = hidden_importance(model, batches, **common).clone()
+        # The hidden criterion reads the norms' outputs, which a hidden mask narrows: score under the rest of the
+        # plan; the removed channels score -1 anyway.
+        rest = PruningPlan(**{k: v for k, v in plan.units.items() if k != "hidden"})
+        hidden = hidden_importance(model, batches, **{**common, "plan": rest}).clone()
         hidden[plan.hidden] = -1.0
     if "heads" in axes:
         heads = head_importance(model, batches, normalize_layers=False, normalize_global=False, **common)
@@ -331,7 +334,8 @@ def _rounds(model, batches, info, axes, params, depth, iterations, recover, roun
     search = _Search(model, info, layers, rounding)
     start, plan, history = Shape(info.hidden, 0, info.ffn), PruningPlan(layers=layers), []
     for r in range(1, iterations + 1):
-        target = int(math.floor(info.dense * (1.0 - (1.0 - params) * r / iterations)))
+        share = params if r == iterations else 1.0 - (1.0 - params) * r / iterations
+        target = int(math.floor(info.dense * share))
         scores = _score(model, batches, axes, plan)
         # Depth alone (or the rounds before) may meet this round's target already: then nothing more goes.
         found = [start] if search.count(start) <= target else search.candidates(axes, start, target)
