@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...criteria import criterion_names
+from ...selection.width import AXES
 from ..common.options import ModelConfig, OutputConfig, check, check_at_least, description_option, option, seed_option
 from ..common.recipe import sections
 
@@ -66,6 +67,11 @@ class LMPrune:
                                    "--criterion",
                                    choices=lambda: tuple(dict.fromkeys(criterion_names("heads")
                                                                        + criterion_names("weights"))))
+    params: float | None = option(None, "keep this fraction of the parameters: select_width searches a uniform "
+                                        "split over axes (with layers: also that many layers by block influence)",
+                                  "--params", metavar="P")
+    axes: str = option("hidden,heads,ffn", "with params: the axes that may shrink, comma-separated ("
+                       + ", ".join(AXES) + ")", "--axes", metavar="A,B")
     uniform: bool = option(False, "the same heads / KV heads / FFN width in every layer (whole KV groups; a plain "
                                   "config)", "--uniform", action="store_true")
     round_to: int = option(64, "with uniform: kept FFN width a multiple of N", "--round-to", metavar="N")
@@ -80,6 +86,14 @@ class LMPrune:
         for name in ("heads", "ffn", "sparsity"):
             value = getattr(self, name)
             check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
+        check(self.params is None or 0.0 < self.params < 1.0, f"params must be a fraction in (0, 1), got "
+              f"{self.params!r}")
+        axes = [a.strip() for a in str(self.axes).split(",")]
+        check(all(a in AXES for a in axes), f"axes must be among {', '.join(AXES)}, got {self.axes!r}")
+        check(self.params is None or (self.heads is None and self.ffn is None),
+              "params searches the heads / FFN widths itself: drop heads / ffn")
+        check(self.params is None or self.layers is None or self.layer_method == "block_influence",
+              "params with layers chooses the layers by block influence: drop layer_method")
         methods = criterion_names("layers")
         check(self.layer_method in methods, f"layer_method must be one of {methods}, got {self.layer_method!r}")
         if self.pattern is not None:
@@ -89,7 +103,7 @@ class LMPrune:
 
     @property
     def structured(self) -> bool:
-        return self.layers is not None or self.heads is not None or self.ffn is not None
+        return self.layers is not None or self.heads is not None or self.ffn is not None or self.params is not None
 
     @property
     def weights(self) -> bool:
@@ -126,7 +140,7 @@ class CausalLMRecipe:
         check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         prune = self.prune
         check(prune.structured or prune.weights,
-              "prune: nothing to prune: give layers, heads / ffn, or sparsity / pattern")
+              "prune: nothing to prune: give layers, heads / ffn, params, or sparsity / pattern")
         check(not (prune.structured and prune.weights), "prune: give either structured pruning (layers / heads / "
               "ffn) or weight sparsity (sparsity / pattern), not both in one run")
         if prune.weights:
@@ -139,6 +153,8 @@ class CausalLMRecipe:
             prune.criterion = prune.criterion or "activation"
             check(prune.criterion in names,
                   f"prune.criterion for heads / ffn must be one of {names}, got {prune.criterion!r}")
+            check(prune.params is None or prune.criterion == "activation",
+                  f"prune.params scores by activation (Minitron), got criterion {prune.criterion!r}")
 
 
 SECTIONS = sections(CausalLMRecipe)
