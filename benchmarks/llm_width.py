@@ -122,8 +122,11 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=4, help="calibration windows (of --seq-len, batch 1)")
     parser.add_argument("--eval", type=int, default=24, help="MRPC dev windows (of --seq-len)")
     parser.add_argument("--shallow-layers", type=int, default=8)
+    parser.add_argument("--table", action="store_true", help="print the markdown table of the rows in --out and stop")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.table:
+        return print_table(out, args.rows.split(","))
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     folder = smollm2_folder()
@@ -164,6 +167,37 @@ def main() -> None:
             (out / f"{name}.json").write_text(json.dumps(row, indent=1))
 
 
+LABELS = {"depth": "depth only (block influence)", "heads_ffn": "heads + FFN (select_width)",
+          "hidden_heads_ffn": "hidden + heads + FFN (select_width)",
+          "hidden_heads_ffn_comp": "hidden + heads + FFN, FLAP compensation",
+          "shallow_hfprune": "8 layers: hidden + heads + FFN (select_width)",
+          "shallow_tp": "8 layers: Torch-Pruning 1.6.0 LLM recipe"}
+
+
+def print_table(out: Path, names: list[str]) -> None:
+    def cell(row, key):
+        return f"{row[key]:.1f}" if key in row else "not run"
+
+    print("| row | params | shape (hidden / heads / KV / FFN) | dense ppl | ppl | after LM loss | after distillation |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        path = out / f"{name}.json"
+        if not path.exists():
+            print(f"| {LABELS.get(name, name)} | not run | | | | | |")
+            continue
+        row = json.loads(path.read_text())
+        if "error" in row:
+            print(f"| {LABELS.get(name, name)} | failed: {row['error'][:80]} | | | | | |")
+            continue
+        sel = row.get("plan_meta", {}).get("selection", {})
+        shape = sel.get("shape") if sel.get("units") == "width" else None
+        shape = "{hidden_size} / {heads} / {kv_heads} / {ffn}".format(**shape) if shape else (
+            f"{len(row['layers'])} layers removed" if row.get("layers") else "as the recipe gives")
+        print(f"| {LABELS.get(name, name)} | {row['params'] / 1e6:.1f}M ({row['params'] / row['dense_params']:.3f}) "
+              f"| {shape} | {row['dense_ppl']:.1f} | {cell(row, 'ppl')} | {cell(row, 'ppl_lm')} | "
+              f"{cell(row, 'ppl_distill')} |")
+
+
 def prune_row(name, dense, calib, evals, args) -> tuple[dict, object, object]:
     base = shallow(dense, args.shallow_layers) if name.startswith("shallow") else dense
     teacher_params = sum(p.numel() for p in base.parameters())
@@ -183,7 +217,7 @@ def prune_row(name, dense, calib, evals, args) -> tuple[dict, object, object]:
             count = next(k for k in range(1, layers) if hfprune.selection.width.count_params(
                 model, hfprune.PruningPlan(layers=list(range(k)))) <= args.params * teacher_params)
             plan = hfprune.select_layers(influence, count=count)
-        row["plan_meta"] = plan.meta
+        row["plan_meta"], row["layers"] = plan.meta, list(plan.layers)
         hfprune.prune(model, plan, compensate=calib if name.endswith("comp") else None)
     row["select_s"] = time.perf_counter() - t0
     row["params"] = sum(p.numel() for p in model.parameters())
