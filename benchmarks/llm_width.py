@@ -198,6 +198,9 @@ def print_table(out: Path, names: list[str]) -> None:
               f"{cell(row, 'ppl_distill')} |")
 
 
+PLANS: dict = {}
+
+
 def prune_row(name, dense, calib, evals, args) -> tuple[dict, object, object]:
     base = shallow(dense, args.shallow_layers) if name.startswith("shallow") else dense
     teacher_params = sum(p.numel() for p in base.parameters())
@@ -210,7 +213,10 @@ def prune_row(name, dense, calib, evals, args) -> tuple[dict, object, object]:
     else:
         axes = {"heads_ffn": ("heads", "ffn"), "depth": ()}.get(name, ("hidden", "heads", "ffn"))
         if axes:
-            plan = hfprune.select_width(model, calib, params=args.params, axes=axes)
+            key = (name.startswith("shallow"), axes)  # the compensated row reuses its uncompensated twin's plan
+            if key not in PLANS:
+                PLANS[key] = hfprune.select_width(model, calib, params=args.params, axes=axes)
+            plan = PLANS[key]
         else:
             layers = len(model.model.layers)
             influence = hfprune.layer_importance(model, calib, method="block_influence", show_progress=False)
