@@ -29,7 +29,7 @@ def test_params_target_writes_a_plain_folder_meeting_it(tiny_lm, tmp_path, capsy
 @pytest.mark.parametrize(("extra", "message"), [
     (["--params", "1.0"], "params must be a fraction in (0, 1)"),
     (["--params", "0.7", "--axes", "hidden,width"], "axes must be among hidden, heads, ffn"),
-    (["--params", "0.7", "--heads", "0.5"], "drop heads / ffn"),
+    (["--params", "0.7", "--heads", "0.5"], "drop hidden / heads / ffn"),
     (["--params", "0.7", "--criterion", "magnitude"], "scores by activation"),
 ])
 def test_bad_params_input_is_one_line_and_writes_nothing(tiny_lm, tmp_path, capsys, extra, message):  # noqa: F811
