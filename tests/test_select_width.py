@@ -67,6 +67,7 @@ def test_target_met_within_one_unit_and_plain_reload(make, tmp_path):
     structure = hfprune.model_structure(model)
     assert structure["hidden_size"] == meta["shape"]["hidden_size"]
     assert set(structure["ffn"]) == {meta["shape"]["ffn"]} and set(structure["heads"]) == {meta["shape"]["heads"]}
+    assert meta["shape"]["ffn"] % ROUND["ffn_round_to"] == 0 and meta["shape"]["hidden_size"] % 4 == 0
     hfprune.save_pruned(model, tmp_path / "out")
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = batches[0]["input_ids"]
@@ -83,6 +84,7 @@ def test_more_axes_never_worse_on_calibration_loss():
     full = results[("hidden", "heads", "ffn")]
     for axes, meta in results.items():
         assert full["calibration_loss"] <= meta["calibration_loss"], axes
+        assert meta["shape"]["ffn"] % ROUND["ffn_round_to"] == 0, axes  # grid points are rounded too
         assert full["rounds"][0]["candidates"] >= meta["rounds"][0]["candidates"]
     assert results[("heads", "ffn")]["calibration_loss"] <= results[("ffn",)]["calibration_loss"]
     assert full["rounds"][0]["candidates"] > results[("heads", "ffn")]["rounds"][0]["candidates"]

@@ -187,7 +187,9 @@ class _Search:
         full = info.ffn if axis == "ffn" else info.hidden
         now = getattr(start, axis)
         points = [now] + [s for s in SHARES if s > 0]
-        return [p if isinstance(p, int) else max(1, full - int(math.floor(p * full + 0.5))) for p in points]
+        unit = self.rounding["ffn"] if axis == "ffn" else 1  # hidden: rounded with the head count in candidates()
+        cut = [full - int(math.floor(p * full + 0.5)) for p in points[1:]]
+        return [now] + [max(min(unit, full), k // unit * unit) for k in cut]
 
     def solve(self, axis: str, shape: Shape, start: Shape, target: int) -> Shape | None:
         """The widest size of `axis` whose exact count meets `target` (the others as in `shape`), or None."""
