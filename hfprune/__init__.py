@@ -59,6 +59,7 @@ _LAZY = {
     "export_compressed_tensors": "hfprune.serving.compressed_tensors",
     "hidden_importance": "hfprune.importance",
     "select_hidden": "hfprune.selection",
+    "select_width": "hfprune.selection",
 }
 
 __all__ = [

@@ -10,6 +10,7 @@ from pathlib import Path
 from ...criteria import criterion_names
 from ...recovery.kd import CAUSAL_LM_DISTILL, distill_options
 from ...recovery.lora import check_rank, require_peft
+from ...selection.width import AXES
 from ..common.options import ModelConfig, OutputConfig, check, check_at_least, description_option, option, seed_option
 from ..common.recipe import sections
 from .harness import check_include, require_lm_eval, task_names
@@ -100,6 +101,11 @@ class LMPrune:
                                    choices=lambda: tuple(dict.fromkeys(criterion_names("heads")
                                                                        + criterion_names("experts")
                                                                        + criterion_names("weights"))))
+    params: float | None = option(None, "keep this fraction of the parameters: select_width searches a uniform "
+                                        "split over axes (with layers: also that many layers by block influence)",
+                                  "--params", metavar="P")
+    axes: str = option("hidden,heads,ffn", "with params: the axes that may shrink, comma-separated ("
+                       + ", ".join(AXES) + ")", "--axes", metavar="A,B")
     uniform: bool = option(False, "the same heads / KV heads / FFN width in every layer (whole KV groups; a plain "
                                   "config)", "--uniform", action="store_true")
     round_to: int = option(64, "with uniform: kept FFN width a multiple of N", "--round-to", metavar="N")
@@ -114,6 +120,14 @@ class LMPrune:
         for name in ("hidden", "heads", "ffn", "experts", "sparsity"):
             value = getattr(self, name)
             check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
+        check(self.params is None or 0.0 < self.params < 1.0, f"params must be a fraction in (0, 1), got "
+              f"{self.params!r}")
+        axes = [a.strip() for a in str(self.axes).split(",")]
+        check(all(a in AXES for a in axes), f"axes must be among {', '.join(AXES)}, got {self.axes!r}")
+        check(self.params is None or (self.hidden is None and self.heads is None and self.ffn is None),
+              "params searches the hidden / heads / FFN widths itself: drop hidden / heads / ffn")
+        check(self.params is None or self.layers is None or self.layer_method == "block_influence",
+              "params with layers chooses the layers by block influence: drop layer_method")
         methods = criterion_names("layers")
         check(self.layer_method in methods, f"layer_method must be one of {methods}, got {self.layer_method!r}")
         if self.pattern is not None:
@@ -125,7 +139,8 @@ class LMPrune:
 
     @property
     def structured(self) -> bool:
-        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn", "experts"))
+        return any(getattr(self, name) is not None
+                   for name in ("layers", "hidden", "heads", "ffn", "experts", "params"))
 
     @property
     def weights(self) -> bool:
@@ -216,7 +231,7 @@ class CausalLMRecipe:
         check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         prune = self.prune
         check(prune.structured or prune.weights,
-              "prune: nothing to prune: give layers, heads / ffn, experts, or sparsity / pattern")
+              "prune: nothing to prune: give layers, heads / ffn, experts, params, or sparsity / pattern")
         check(not (prune.structured and prune.weights), "prune: give either structured pruning (layers / heads / "
               "ffn / experts) or weight sparsity (sparsity / pattern), not both in one run")
         if prune.experts is not None:
@@ -240,6 +255,11 @@ class CausalLMRecipe:
             prune.criterion = prune.criterion or "activation"
             check(prune.criterion in names,
                   f"prune.criterion for heads / ffn must be one of {names}, got {prune.criterion!r}")
+            check(prune.params is None or prune.criterion == "activation",
+                  f"prune.params scores by activation (Minitron), got criterion {prune.criterion!r}")
+            check(prune.params is None or "hidden" not in prune.axes or self.recover.distill is None
+                  or self.recover.distill["hidden_weight"] == 0,
+                  "recover.distill_hidden compares hidden states of equal width: not with prune.params over hidden")
             if prune.hidden is not None:
                 names = criterion_names("hidden")
                 check(prune.criterion in names,

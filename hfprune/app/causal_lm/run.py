@@ -28,6 +28,11 @@ from .writer import write_outputs
 
 def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
     """Scores -> PruningPlan for layers / heads / FFN / MoE experts; also returns the scores (for the report)."""
+    if prune.params is not None:
+        axes = tuple(a.strip() for a in prune.axes.split(","))
+        plan = hfprune.select_width(model, calib, params=prune.params, axes=axes, depth=prune.layers or 0,
+                                    ffn_round_to=prune.round_to)
+        return plan, {}
     plan, scores = hfprune.PruningPlan(), {}
     kwargs = {"show_progress": False}
     seeded = {"seed": seed} if prune.criterion == "random" else {}
