@@ -17,6 +17,8 @@ Built on them:
 - `sparsify_checkpoint(src, out, criterion="wanda" | "sparsegpt", sparsity=..., pattern=..., batches=...)`: the
   in-memory criterion code (`criteria/_blockwise.prune_blocks`) with `stream_walk` as its walk: each block
   materialized, calibrated, pruned, run for the next inputs, written, freed.
+- `prune_checkpoint(src, out, plan)`: a structured `PruningPlan` (heads / neurons / hidden / layers) through the
+  in-memory surgery (`hfprune.prune`) on one materialized part of a meta model at a time.
 
 The streamed block walker is `hfprune.passes.blocks`'
 `walk_blocks` with `stream.blocks()` in place of "move each block of a loaded model to the device":
@@ -41,6 +43,7 @@ needs every block's scores first walks `stream.blocks()` twice (score, then slic
 
 from .materialize import Slot, build_meta_model, free, materialize, part_slots
 from .model import StreamedModel
+from .prune import prune_checkpoint, pruned_part
 from .reader import CheckpointReader, TensorInfo
 from .sparsify import sparsify_checkpoint, stream_walk
 from .writer import CheckpointWriter, check_free_space, check_output_location, parse_size, safetensors_header
@@ -57,6 +60,8 @@ __all__ = [
     "free",
     "materialize",
     "parse_size",
+    "prune_checkpoint",
+    "pruned_part",
     "part_slots",
     "safetensors_header",
     "sparsify_checkpoint",
