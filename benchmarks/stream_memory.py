@@ -24,6 +24,12 @@ wall time, the tokens and the ratio peak / model bytes.
 
     python benchmarks/stream_memory.py wanda /data/llama-14b-random /data/llama-14b-wanda --tokens 512
     python benchmarks/stream_memory.py sparsegpt /data/llama-14b-random /data/llama-14b-24 --pattern 2:4
+
+`width`: `hfprune.stream.prune_checkpoint` with a uniform width plan: `--ratio` of every block's KV groups (with their
+query heads) and FFN neurons removed (chosen at random, seeded: the figure measured is memory and time, not quality);
+the output's config is plain.
+
+    python benchmarks/stream_memory.py width /data/llama-14b-random /data/llama-14b-width --ratio 0.25
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from hfprune.stream import (  # noqa: E402
     StreamedModel,
     build_meta_model,
     parse_size,
+    prune_checkpoint,
     safetensors_header,
     sparsify_checkpoint,
 )
@@ -200,6 +207,41 @@ def sparsify_streamed(args) -> dict:
             "peak_rss": peak_rss(), "peak_over_model": round(peak_rss() / model_bytes, 3)}
 
 
+def width_plan(config, ratio: float, seed: int):
+    """A uniform plan: `ratio` of every layer's KV groups (all their query heads) and FFN neurons, seeded at random."""
+    import random
+
+    from hfprune import PruningPlan
+
+    rng = random.Random(seed)
+    group = config.num_attention_heads // config.num_key_value_heads
+    heads, neurons = {}, {}
+    for layer in range(config.num_hidden_layers):
+        groups = rng.sample(range(config.num_key_value_heads), round(ratio * config.num_key_value_heads))
+        heads[layer] = [g * group + h for g in groups for h in range(group)]
+        neurons[layer] = rng.sample(range(config.intermediate_size), round(ratio * config.intermediate_size))
+    return PruningPlan(heads=heads, neurons=neurons)
+
+
+def width_streamed(args) -> dict:
+    """Stream a uniform width plan through `args.source` into `args.out`."""
+    start = time.time()
+    stream = StreamedModel(args.source)
+    blocks = stream.num_blocks
+
+    def progress(index):
+        print(f"block {index + 1}/{blocks}: {time.time() - start:.1f} s, RSS {current_rss() / 2**20:.0f} MiB, peak "
+              f"{peak_rss() / 2**20:.0f} MiB", flush=True)
+
+    info = prune_checkpoint(stream.reader, args.out, width_plan(stream.config, args.ratio, args.seed),
+                            max_shard_size=args.max_shard_size, progress=progress)
+    model_bytes = stream.reader.nbytes
+    return {"job": f"width {args.ratio:g} (KV groups + FFN)", "model_bytes": model_bytes,
+            "bytes_written": info["bytes"], "shards": len(list(Path(args.out).glob("*.safetensors"))),
+            "shards_skipped": 0, "tokens": 0, "seconds": round(time.time() - start, 1), "peak_rss": peak_rss(),
+            "peak_over_model": round(peak_rss() / model_bytes, 3)}
+
+
 def _complete(path: Path, header: bytes, size: int) -> bool:
     """Whether `path` is a finished shard of this plan (its size and header are the planned ones)."""
     if not path.is_file() or path.stat().st_size != size:
@@ -231,8 +273,15 @@ def main(argv=None) -> int:
         job.add_argument("--seq-len", type=int, default=128)
         job.add_argument("--seed", type=int, default=0)
         job.add_argument("--max-shard-size", default="2GB")
+    width = commands.add_parser("width", help="stream a uniform width plan through a checkpoint (prune_checkpoint)")
+    width.add_argument("source")
+    width.add_argument("out")
+    width.add_argument("--ratio", type=float, default=0.25, help="fraction of KV groups and FFN neurons removed")
+    width.add_argument("--seed", type=int, default=0)
+    width.add_argument("--max-shard-size", default="2GB")
     args = parser.parse_args(argv)
-    run = {"write": write_checkpoint, "copy": copy_checkpoint}.get(args.command, sparsify_streamed)
+    run = {"write": write_checkpoint, "copy": copy_checkpoint, "width": width_streamed}.get(args.command,
+                                                                                          sparsify_streamed)
     result = run(args)
     print(f"model bytes: {result['model_bytes']:,}  written this run: {result['bytes_written']:,}  shards: "
           f"{result['shards']} ({result['shards_skipped']} skipped)  time: {result['seconds']} s  peak RSS (VmHWM): "

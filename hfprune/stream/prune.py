@@ -22,7 +22,7 @@ from .model import StreamedModel
 from .writer import CheckpointWriter
 
 
-def _pruned_meta(stream: StreamedModel, plan: PruningPlan):
+def _fresh_meta(stream: StreamedModel):
     """A fresh meta model of the source's config (a copy: the surgery changes the config it holds)."""
     return build_meta_model(copy.deepcopy(stream.config))
 
@@ -48,7 +48,7 @@ def pruned_part(stream: StreamedModel, plan: PruningPlan, index: int | None) -> 
     removed = set(plan.layers)
     if index in removed:
         return {}
-    model = _pruned_meta(stream, plan)
+    model = _fresh_meta(stream)
     prefix = None if index is None else f"{stream.layers_path}.{index}"
     names = stream.outside_names() if index is None else stream.block_names(index)
     slots = part_slots(model, inside=prefix, outside=stream.layers_path if index is None else None)
@@ -89,7 +89,7 @@ def prune_checkpoint(source: str | os.PathLike, output: str | os.PathLike, plan:
     """
     stream = StreamedModel(source, device=device, dtype=dtype)
     plan.validate(stream.model)
-    shaped = _pruned_meta(stream, plan)
+    shaped = _fresh_meta(stream)
     prune(shaped, plan)  # shapes only: the output's config and size
     itemsize = stream.reader.dtype.itemsize
     expected = sum(t.numel() * (itemsize if t.is_floating_point() else t.element_size())
