@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ..sparsity.patterns import Pattern
 
 
+# Elements sorted at once by `row_keep` (a row-wise ranking: chunking the rows changes nothing but the memory).
+ROW_CHUNK = 2**22
+
+
 class ColumnNorms:
     """Running sum of x_j^2 over every calibration token, per input feature j.
 
@@ -50,7 +54,10 @@ def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.T
     k = round(sparsity * scores.shape[1])
     keep = torch.ones_like(scores, dtype=torch.bool)
     if k:
-        keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        step = max(1, ROW_CHUNK // scores.shape[1])  # rows at a time: the sort's temporaries stay small
+        for start in range(0, scores.shape[0], step):
+            rows = slice(start, start + step)
+            keep[rows].scatter_(1, torch.argsort(scores[rows], dim=1, stable=True)[:, :k], False)
     return keep
 
 

@@ -1,11 +1,11 @@
 """`prune_checkpoint`: a structured `PruningPlan` (heads, FFN neurons, hidden width, layers) applied to a checkpoint
 block by block, written to another checkpoint.
 
-The surgery is the in-memory one (`hfprune.prune`, every unit kind's `remove`), run once per part on a fresh meta model
-in which only that part (one block, or everything outside the blocks) is real: the meta tensors of the other parts are
-sliced as shapes only (no memory), the real ones as weights. Each part's pruned tensors go to the writer, then the part
-is dropped. The output's config is the pruned model's (plain keys where they can say the structure, hfprune's record
-otherwise), so a uniform plan reloads with plain `from_pretrained`.
+The surgery is the in-memory one (`hfprune.surgery.apply_plan`, behind `hfprune.prune`), run once per part on a
+fresh meta model in which only that part (one block, or everything outside the blocks) is real: the meta tensors of
+the other parts are sliced as shapes only (no memory), the real ones as weights. Each part's pruned tensors go to the
+writer, then the part is dropped. The output's config is the pruned model's (plain keys where they can say the
+structure, hfprune's record otherwise), so a uniform plan reloads with plain `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import torch
 
 from ..plan import PruningPlan
-from ..surgery import prune
+from ..surgery import apply_plan
 from .materialize import build_meta_model, materialize, part_slots
 from .model import StreamedModel
 from .writer import CheckpointWriter
@@ -52,13 +52,9 @@ def pruned_part(stream: StreamedModel, plan: PruningPlan, index: int | None) -> 
     prefix = None if index is None else f"{stream.layers_path}.{index}"
     names = stream.outside_names() if index is None else stream.block_names(index)
     slots = part_slots(model, inside=prefix, outside=stream.layers_path if index is None else None)
-    to_model = {ckpt: name for name, ckpt in stream.names.items()}
-    stored = stream.reader.read(names)
-    materialize(slots, {to_model[c]: t for c, t in stored.items()}, stream.device, stream.dtype,
-                str(stream.reader.folder))
-    del stored
+    materialize(slots, stream.read_converted(names), stream.device, stream.dtype, str(stream.reader.folder))
     with torch.no_grad():
-        prune(model, plan)
+        apply_plan(model, plan)
     if index is None:
         return _state_under(model, None, stream.layers_path)
     new_index = index - sum(1 for r in removed if r < index)
@@ -90,7 +86,7 @@ def prune_checkpoint(source: str | os.PathLike, output: str | os.PathLike, plan:
     stream = StreamedModel(source, device=device, dtype=dtype)
     plan.validate(stream.model)
     shaped = _fresh_meta(stream)
-    prune(shaped, plan)  # shapes only: the output's config and size
+    apply_plan(shaped, plan)  # shapes only: the output's config and size
     itemsize = stream.reader.dtype.itemsize
     expected = sum(t.numel() * (itemsize if t.is_floating_point() else t.element_size())
                    for t in shaped.state_dict().values())

@@ -158,6 +158,23 @@ class CheckpointReader:
                     out[name] = handle.get_tensor(name)
         return {name: out[name] for name in names}
 
+    def read_each(self, names):
+        """Yield `(name, tensor)` for `names`, grouped by shard, one tensor read at a time (the caller may convert and
+        drop each before the next is read: a block then never exists twice, stored and converted).
+
+        Raises:
+            KeyError: a name the checkpoint does not hold (before anything is read).
+        """
+        by_shard: dict[str, list[str]] = {}
+        for name in names:
+            if name not in self.info:
+                raise KeyError(f"tensor {name!r} is not in the checkpoint {self.folder}")
+            by_shard.setdefault(self.info[name].shard, []).append(name)
+        for shard, wanted in by_shard.items():
+            with safe_open(str(self.folder / shard), framework="pt") as handle:
+                for name in wanted:
+                    yield name, handle.get_tensor(name)
+
 
 def _weight_map(index: Path) -> dict[str, str]:
     try:

@@ -36,7 +36,9 @@ def stream_walk(stream: StreamedModel, writer: CheckpointWriter, batches: Iterab
         with torch.no_grad():
             with stream.outside() as model:
                 inputs = capture_block_inputs(model, stream.block(0), batches, stream.device)
-            writer.add_tensors(stream.reader.read(stream.outside_names()))  # unchanged: copied as stored
+            for name, tensor in stream.reader.read_each(stream.outside_names()):  # unchanged: copied as stored
+                writer.add(name, tensor)
+                del tensor
             hidden = [block_input(a, k) for a, k in inputs]
             tokens, samples = sum(int(h.shape[:-1].numel()) for h in hidden), sum(int(h.shape[0]) for h in hidden)
             del hidden
