@@ -8,7 +8,7 @@ import torch
 import transformers
 
 import hfprune
-from hfprune.stream import prune_checkpoint, sparsify_checkpoint
+from hfprune.stream import perplexity_checkpoint, prune_checkpoint, sparsify_checkpoint
 from tests.conftest import VOCAB, logits_of, make_inputs, make_model
 
 
@@ -131,3 +131,17 @@ def test_a_plan_that_does_not_fit_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="layer"):
         prune_checkpoint(source, tmp_path / "out", hfprune.PruningPlan(layers=[99]))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stride", [None, 6])
+def test_streamed_perplexity_equals_in_memory(tmp_path, stride):
+    source = _save(tmp_path, torch.float32)
+    data = batches(n=2, seq=16)
+    data[0]["attention_mask"][0, -3:] = 0  # padding is not scored
+    kwargs = {"stride": stride, "max_length": 10} if stride else {}
+    streamed = perplexity_checkpoint(source, data, **kwargs)
+    expected = hfprune.perplexity(_load(source, torch.float32), data, **kwargs)
+    assert streamed == pytest.approx(expected, rel=1e-5)
+    pruned = tmp_path / "pruned"
+    sparsify_checkpoint(source, pruned, sparsity=0.5, batches=batches())
+    assert perplexity_checkpoint(pruned, data, **kwargs) != pytest.approx(streamed, rel=1e-3), "pruned: differs"

@@ -19,6 +19,7 @@ Built on them:
   materialized, calibrated, pruned, run for the next inputs, written, freed.
 - `prune_checkpoint(src, out, plan)`: a structured `PruningPlan` (heads / neurons / hidden / layers) through the
   in-memory surgery (`hfprune.prune`) on one materialized part of a meta model at a time.
+- `perplexity_checkpoint(src, batches, stride=..., max_length=...)`: `hfprune.perplexity`'s windows, block by block.
 
 The streamed block walker is `hfprune.passes.blocks`'
 `walk_blocks` with `stream.blocks()` in place of "move each block of a loaded model to the device":
@@ -43,6 +44,7 @@ needs every block's scores first walks `stream.blocks()` twice (score, then slic
 
 from .materialize import Slot, build_meta_model, free, materialize, part_slots
 from .model import StreamedModel
+from .perplexity import perplexity_checkpoint
 from .prune import prune_checkpoint, pruned_part
 from .reader import CheckpointReader, TensorInfo
 from .sparsify import sparsify_checkpoint, stream_walk
@@ -60,6 +62,7 @@ __all__ = [
     "free",
     "materialize",
     "parse_size",
+    "perplexity_checkpoint",
     "prune_checkpoint",
     "pruned_part",
     "part_slots",
