@@ -78,7 +78,8 @@ def _prune_stage(block, targets, inputs, make_stat, solve, masks, originals, sto
         keep, new_weight = solve(target, canonical, stats.pop(target.name))
         if originals is not None:
             originals[target.name] = weight.detach().to("cpu", copy=True)
-        values = (new_weight if new_weight is not None else canonical).masked_fill(~keep, 0)
+        # In place: `canonical` may share the weight's memory, which is overwritten with these values just below.
+        values = (new_weight if new_weight is not None else canonical).masked_fill_(~keep, 0)
         weight.data.copy_(target.from_canonical(values.to(weight.dtype)))
         if masks is not None:
             masks[target.name] = _pack(target.from_canonical(keep))

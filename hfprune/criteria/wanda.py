@@ -44,7 +44,7 @@ class ColumnNorms:
 
 def wanda_scores(weight: torch.Tensor, sum_sq: torch.Tensor) -> torch.Tensor:
     """|W| * ||X_j||_2 for an (out, in) weight and the per-input sums of squares."""
-    return weight.abs() * sum_sq.sqrt().unsqueeze(0)
+    return weight.abs().mul_(sum_sq.sqrt().unsqueeze(0))  # one (out, in) temporary, not two
 
 
 def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:
