@@ -56,6 +56,13 @@ def token_stream(tokenizer, texts, text_column: str = "text") -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def window_starts(num_tokens: int, seq_len: int, num_samples: int, seed: int = 0) -> torch.Tensor:
+    """The start positions of the windows `calibration_batches` draws from a stream of `num_tokens` tokens (uniform,
+    seeded): what a run needs to keep other windows (e.g. recovery's) apart from the calibration ones."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_tokens - seq_len + 1, (num_samples,), generator=generator)
+
+
 def calibration_batches(tokenizer, texts, num_samples: int = 128, seq_len: int = 2048, seed: int = 0,
                         batch_size: int = 1, text_column: str = "text", model: nn.Module | None = None,
                         max_positions: int | None = None) -> list[dict[str, torch.Tensor]]:
@@ -97,8 +104,7 @@ def calibration_batches(tokenizer, texts, num_samples: int = 128, seq_len: int =
     if stream.numel() < seq_len:
         raise ValueError(f"the calibration text has {stream.numel()} tokens, shorter than one sample of "
                          f"seq_len={seq_len}; give more text or a smaller seq_len")
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seq_len + 1, (num_samples,), generator=generator)
+    starts = window_starts(stream.numel(), seq_len, num_samples, seed)
     windows = torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
     return [{"input_ids": chunk, "attention_mask": torch.ones_like(chunk), "labels": chunk.clone()}
             for chunk in windows.split(batch_size)]

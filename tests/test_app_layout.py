@@ -42,7 +42,7 @@ def test_import_hfprune_loads_no_application_and_no_plotting():
 
 # Modules whose classes subclass `transformers.Trainer` at module level: importing `transformers.Trainer` loads
 # `datasets` (when installed), so these are held to exactly what `transformers.Trainer` itself brings.
-TRAINER_MODULES = ("hfprune.recovery.distill",)
+TRAINER_MODULES = ("hfprune.recovery.distill", "hfprune.recovery.causal_lm")
 
 
 def test_every_library_module_imports_without_the_application():

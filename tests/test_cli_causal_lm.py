@@ -9,11 +9,9 @@ import random
 import pytest
 import torch
 import transformers
+from tiny_lm import WORDS, word_tokenizer
 
 from hfprune.app.cli.main import main
-
-WORDS = ("the cat dog sat ran on a mat rug red blue big small and then it was very happy sad old new house tree "
-         "river saw bird sang song day night").split()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,14 +22,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]",
-                                                pad_token="[EOS]")
+_tokenizer = word_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ class DistillationTrainer(Trainer):
         super().__init__(model, *args, **kwargs)
         self.model_accepts_loss_kwargs = False  # the label loss is the model's per-batch mean
         self.alpha, self.temperature, self.hidden_weight = float(alpha), float(temperature), float(hidden_weight)
-        self.causal_lm = is_causal_lm(model)
+        # A peft-wrapped student (LoRA recovery) is a causal LM when its base model is.
+        self.causal_lm = is_causal_lm(model.get_base_model() if hasattr(model, "get_base_model") else model)
         self.teacher_model, self.layer_map = None, {}
         self.teacher_dtype = getattr(torch, teacher_dtype) if isinstance(teacher_dtype, str) else teacher_dtype
         if teacher_model is not None:

@@ -77,6 +77,8 @@ def check_distill_options(alpha, temperature, hidden_weight) -> None:
 
 
 DISTILL_DEFAULTS = {"alpha": 0.5, "temperature": 2.0, "hidden_weight": 0.0}
+# Causal-LM recovery (Minitron, Muralidharan et al. 2024): the logit KL alone (no label term) at temperature 1.
+CAUSAL_LM_DISTILL = {"alpha": 1.0, "temperature": 1.0}
 
 
 def distill_options(value, owner: str = "distill") -> dict:

@@ -41,18 +41,27 @@ def eval_windows(tokenizer, texts: list[str], seq_len: int, count: int) -> list[
     return [{"input_ids": ids[i:i + 1]} for i in range(n)]
 
 
-def load_model(name: str, gguf_file: str | None = None):
-    """(model, tokenizer) in float32 eval mode; an hfprune folder with a non-plain structure via `load_pruned`."""
+def load_decoder(name: str, gguf_file: str | None = None):
+    """The model alone, float32 in eval mode; an hfprune folder with a non-plain structure via `load_pruned`."""
     import transformers
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
     config_path = Path(name) / "config.json"
     record = json.loads(config_path.read_text()).get("hfprune") if config_path.is_file() else None
     if record is not None and not gguf_file:
         model = load_pruned(name)
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+    return model.float().eval()
+
+
+def load_model(name: str, gguf_file: str | None = None):
+    """(model, tokenizer) in float32 eval mode (see `load_decoder`)."""
+    import transformers
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
+    model = load_decoder(name, gguf_file)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.float().eval(), tokenizer
+    return model, tokenizer

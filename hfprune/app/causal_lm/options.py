@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...criteria import criterion_names
+from ...recovery.kd import CAUSAL_LM_DISTILL, distill_options
+from ...recovery.lora import check_rank, require_peft
 from ..common.options import ModelConfig, OutputConfig, check, check_at_least, description_option, option, seed_option
 from ..common.recipe import sections
+from .harness import check_include, require_lm_eval, task_names
 
 CAUSAL_LM_TASK = "causal-lm"
 
@@ -59,6 +62,9 @@ class LMPrune:
     layer_method: str = option("block_influence", "layer importance method: "
                                + ", ".join(criterion_names("layers")) + " (angular: a contiguous block)",
                                "--layer-method", choices=lambda: criterion_names("layers"))
+    hidden: float | None = option(None, "fraction of hidden (residual-stream) channels to remove; the kept width is "
+                                        "rounded to a multiple of 8 and of the kept head count", "--hidden",
+                                  metavar="R")
     heads: float | None = option(None, "fraction of attention heads to remove", "--heads", metavar="R")
     ffn: float | None = option(None, "fraction of FFN neurons to remove", "--ffn", metavar="R")
     criterion: str | None = option(None, "heads / FFN: a head / neuron criterion of the registry (default activation, "
@@ -77,7 +83,7 @@ class LMPrune:
     def __post_init__(self):
         check_at_least("layers", self.layers)
         check_at_least("round_to", self.round_to)
-        for name in ("heads", "ffn", "sparsity"):
+        for name in ("hidden", "heads", "ffn", "sparsity"):
             value = getattr(self, name)
             check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
         methods = criterion_names("layers")
@@ -89,7 +95,7 @@ class LMPrune:
 
     @property
     def structured(self) -> bool:
-        return self.layers is not None or self.heads is not None or self.ffn is not None
+        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn"))
 
     @property
     def weights(self) -> bool:
@@ -98,15 +104,67 @@ class LMPrune:
 
 @dataclass
 class LMRecover:
-    """A few steps of LM fine-tuning on calibration windows after pruning."""
+    """Recovery after pruning: a few training steps on windows of the text file that calibration did not use, with
+    the LM loss or by distillation from the model before pruning, on all weights or through merged LoRA adapters."""
 
-    steps: int = option(0, "LM fine-tuning steps on calibration windows after pruning", "--{section}-steps",
-                        metavar="N")
-    learning_rate: float = option(5e-5, "AdamW learning rate of the recovery", "--learning-rate", metavar="LR")
+    steps: int = option(0, "recovery steps after pruning (token budget: steps x batch_size x seq_len)",
+                        "--{section}-steps", metavar="N")
+    learning_rate: float = option(5e-5, "AdamW learning rate of the recovery (constant)", "--learning-rate",
+                                  metavar="LR")
+    distill: dict | None = option(None, "recover by logit distillation from the model before pruning (or teacher): "
+                                        "{alpha, temperature, hidden_weight}, causal-LM defaults alpha 1 (KL only), "
+                                        "temperature 1 (hfprune.DistillationTrainer; --distill: the defaults)",
+                                  "--distill", action="store_true", to_value=lambda given: {} if given else None)
+    distill_hidden: float | None = option(None, "with distill: weight of the hidden-state MSE term (implies distill)",
+                                          "--distill-hidden", metavar="W")
+    teacher: str | None = option(None, "with distill: the teacher model (folder or Hub id; default: the model before "
+                                       "pruning); its vocabulary must match", "--teacher", metavar="PATH")
+    lora: int | None = option(None, "recover through LoRA adapters of this rank on every projection (peft), merged "
+                                    "into the weights before saving", "--lora", metavar="R")
 
     def __post_init__(self):
         check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
         check(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        if self.distill_hidden is not None:
+            self.distill = {**(self.distill or {}), "hidden_weight": self.distill_hidden}
+        if self.distill is not None:
+            try:
+                self.distill = distill_options({**CAUSAL_LM_DISTILL, **self.distill})
+            except ValueError as err:
+                raise ValueError(str(err).replace("distill: ", "", 1).replace("DistillationTrainer: ",
+                                                                                "distill.")) from None
+        check(self.teacher is None or self.distill is not None, "teacher is only used with distill (--distill)")
+        if self.lora is not None:
+            check_rank(self.lora, "recover.lora")
+            require_peft("recover.lora")
+        check(self.steps > 0 or (self.distill is None and self.lora is None),
+              "distill / lora set how the recovery trains: give steps too (--recover-steps N)")
+
+
+@dataclass
+class LMEvaluate:
+    """lm-evaluation-harness tasks run on the model before pruning and on the final model."""
+
+    lm_eval_tasks: str | None = option(None, "also run these lm-evaluation-harness tasks (comma-separated) on the "
+                                             "dense and the final model (needs `pip install lm-eval`)",
+                                       "--lm-eval-tasks", metavar="TASK,...")
+    lm_eval_include: str | None = option(None, "a folder of local lm-eval task YAMLs (lm-eval's include_path)",
+                                         "--lm-eval-include", metavar="DIR")
+    lm_eval_limit: int | None = option(None, "at most this many examples per lm-eval task", "--lm-eval-limit",
+                                       metavar="N")
+
+    def __post_init__(self):
+        check_at_least("lm_eval_limit", self.lm_eval_limit)
+        check(self.lm_eval_tasks is not None or self.lm_eval_include is None,
+              "lm_eval_include names where local tasks are: give lm_eval_tasks too (--lm-eval-tasks)")
+        if self.lm_eval_tasks is not None:
+            task_names(self.lm_eval_tasks, "lm_eval_tasks")
+            check_include(self.lm_eval_include, "lm_eval_include")
+            require_lm_eval("lm_eval_tasks")
+
+    @property
+    def tasks(self) -> list[str]:
+        return task_names(self.lm_eval_tasks) if self.lm_eval_tasks is not None else []
 
 
 @dataclass
@@ -118,7 +176,9 @@ class CausalLMRecipe:
     data: LMData = field(metadata={"help": "calibration and evaluation text"})
     output: OutputConfig = field(metadata={"help": "where the results go"})
     prune: LMPrune = field(default_factory=LMPrune, metadata={"help": "what to remove"})
-    recover: LMRecover = field(default_factory=LMRecover, metadata={"help": "LM fine-tuning after pruning"})
+    recover: LMRecover = field(default_factory=LMRecover, metadata={"help": "recovery after pruning (LM loss or "
+                                                                                "distillation, optionally LoRA)"})
+    evaluate: LMEvaluate = field(default_factory=LMEvaluate, metadata={"help": "lm-evaluation-harness tasks"})
     seed: int = seed_option()
     description: str = description_option()
 
@@ -139,6 +199,12 @@ class CausalLMRecipe:
             prune.criterion = prune.criterion or "activation"
             check(prune.criterion in names,
                   f"prune.criterion for heads / ffn must be one of {names}, got {prune.criterion!r}")
+            if prune.hidden is not None:
+                names = criterion_names("hidden")
+                check(prune.criterion in names,
+                      f"prune.criterion for hidden must be one of {names}, got {prune.criterion!r}")
+                check(self.recover.distill is None or self.recover.distill["hidden_weight"] == 0,
+                      "recover.distill_hidden compares hidden states of equal width: not with prune.hidden")
 
 
 SECTIONS = sections(CausalLMRecipe)

@@ -16,7 +16,8 @@ def build_results(run: dict) -> dict:
         "recipe": asdict(run["recipe"]), "perplexity": run["perplexity"], "stage_seconds": dict(run["log"].seconds),
         "wall_seconds": run["log"].total_seconds, "before": run["before"], "after": run["after"],
         "plan": plan.to_dict() if plan is not None else None, "scores": dict(run["scores"]),
-        "recover_losses": run["losses"], "eval_windows": run["eval_windows"], "machine": machine_info(),
+        "recover_losses": run["losses"], "recovery": run["recovery"], "lm_eval": run["lm_eval"],
+        "eval_windows": run["eval_windows"], "machine": machine_info(),
     })
 
 
@@ -25,7 +26,8 @@ def render_report(results: dict, plots: list[str]) -> str:
     ppl, prune = results["perplexity"], results["recipe"]["prune"]
     what = (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
             f"{prune['pattern'] or 'unstructured'})" if results["plan"] is None else
-            f"layers {results['plan']['layers']}, heads {prune['heads']}, ffn {prune['ffn']} ({prune['criterion']}, "
+            f"layers {results['plan']['layers']}, hidden {prune['hidden']}, heads {prune['heads']}, ffn {prune['ffn']} "
+            f"({prune['criterion']}, "
             f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
     lines = [f"# hfprune causal-LM run: {results['model']}", "", f"Pruned: {what}.", "",
              "| model | perplexity |", "|---|---|"]
@@ -36,8 +38,31 @@ def render_report(results: dict, plots: list[str]) -> str:
               f"{sorted(set(a['structure']['kv_heads']))}, FFN {sorted(set(a['structure']['ffn']))}.", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["stage_seconds"].items()]
+    lines += _recovery_lines(results["recovery"]) + _lm_eval_lines(results["lm_eval"])
     lines += ["", *(f"![{p}]({p})" for p in plots), ""]
     return "\n".join(lines)
+
+
+def _recovery_lines(rec: dict | None) -> list[str]:
+    if rec is None:
+        return []
+    how = "distillation from " + rec["teacher"] + f" ({rec['distill']})" if rec["loss"] == "distill" else "LM loss"
+    how += f", LoRA rank {rec['lora']} merged into the weights" if rec["lora"] else ", all weights"
+    return ["", f"Recovery: {how}; token budget {rec['steps']} steps x {rec['batch_size']} windows x "
+            f"{rec['seq_len']} tokens = {rec['tokens']:,} tokens ({rec['distinct_windows']} distinct windows of "
+            f"{rec['available_windows']} available). The recovery windows come from the whole text file (the "
+            f"held-out part excepted) and share no token with the {rec['calibration_windows']} calibration windows."]
+
+
+def _lm_eval_lines(scores: dict | None) -> list[str]:
+    if not scores:
+        return []
+    lines = ["", "| lm-eval task | metric | dense | final |", "|---|---|---|---|"]
+    for task, metrics in scores["dense"].items():
+        final = scores.get("final", {}).get(task, {})
+        lines += [f"| {task} | {name} | {value:.4f} | {final.get(name, float('nan')):.4f} |"
+                  for name, value in metrics.items()]
+    return lines
 
 
 def write_plots(results: dict, scores: dict, folder: Path) -> list[str]:

@@ -2,13 +2,15 @@
 
 One run: load a decoder (a folder, a Hub id, or a GGUF file with `model.gguf_file`), cut the text file into
 calibration windows and a held-out evaluation text, measure perplexity, prune (whole layers, heads / FFN neurons, or
-weight-level sparsity with a weight criterion of the registry), optionally recover with a few steps of LM
-fine-tuning, measure perplexity again, and write model + tokenizer + results.json + report.md + plots atomically.
+weight-level sparsity with a weight criterion of the registry), optionally recover (`recover.py`: LM loss or
+distillation from the model before pruning, all weights or merged LoRA; windows of the text file apart from the
+calibration windows, steps x batch_size x seq_len tokens), measure perplexity again (and lm-eval tasks on the dense
+and final model), and write model + tokenizer + results.json + report.md + plots atomically.
 """
 
 from __future__ import annotations
 
-import torch
+import math
 
 import hfprune
 
@@ -16,8 +18,10 @@ from ...arch import get_adapter
 from ...criteria import get_criterion
 from ..common.outputs import check_output_dir
 from ..common.progress import StageLog, quiet_libraries
-from .data import eval_windows, load_model, split_texts
+from .data import eval_windows, load_decoder, load_model, split_texts
+from .harness import run_lm_eval
 from .options import CausalLMRecipe, LMPrune
+from .recover import load_teacher, recover, recovery_batches
 from .report import build_results
 from .writer import write_outputs
 
@@ -31,6 +35,10 @@ def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
         heads = hfprune.head_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
         scores["heads"] = heads
         plan.heads = hfprune.select_heads(heads, ratio=prune.heads, model=model, uniform=prune.uniform).heads
+    if prune.hidden is not None:
+        scores["hidden"] = hfprune.hidden_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
+        plan.hidden = hfprune.select_hidden(scores["hidden"], ratio=prune.hidden,
+                                            round_to=_hidden_multiple(model, plan)).hidden
     if prune.ffn is not None:
         neurons = hfprune.neuron_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
         plan.neurons = hfprune.select_neurons(neurons, ratio=prune.ffn, uniform=prune.uniform,
@@ -44,24 +52,11 @@ def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
     return plan, scores
 
 
-def lm_recover(model, batches: list[dict], steps: int, learning_rate: float) -> list[float]:
-    """A few steps of causal-LM fine-tuning (AdamW) on `batches`, cycling; returns the loss of each step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    losses = []
-    model.train()
-    try:
-        for step in range(steps):
-            batch = batches[step % len(batches)]
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                         labels=batch["input_ids"]).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-    finally:
-        model.eval()
-    return losses
+def _hidden_multiple(model, plan) -> int:
+    """The kept hidden width's multiple: 8 and every kept head count (LlamaConfig checks hidden % heads)."""
+    heads = int(model.config.num_attention_heads)
+    kept = {heads - len((plan.heads or {}).get(i, ())) for i in range(int(model.config.num_hidden_layers))}
+    return math.lcm(8, *kept)
 
 
 def _param_count(model) -> int:
@@ -95,7 +90,8 @@ def _prune(model, calib: list[dict], recipe: CausalLMRecipe, log: StageLog):
         note["summary"] = f"{', '.join(scores) or 'neurons'} scored ({prune.criterion})"
     with log.stage("prune") as note:
         hfprune.prune(model, plan)
-        note["summary"] = f"{plan.num_heads()} heads, {plan.num_neurons()} FFN neurons, layers {plan.layers}"
+        note["summary"] = (f"{len(plan.hidden or [])} hidden channels, {plan.num_heads()} heads, "
+                           f"{plan.num_neurons()} FFN neurons, layers {plan.layers}")
     return plan, scores
 
 
@@ -106,6 +102,30 @@ def _perplexity(model, evals: list[dict], name: str, log: StageLog) -> float:
     return value
 
 
+def _lm_eval(model, tokenizer, recipe: CausalLMRecipe, name: str, log: StageLog) -> dict | None:
+    options = recipe.evaluate
+    if not options.tasks:
+        return None
+    with log.stage(f"lm_eval_{name}") as note:
+        with quiet_libraries(True):
+            scores = run_lm_eval(model, tokenizer, options.tasks, recipe.data.batch_size, options.lm_eval_include,
+                                 options.lm_eval_limit)
+        note["summary"] = "; ".join(f"{task} {values}" for task, values in scores.items())
+    return scores
+
+
+def _recover(model, tokenizer, calib_lines: list[str], recipe: CausalLMRecipe, teacher, log: StageLog):
+    """(model, step losses, the recovery's record for the report)."""
+    with log.stage("recover") as note:
+        batches, budget = recovery_batches(tokenizer, calib_lines, recipe)
+        model, losses, method = recover(model, batches, recipe, teacher)
+        lora = f" + LoRA r={method['lora']}" if method["lora"] else ""
+        note["summary"] = (f"{method['loss']}{lora}, "
+                           f"{budget['steps']} steps x {budget['batch_size']} x {budget['seq_len']} = "
+                           f"{budget['tokens']:,} tokens, last loss {losses[-1]:.4f}")
+    return model, losses, {**method, **budget}
+
+
 def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
     """Run one causal-LM pruning job end to end (see the module docstring); returns results.json's content."""
     check_output_dir(recipe.output.dir)  # before any work: never overwrite a folder hfprune did not write
@@ -114,6 +134,7 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
         calib_lines, eval_lines = split_texts(data)
         with quiet_libraries(quiet):
             model, tokenizer = load_model(recipe.model.name_or_path, recipe.model.gguf_file)
+            teacher = load_teacher(recipe, model, load_decoder)
         note["summary"] = f"{type(model).__name__}, {_param_count(model):,} parameters"
     with log.stage("data") as note:
         calib = hfprune.calibration_batches(tokenizer, calib_lines, num_samples=data.num_samples, seq_len=data.seq_len,
@@ -122,22 +143,20 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
         note["summary"] = f"{len(calib)} calibration batches, {len(evals)} evaluation windows"
     before = {"structure": hfprune.model_structure(model), "params": _param_count(model)}
     ppl = {"dense": _perplexity(model, evals, "dense", log)}
+    lm_eval = {"dense": _lm_eval(model, tokenizer, recipe, "dense", log)}
     plan, scores = _prune(model, calib, recipe, log)
     ppl["pruned"] = _perplexity(model, evals, "pruned", log)
-    losses = []
+    losses, recovery = [], None
     if recipe.recover.steps:
-        with log.stage("recover") as note:
-            steps = recipe.recover.steps
-            train = hfprune.calibration_batches(tokenizer, calib_lines, num_samples=steps * data.batch_size,
-                                                seq_len=data.seq_len, seed=recipe.seed + 1,
-                                                batch_size=data.batch_size, model=model)
-            losses = lm_recover(model, train, steps, recipe.recover.learning_rate)
-            note["summary"] = f"{steps} steps, last loss {losses[-1]:.4f}"
+        model, losses, recovery = _recover(model, tokenizer, calib_lines, recipe, teacher, log)
+        teacher = None
         ppl["recovered"] = _perplexity(model, evals, "recovered", log)
+    lm_eval["final"] = _lm_eval(model, tokenizer, recipe, "final", log)
     after = {"structure": hfprune.model_structure(model), "params": _param_count(model),
              "weight_sparsity": _zero_fraction(model)}
     run = {"recipe": recipe, "perplexity": ppl, "log": log, "before": before, "after": after, "plan": plan,
-           "scores": scores, "losses": losses, "eval_windows": len(evals)}
+           "scores": scores, "losses": losses, "eval_windows": len(evals), "recovery": recovery,
+           "lm_eval": lm_eval if lm_eval["dense"] is not None else None}
     with log.stage("save") as note:
         results = write_outputs(model, tokenizer, build_results(run), scores, recipe.output.dir, recipe.output.plots)
         note["summary"] = f"{recipe.output.dir} (loads as {results['loads_as']})"

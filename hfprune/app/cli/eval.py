@@ -14,6 +14,7 @@ import hfprune
 from ...io import load_pruned
 from ...structure import get_record
 from ..causal_lm.data import eval_windows, load_model, read_lines
+from ..causal_lm.harness import check_include, require_lm_eval, run_lm_eval, task_names
 from ..common.progress import quiet_libraries, show_bars
 from ..glue.data import load_task_data, tokenize
 from ..glue.modeling import load_classifier
@@ -26,6 +27,7 @@ from ..image.run import accuracy
 PERPLEXITY_TASK = "perplexity"
 # Flags of one evaluation only (dest -> the --task they belong to): the others are refused by name.
 _ONLY_FOR = {"text_file": PERPLEXITY_TASK, "gguf_file": PERPLEXITY_TASK, "lm_eval_tasks": PERPLEXITY_TASK,
+             "lm_eval_include": PERPLEXITY_TASK,
              "dataset": IMAGE_TASK, "image_size": IMAGE_TASK}
 
 
@@ -62,6 +64,8 @@ def add_parser(sub) -> None:
     g.add_argument("--eval-samples", type=int, default=64, metavar="N", help="at most this many windows")
     g.add_argument("--lm-eval-tasks", default=None, metavar="TASK,...",
                    help="also run lm-evaluation-harness tasks on the in-memory model (needs `pip install lm-eval`)")
+    g.add_argument("--lm-eval-include", default=None, metavar="DIR",
+                   help="a folder of local lm-eval task YAMLs (lm-eval's include_path)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no stage lines")
     p.set_defaults(handler=main)
 
@@ -126,28 +130,14 @@ def _eval_images(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lm_eval(model, tokenizer, tasks: str, batch_size: int) -> dict:
-    """Run lm-evaluation-harness on the in-memory model through its `HFLM` wrapper."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not names:
-        raise ValueError("--lm-eval-tasks: give at least one task name, e.g. --lm-eval-tasks hellaswag,arc_easy")
-    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return lm_eval.simple_evaluate(model=wrapped, tasks=names).get("results", {})
-
-
 def _check_perplexity_args(args: argparse.Namespace) -> None:
     """Cheap checks before the model is loaded."""
     if args.text_file is None:
         raise ValueError(f"--task {PERPLEXITY_TASK} needs --text-file (the text to score)")
     if args.lm_eval_tasks is not None:
-        try:
-            import lm_eval  # noqa: F401
-        except ImportError:
-            raise ValueError("--lm-eval-tasks needs lm-evaluation-harness, which is not installed "
-                             "(pip install lm-eval)") from None
+        task_names(args.lm_eval_tasks)
+        check_include(args.lm_eval_include)
+        require_lm_eval()
     if not Path(args.text_file).is_file():
         raise FileNotFoundError(f"--text-file {args.text_file} is not a file")
     if args.seq_len < 2 or args.eval_samples < 1:
@@ -163,7 +153,8 @@ def _eval_perplexity(args: argparse.Namespace) -> int:
               "perplexity": hfprune.perplexity(model, windows), "windows": len(windows),
               "tokens": sum(int(w["input_ids"].numel()) for w in windows)}
     if args.lm_eval_tasks is not None:
-        result["lm_eval"] = _lm_eval(model, tokenizer, args.lm_eval_tasks, args.batch_size)
+        result["lm_eval"] = run_lm_eval(model, tokenizer, task_names(args.lm_eval_tasks), args.batch_size,
+                                        args.lm_eval_include)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -22,7 +22,7 @@ EXAMPLE = """examples:
   hfprune prune --task causal-lm --model DIR --text-file train.txt --layers 6 --layer-method block_influence \\
       --output out/lm
   hfprune prune --task causal-lm --model DIR --text-file train.txt --heads 0.25 --ffn 0.25 --criterion activation \\
-      --uniform --output out/lm
+      --uniform --distill --recover-steps 40 --output out/lm       # or --lora 16: LoRA, merged
   hfprune prune --task causal-lm --model DIR --text-file train.txt --sparsity 0.5 --criterion wanda --output out/lm
 """
 
