@@ -11,6 +11,7 @@ structure, hfprune's record otherwise), so a uniform plan reloads with plain `fr
 from __future__ import annotations
 
 import copy
+import gc
 import os
 
 import torch
@@ -99,6 +100,7 @@ def prune_checkpoint(source: str | os.PathLike, output: str | os.PathLike, plan:
             writer.add_tensors(part)
             written += bool(part)
             del part
+            gc.collect()  # the part's meta model holds reference cycles: its real block goes only with them
             if progress is not None:
                 progress(index)
     return {"blocks": written, "bytes": expected, "config": shaped.config}
