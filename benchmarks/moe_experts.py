@@ -183,30 +183,21 @@ def size_of(model) -> dict[str, int]:
 
 
 def prune_table(model, calib: list[dict], evaluation: list[dict], ratios=RATIOS,
-                criteria=CRITERIA) -> list[dict] | None:
-    """TODO(issue 21, once the `experts` unit kind and its criteria land): one row per (criterion, ratio).
-
-    Intended calls, to be kept as they are when the API exists (`uniform=True`: the same count in every layer, so
-    the result stays a plain Qwen3-MoE config):
-
-        scores = hfprune.expert_importance(model, calib, criterion=criterion)   # {layer: [num_experts] scores}
-        plan = hfprune.select_experts(scores, ratio=ratio, uniform=True)        # PruningPlan(experts=...)
-        pruned = hfprune.prune(copy.deepcopy(model), plan)
-        row = {criterion, ratio, hfprune.perplexity(pruned, evaluation), size_of(pruned)}
-
-    Returns None (and says so) while `hfprune.expert_importance` does not exist.
-    """
-    if not hasattr(hfprune, "expert_importance"):
-        print("pruning part pending: hfprune.expert_importance / select_experts (issue 21) do not exist yet",
-              flush=True)
-        return None
+               criteria=CRITERIA, seed: int = 0) -> list[dict]:
+    """One row per (criterion, ratio): score the experts on the calibration windows, remove the lowest `ratio` of
+    every layer (`uniform=True`: the same count everywhere, so the result stays a plain Qwen3-MoE config), then the
+    held-out perplexity and the size of the pruned copy. `random` uses `seed`."""
     rows = []
+    top_k = int(model.config.num_experts_per_tok)
     for criterion in criteria:
-        scores = hfprune.expert_importance(model, calib, criterion=criterion)
+        start = time.perf_counter()
+        scores = hfprune.expert_importance(model, calib, criterion=criterion, seed=seed)
+        score_s = time.perf_counter() - start
         for ratio in ratios:
-            plan = hfprune.select_experts(scores, ratio=ratio, uniform=True)
+            plan = hfprune.select_experts(scores, ratio=ratio, uniform=True, min_keep=top_k)
             pruned = hfprune.prune(copy.deepcopy(model), plan)
             rows.append({"criterion": criterion, "ratio": ratio, "ppl": hfprune.perplexity(pruned, evaluation),
+                         "score_s": score_s, "experts": hfprune.model_structure(pruned)["experts"],
                          **size_of(pruned)})
             print(f"  {criterion} {ratio:.0%}: ppl {rows[-1]['ppl']:.2f}", flush=True)
     return rows

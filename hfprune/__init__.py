@@ -1,8 +1,8 @@
 """hfprune: structured and weight-level pruning for Hugging Face Transformers v5.
 
-Score units (heads, FFN neurons, layers; channels of vision CNNs), turn scores into a `PruningPlan`, mask them
-(reversible) or `prune` them (physical removal, real speedup), recover by fine-tuning, and save a model that
-`load_pruned` loads back.
+Score units (heads, FFN neurons, layers, MoE experts; channels of vision CNNs), turn scores into a `PruningPlan`,
+mask them (reversible) or `prune` them (physical removal, real speedup), recover by fine-tuning, and save a model
+that `load_pruned` loads back.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ _LAZY = {
     "neuron_importance": "hfprune.importance",
     "layer_importance": "hfprune.importance",
     "ImportanceResult": "hfprune.importance",
+    "expert_importance": "hfprune.importance",
+    "select_experts": "hfprune.selection",
     "select_heads": "hfprune.selection",
     "select_neurons": "hfprune.selection",
     "select_layers": "hfprune.selection",

@@ -38,6 +38,7 @@ from .arch import get_adapter, unwrap_model
 from .arch.channels import channel_groups
 from .plan import PruningPlan
 from .structure import model_structure
+from .transaction import transaction
 from .units import attach, get_kind
 
 
@@ -90,6 +91,10 @@ class Compensation:
             if tensor is None or tensor.shape != self.shifts[consumer].shape:
                 raise ValueError(f"compensate: {path}.{attr} does not match the measured offset of {consumer}")
 
+    def tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        """The tensors `fold` changes in place (biases and running means of `model`; a bias it adds is new)."""
+        return _existing(model, self.targets)
+
     def fold(self, model: nn.Module) -> CompensationHandle:
         """Fold the offsets into the model in place; the handle's `remove()` restores the original tensors."""
         handle = CompensationHandle()
@@ -130,6 +135,12 @@ class CompensationHandle:
         self.folds.clear()
         self.added.clear()
         self.flags.clear()
+
+
+def _existing(model: nn.Module, targets: dict) -> list[torch.Tensor]:
+    """The fold targets (consumer -> (path, attribute, ...)) that exist now: the tensors a fold changes in place."""
+    found = (getattr(model.get_submodule(t[0]), t[1], None) for t in targets.values())
+    return [tensor for tensor in found if tensor is not None]
 
 
 def _entries(plan: PruningPlan) -> dict:
@@ -314,13 +325,15 @@ def measure_compensation(model: nn.Module, plan: PruningPlan, dataloader: Iterab
     removed = {path: t[2] for path, t in targets.items()}
     batches = _batches(dataloader, max_batches, getattr(model, "main_input_name", "input_ids"), caller)
     modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            shifts, used = _measure(model, plan, batches, targets, removed, sequential)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with transaction(model) as snapshot:  # an error or Ctrl-C mid-way leaves no gate, hook, fold or bias behind
+        snapshot.keep(*_existing(model, targets))
+        try:
+            model.eval()
+            with torch.no_grad():
+                shifts, used = _measure(model, plan, batches, targets, removed, sequential)
+        finally:
+            for module, training in modes:
+                module.training = training
     device = next(model.parameters()).device
     groups = channel_groups(model) if plan.channels else {}
     return Compensation(

@@ -14,9 +14,12 @@ from contextlib import contextmanager
 from torch import nn
 
 from .arch import get_adapter, unwrap_model
+from .checks import expect_model
 from .compensation import resolve_compensation
-from .plan import PruningPlan
+from .plan import PruningPlan, expect_plan
+from .transaction import transaction
 from .units import Gates, attach
+from .weight_masks import check_no_weight_masks
 
 __all__ = ["Gates", "attach_gates", "mask", "masked"]
 
@@ -45,6 +48,9 @@ def attach_gates(model: nn.Module, heads=False, neurons=False, layers=False, req
         ...     grads = {layer: g.grad for layer, g in gates.head_gates.items()}
         ```
     """
+    expect_model("hfprune.attach_gates", model)
+    if plan is not None:
+        expect_plan("hfprune.attach_gates", plan)
     model = unwrap_model(model)
     if plan is not None:
         plan.validate(model)
@@ -67,12 +73,17 @@ def mask(model: nn.Module, plan: PruningPlan, compensate=None) -> Gates:
         >>> handle.remove()                  # the model is exactly as before
         ```
     """
+    expect_model("hfprune.mask", model)
+    expect_plan("hfprune.mask", plan)
     model = unwrap_model(model)
+    check_no_weight_masks(model, "hfprune.mask")
     plan.validate(model)
     compensation = resolve_compensation(model, plan, compensate)  # measured before any gate is attached
-    gates = attach(model, get_adapter(model), {name: True for name in plan.kinds()}, plan)
-    if compensation is not None:
-        gates.hold(compensation.fold(model))  # after the hooks: remove() restores the offsets
+    with transaction(model) as snapshot:  # all or nothing: no hook and no fold stays behind on an error
+        gates = attach(model, get_adapter(model), {name: True for name in plan.kinds()}, plan)
+        if compensation is not None:
+            snapshot.keep(*compensation.tensors(model))
+            gates.hold(compensation.fold(model))  # after the hooks: remove() restores the offsets
     return gates
 
 
@@ -86,6 +97,8 @@ def masked(model: nn.Module, plan: PruningPlan, compensate=None):
         ...     masked_logits = model(**batch).logits
         ```
     """
+    expect_model("hfprune.masked", model)
+    expect_plan("hfprune.masked", plan)
     handle = mask(model, plan, compensate=compensate)
     try:
         yield handle

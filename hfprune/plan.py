@@ -102,14 +102,15 @@ class PruningPlan:
                 supported_kind(name, adapter, model)
             except ValueError as err:
                 raise ValueError(f"PruningPlan.{name}: {err}") from None
-        for kind in kinds_of(adapter):
-            kind.validate(model, adapter, self)
         expected = self.meta.get("model_structure")
         if expected is not None:
-            actual = model_structure(model)
-            if actual != expected:
-                raise ValueError(f"PruningPlan was made for a model with structure {_short(expected)}, but this "
-                                 f"model has {_short(actual)}")
+            difference = structure_difference(expected, model_structure(model))
+            if difference:
+                raise ValueError(f"PruningPlan was made for a model with structure other than this "
+                                 f"{type(model).__name__}'s: {difference} (applied twice, or to another model? select "
+                                 "again on this model)")
+        for kind in kinds_of(adapter):
+            kind.validate(model, adapter, self)
 
     # ----- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -139,5 +140,30 @@ class PruningPlan:
         return cls.from_dict(json.loads(text))
 
 
-def _short(structure: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in structure.items() if k != "model_type")
+def structure_difference(expected: dict, actual: dict) -> str:
+    """The first difference between a plan's structure and a model's, as text ("" when it fits).
+
+    `expected` may be partial (a plan selected from bare scores knows only what they imply, e.g. the number of
+    layers): only its keys are compared, and of a mapping (channel groups) only its entries.
+    """
+    for key, want in expected.items():
+        have = actual.get(key)
+        if isinstance(want, dict) and isinstance(have, dict):
+            for name, size in want.items():
+                if have.get(name) != size:
+                    return f"{key}[{name!r}] was {size}, the model has {have.get(name)}"
+        elif have != want:
+            if isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+                layer = next(i for i, (a, b) in enumerate(zip(want, have)) if a != b)
+                return f"{key} of layer {layer} was {want[layer]}, the model has {have[layer]} ({want} vs {have})"
+            return f"{key} was {want!r}, the model has {have!r}"
+    return ""
+
+
+def expect_plan(caller: str, plan) -> None:
+    """`TypeError` unless `plan` is a `PruningPlan` (saying how to get one from a dict or JSON)."""
+    if not isinstance(plan, PruningPlan):
+        hint = "; a dict or JSON text converts with PruningPlan.from_dict / from_json" \
+            if isinstance(plan, (dict, str)) else ""
+        raise TypeError(f"{caller}: plan must be a hfprune.PruningPlan (e.g. PruningPlan(heads={{0: [1]}}) or "
+                        f"the result of select_heads / select_channels ...), got {type(plan).__name__}{hint}")

@@ -9,10 +9,13 @@ from __future__ import annotations
 from torch import nn
 
 from .arch import check_not_offloaded, get_adapter, unwrap_model
+from .checks import expect_model
 from .compensation import resolve_compensation
-from .plan import PruningPlan
+from .plan import PruningPlan, expect_plan
 from .structure import sync_config
+from .transaction import transaction
 from .units import get_kind
+from .weight_masks import check_no_weight_masks
 
 
 def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
@@ -39,9 +42,15 @@ def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
     Returns:
         The same `model` object (the model inside the wrapper, when given one), pruned.
 
+    All or nothing: everything is checked first, and on any exception (`KeyboardInterrupt` included) the model is
+    restored exactly as it was (parameters, buffers, modules, hooks, config and its record) before it is re-raised
+    (`hfprune.transaction`).
+
     Raises:
-        ValueError: the plan does not fit the model, a gate is still attached to a unit it resizes, or the
-            compensation cannot be measured or does not fit (nothing is changed then).
+        TypeError: `model` is not a module or `plan` not a `PruningPlan`.
+        ValueError: the plan does not fit the model (another structure, e.g. applied twice), a gate is still
+            attached to a unit it resizes, weight masks of `hfprune.sparsify` are active, or the compensation cannot
+            be measured or does not fit (nothing is changed then).
 
     Example:
         ```python
@@ -49,7 +58,10 @@ def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
         >>> hfprune.prune(model, hfprune.PruningPlan(heads={0: [0, 2]}, neurons={1: list(range(32))}, layers=[3]))
         ```
     """
+    expect_model("hfprune.prune", model)
+    expect_plan("hfprune.prune", plan)
     model = unwrap_model(model)
+    check_no_weight_masks(model, "hfprune.prune")
     check_not_offloaded(model, "prune")
     return apply_plan(model, plan, compensate)
 
@@ -63,10 +75,12 @@ def apply_plan(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Modul
     for kind in kinds:
         kind.check_removal(model, adapter, plan)
     compensation = resolve_compensation(model, plan, compensate)  # measured on the model as it is, before slicing
-    sync_config(model, adapter)  # make sure a record of the structure *before* this plan exists
-    if compensation is not None:
-        compensation.fold(model)  # full-size tensors: a target that is also sliced keeps its kept rows' fold
-    for kind in kinds:
-        kind.remove(model, adapter, plan)
-    sync_config(model, adapter, plan=plan)
+    with transaction(model) as snapshot:
+        sync_config(model, adapter)  # make sure a record of the structure *before* this plan exists
+        if compensation is not None:
+            snapshot.keep(*compensation.tensors(model))  # folded in place
+            compensation.fold(model)  # full-size tensors: a target that is also sliced keeps its kept rows' fold
+        for kind in kinds:
+            kind.remove(model, adapter, plan)
+        sync_config(model, adapter, plan=plan)
     return model

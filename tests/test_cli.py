@@ -4,6 +4,7 @@ one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_prune_writes_everything_and_reloads(tiny, tmp_path, capsys):
                                "--sweep", "0,0.5", "--output", out, *FAST], capsys)
     assert rc == 0, stderr
     assert "sst2 validation accuracy: dense" in stdout
+    # Both models' training and the number of evaluation examples (issue 18: "dense 0.75 -> pruned 0.80" compared a
+    # model after 3 steps with one after 3 + 2, and "validation accuracy" did not say on how many examples).
+    assert "(3 fine-tune steps) -> pruned" in stdout and "(3 + 2 recovery steps)" in stdout
+    assert re.search(r"\) on \d+ (of \d+ )?examples;", stdout), stdout
+    assert "| | dense (3 fine-tune steps) | pruned (no recovery) | pruned (3 + 2 recovery steps) |" in \
+        (out / "report.md").read_text()
+    assert "examples." in (out / "README.md").read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary folder left next to OUT
     for name in ("config.json", "model.safetensors", "tokenizer.json", "results.json", "report.md", "README.md",
                  "head_importance.png", "structure.png", "sweep.png"):

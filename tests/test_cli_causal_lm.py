@@ -103,7 +103,8 @@ def test_prune_weight_sparsity(tiny_lm, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--layers", "1", "--data-dir", "x"], "--data-dir do not apply to --task causal-lm"),
+    (["--layers", "1", "--data-dir", "x"],
+     "--data-dir applies to --task <GLUE task> or image-classification only, not to --task causal-lm"),
     (["--heads", "0.5", "--sparsity", "0.5"], "not both"),
     ([], "nothing to prune"),
     (["--sparsity", "0.5", "--criterion", "activation"], "criterion for sparsity must be one of"),
@@ -125,7 +126,7 @@ def test_text_shorter_than_one_sample_and_missing_lm_eval(tiny_lm, tmp_path, cap
     assert rc == 2 and "shorter than one sample" in err and not out.exists()
     rc, _, err = _run(["prune", "--task", "sst2", "--model", tiny_lm / "model", "--text-file", tiny_lm / "train.txt",
                        "--output", out], capsys)
-    assert rc == 2 and "--text-file only apply to --task causal-lm" in err
+    assert rc == 2 and "--text-file applies to --task causal-lm only, not to --task sst2" in err
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -145,7 +146,7 @@ def test_an_output_folder_not_written_by_hfprune_is_refused_before_work(tiny_lm,
 
 def test_image_and_export_flags_are_refused_for_causal_lm(tiny_lm, tmp_path, capsys):
     rc, _, err = _run(_base(tiny_lm, tmp_path / "out") + ["--layers", "1", "--channels", "0.5"], capsys)
-    assert rc == 2 and "--channels do not apply to --task causal-lm" in err
+    assert rc == 2 and "--channels applies to --task image-classification only, not to --task causal-lm" in err
 
 
 def test_uniform_head_count_llamaconfig_refuses_is_written_as_a_plain_folder(tmp_path, capsys):
@@ -267,3 +268,54 @@ def test_a_new_block_by_block_criterion_is_a_cli_choice_and_runs(rowmag, tiny_lm
     # A new layer criterion is a valid --layer-method of the causal-LM run.
     options = LMPrune(layers=1, layer_method="last_first")
     assert options.layer_method == "last_first"
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory):
+    """A tiny Qwen3-MoE (8 experts top-2, layer 1 dense) + the word-level tokenizer."""
+    root = tmp_path_factory.mktemp("moe")
+    torch.manual_seed(0)
+    config = transformers.Qwen3MoeConfig(vocab_size=len(WORDS) + 2, hidden_size=32, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                         intermediate_size=48, moe_intermediate_size=16, num_experts=8,
+                                         num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+                                         max_position_embeddings=128, pad_token_id=1, eos_token_id=1, bos_token_id=1)
+    transformers.Qwen3MoeForCausalLM(config).save_pretrained(root / "model")
+    _tokenizer().save_pretrained(root / "model")
+    return root
+
+
+def test_prune_experts_by_reap_writes_the_per_layer_table_and_a_plain_config(tiny_lm, tiny_moe, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = _base(tiny_lm, out)
+    base[base.index(tiny_lm / "model")] = tiny_moe / "model"
+    rc, _, err = _run(base + ["--experts", "0.5", "--criterion", "reap"], capsys)
+    assert rc == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["after"]["structure"]["experts"] == [4, 0, 4] and results["recipe"]["prune"]["criterion"] == "reap"
+    assert sorted(results["plan"]["experts"]) == ["0", "2"] and sorted(results["scores"]["experts"]) == ["0", "2"]
+    report = (out / "report.md").read_text()
+    assert "| layer | experts before | experts after | removed |" in report
+    removed = ", ".join(map(str, results["plan"]["experts"]["2"]))
+    assert f"| 2 | 8 | 4 | {removed} |" in report
+    plain = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert plain.config.num_experts == 4
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--experts", "0.5", "--heads", "0.5"], "experts and heads / ffn / hidden read different criteria"),
+    (["--experts", "0.5", "--hidden", "0.5"], "experts and heads / ffn / hidden read different criteria"),
+    (["--experts", "0.5", "--criterion", "activation"], "criterion for experts must be one of"),
+    (["--experts", "1.5"], "experts must be a fraction"),
+])
+def test_bad_expert_flags_are_one_line(tiny_lm, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(tiny_lm, out) + extra, capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_experts_on_a_dense_model_is_one_line(tiny_lm, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, _, err = _run(_base(tiny_lm, out) + ["--experts", "0.5"], capsys)
+    assert rc == 2 and "has no MoE experts" in err and err.count("\n") == 1, err

@@ -76,7 +76,8 @@ def test_compensate_folds_removed_channels_into_the_saved_model(resnet_dir, digi
 def test_compensate_is_for_image_classification_only(tmp_path, capsys):
     assert main(["prune", "--model", str(tmp_path / "m"), "--task", "sst2", "--data-dir", str(tmp_path),
                  "--compensate", "--heads", "0.5", "--output", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "prune.channel_compensate does not apply to task sst2" in capsys.readouterr().err
+    assert ("--compensate applies to --task image-classification only, not to --task sst2 "
+            "(key prune.channel_compensate)") in capsys.readouterr().err
 
 
 def test_prune_image_classification_from_an_imagefolder(resnet_dir, tmp_path):
@@ -105,7 +106,8 @@ def test_image_recipe_bad_input(resnet_dir, digits_npz, tmp_path, capsys):
     assert "needs exactly one of data_dir" in capsys.readouterr().err
     assert main([*base, "--train-file", str(digits_npz[0]), "--validation-file", str(digits_npz[1]),
                  "--heads", "0.5"]) == 2
-    assert "prune.heads does not apply to task image-classification" in capsys.readouterr().err
+    assert ("--heads applies to --task <GLUE task> or causal-lm only, not to --task image-classification "
+            "(key prune.heads)") in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

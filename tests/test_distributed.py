@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) scoring half of the batches each give the single-process scores, also through a model
-really wrapped in `DistributedDataParallel` (what `accelerate.prepare` returns on several processes)."""
+really wrapped in `DistributedDataParallel` (what `accelerate.prepare` returns on several processes); the MoE expert
+criteria too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import make_inputs, make_model
+from moe_models import make_moe_model, token_batch
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
@@ -50,7 +52,21 @@ def _scores(batches_for) -> dict[str, torch.Tensor]:
             out["llama.bi"] = hfprune.layer_importance(model, batches, method="block_influence", show_progress=False)
             out["llama.angular"] = hfprune.layer_importance(model, batches, method="angular", n=2,
                                                             show_progress=False)
+    out.update(_expert_scores(batches_for))
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _expert_scores(batches_for) -> dict[str, torch.Tensor]:
+    """The expert criteria (issue 21): sums of routed counts, gates and REAP terms, then one division."""
+    model = make_moe_model("qwen2_moe")
+    batches = [token_batch(30 + i, batch=2 + i % 2, seq=7) for i in range(4)]
+    for i, batch in enumerate(batches):
+        batch["attention_mask"][0, :i] = 0  # unequal padding per process
+    out = {}
+    for criterion in ("reap", "frequency", "router_weight"):
+        for layer, scores in hfprune.expert_importance(model, batches_for(batches), criterion=criterion).items():
+            out[f"moe.{criterion}.{layer}"] = scores
+    return out
 
 
 PLAN = hfprune.PruningPlan(heads={0: [1, 3]}, neurons={1: list(range(8))}, layers=[2])

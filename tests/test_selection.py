@@ -134,3 +134,31 @@ def test_iterative_pruning_stops_before_the_metric_falls_too_far():
         hfprune.iterative_head_pruning(model, [])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         hfprune.iterative_head_pruning(model, [], target_ratio=2.0)
+
+
+def test_gqa_heads_without_uniform_keep_equal_kv_groups_and_never_grow_the_model():
+    model = make_model("llama")  # 4 query heads, 2 KV heads per layer: groups of 2
+    scores = hfprune.head_importance(model, criterion="random", seed=0)
+    before = sum(p.numel() for p in model.parameters())
+    plan = hfprune.select_heads(scores, ratio=0.5, model=model)
+    assert plan.meta["selection"]["kv_groups"] == "equal"
+    assert sum(len(h) for h in plan.heads.values()) == 0.5 * sum(plan.meta["model_structure"]["heads"])
+    for heads in plan.heads.values():  # one head from each group of two: KV heads 0 and 1 both keep one
+        assert sorted(h // 2 for h in heads) == [0, 1]
+    inputs = make_inputs(model)
+    hfprune.prune(model, plan)
+    structure = hfprune.model_structure(model)
+    assert structure["kv_heads"] == [2] * len(structure["heads"])
+    assert sum(p.numel() for p in model.parameters()) < before
+    model(**inputs)
+
+
+def test_gqa_heads_that_cannot_keep_equal_groups_are_refused_pointing_to_uniform():
+    model = make_model("llama")
+    scores = hfprune.head_importance(model, criterion="random", seed=0)
+    with pytest.raises(ValueError, match="multiple of 2.*uniform=True"):
+        hfprune.select_heads(scores, count=1, scope="layer", model=model)
+    with pytest.raises(ValueError, match="uniform=True"):
+        hfprune.select_heads(scores, ratio=0.9, model=model)  # would empty a KV group
+    plan = hfprune.select_heads(scores, count=2, scope="layer", num_kv_heads=2)  # the layout without the model
+    assert all(sorted(h // 2 for h in heads) == [0, 1] for heads in plan.heads.values())

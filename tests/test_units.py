@@ -12,6 +12,7 @@ from test_import_graph import find_cycle, import_graph
 
 import hfprune
 from hfprune.arch import ChannelAdapter, TransformerAdapter, get_adapter, supported_model_types
+from hfprune.arch.moe import MoEAdapter
 from hfprune.arch.registry import _REGISTRY
 from hfprune.units import UnitKind, kind_names, registry
 from hfprune.units.base import index_entry, new_gate
@@ -30,6 +31,8 @@ def test_every_family_lists_registered_kinds_and_only_its_own_paths():
             assert adapter.unit_kinds == ("channels",)
             assert not isinstance(adapter, TransformerAdapter)
             assert not any(hasattr(adapter, a) for a in ("layers", "q_path", "o_path", "ffn_out", "num_heads"))
+        elif isinstance(adapter, MoEAdapter):  # experts, no FFN neurons (OLMoE's full-width q/k norms: no heads)
+            assert adapter.unit_kinds in (("layers", "heads", "experts"), ("layers", "experts")), model_type
         else:
             assert isinstance(adapter, TransformerAdapter)
             assert adapter.unit_kinds[:3] == ("layers", "heads", "neurons"), model_type

@@ -6,7 +6,7 @@ the CNN channel groups; one module per family fills one of them in.
 
 from __future__ import annotations
 
-from . import bert, convnext, distilbert, efficientnet, gpt2, llama, mobilenet_v2, regnet, resnet, vit  # noqa: F401
+from . import bert, convnext, distilbert, efficientnet, gpt2, llama, mobilenet_v2, moe, regnet, resnet, vit  # noqa: F401
 from .base import ArchAdapter
 from .channels import ChannelAdapter
 from .registry import adapters_for, check_not_offloaded, get_adapter, register, supported_model_types, unwrap_model

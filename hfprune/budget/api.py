@@ -19,12 +19,14 @@ from ..arch import get_adapter, unwrap_model
 from ..masking import Gates, attach_gates
 from ..passes import prepare_batches
 from ..plan import PruningPlan
+from ..structure import model_structure
+from ..transaction import transaction
 from .costs import UnitCosts, counted_cost, unit_costs
 from .fisher import collect_mask_gradients
 from .latency import LatencyTable, build_latency_table
 from .rearrange import rearrange
 from .search import minimum_cost, search_mask
-from .tuning import fold_scales, tune_scales
+from .tuning import fold_scales, scaled_weights, tune_scales
 
 
 @dataclass
@@ -132,6 +134,7 @@ def find_budget_masks(model: nn.Module, dataloader: Iterable, *, flops: float | 
         plan.meta["tuning"] = {"layers_tuned": tuned.layers_tuned, "stopped_at": tuned.stopped_at}
     times["total"] = time.perf_counter() - t_start
     plan.meta.update({
+        "model_structure": model_structure(model),  # the plan refuses any other structure
         "method": "kwon2022",
         "budget": {metric: fraction},
         "seq_len": seq_len,
@@ -233,9 +236,11 @@ def apply_budget_masks(model: nn.Module, masks: BudgetMasks) -> PruningPlan:
     seq_len = int(plan.meta.get("seq_len", 128))
     before = model_costs(model, seq_len=seq_len)
     t0 = time.perf_counter()
-    fold_scales(model, masks.head_scales, masks.neuron_scales, masks.kept_heads, masks.kept_neurons)
-    if not plan.is_empty():
-        prune(model, plan)
+    with transaction(model) as snapshot:  # the folded scales and the surgery: all or nothing
+        snapshot.keep(*scaled_weights(model, masks.head_scales, masks.neuron_scales))
+        fold_scales(model, masks.head_scales, masks.neuron_scales, masks.kept_heads, masks.kept_neurons)
+        if not plan.is_empty():
+            prune(model, plan)
     after = model_costs(model, seq_len=seq_len)
     plan.meta.setdefault("time_s", {})["prune"] = time.perf_counter() - t0
     plan.meta["achieved"] = {"flops": after["flops"] / before["flops"], "params": after["params"] / before["params"]}

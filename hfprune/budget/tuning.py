@@ -261,6 +261,15 @@ def _neuron_system(adapter, block, probe, student, targets, neurons, pre_ln: boo
     return ata, atb
 
 
+def scaled_weights(model: nn.Module, head_scales: dict[int, torch.Tensor],
+                   neuron_scales: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+    """The weights `fold_scales` changes in place: the output / down projections of the tuned layers."""
+    adapter = get_adapter(model)
+    blocks = adapter.layers(model)
+    return [*(adapter.out_proj(blocks[layer]).weight for layer in head_scales),
+            *(adapter.ffn_out(blocks[layer]).weight for layer in neuron_scales)]
+
+
 def fold_scales(model: nn.Module, head_scales: dict[int, torch.Tensor], neuron_scales: dict[int, torch.Tensor],
                 kept_heads: list[list[int]], kept_neurons: list[list[int]]) -> None:
     """Multiply the input columns of the output / down projections by the scales of their kept units, in place."""

@@ -17,6 +17,8 @@ Unit kinds and what a criterion function receives / returns (all arguments by ke
   `updates_weights=True` (SparseGPT) it is a solver that also reconstructs the weights it keeps.
 * `"channels"`: `fn(model, dataloader, *, groups, **options) -> dict[group_name, Tensor]`.
 * `"hidden"`: `fn(model, dataloader, **same as heads) -> Tensor[hidden_size]`, one score per residual channel.
+* `"experts"`: `fn(model, dataloader, *, max_batches, seed, distributed, **options) -> dict[layer, Tensor]`, one
+  `[num_experts]` vector per MoE layer (dense layers left out).
 
 The dispatchers (`head_importance`, `neuron_importance`, `layer_importance`, `sparsify`) pass the common keywords
 above to every criterion of the unit kind (so each function ends with `**common` to ignore those it does not read),
@@ -49,7 +51,7 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-UNIT_KINDS = ("heads", "neurons", "layers", "weights", "channels", "hidden")
+UNIT_KINDS = ("heads", "neurons", "layers", "weights", "channels", "hidden", "experts")
 # The pass a criterion needs (`hfprune.passes`): forward passes over data, gradient passes through gated units, or
 # the block-by-block walk of calibration data; `None`: the weights alone.
 NEEDS = ("forward", "gradients", "blocks")
@@ -58,7 +60,8 @@ _DATA_KEYWORDS = ("plan", "max_batches", "num_samples", "show_progress", "distri
 # Block-by-block weight criteria also receive the sparsity, pattern, device and the originals store from `sparsify`.
 COMMON_KEYWORDS = {"heads": _DATA_KEYWORDS, "neurons": _DATA_KEYWORDS, "layers": _DATA_KEYWORDS,
                    "weights": ("targets", "max_batches", "seed", "sparsity", "pattern", "device", "originals", "walk"),
-                   "channels": ("groups", "max_batches", "seed"), "hidden": _DATA_KEYWORDS}
+                   "channels": ("groups", "max_batches", "seed"), "hidden": _DATA_KEYWORDS,
+                   "experts": ("max_batches", "seed", "distributed")}
 
 
 @dataclass(frozen=True)

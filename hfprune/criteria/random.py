@@ -39,3 +39,12 @@ def random_weights(model: nn.Module, dataloader=None, *, targets: list[Target], 
                    **common) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {t.name: torch.rand(t.weight.shape, generator=generator).to(t.weight.device) for t in targets}
+
+
+@register_criterion("random", units=("experts",), needs_seed=True, order=90,
+                    summary="uniform random scores (a baseline)")
+def random_experts(model: nn.Module, dataloader=None, *, seed: int, **common) -> dict[int, torch.Tensor]:
+    adapter = get_adapter(model)
+    layers = [i for i, block in enumerate(adapter.layers(model)) if adapter.is_moe(block)]
+    scores = _uniform([adapter.num_experts(adapter.layers(model)[i]) for i in layers], seed)
+    return dict(zip(layers, scores))

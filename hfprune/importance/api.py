@@ -10,9 +10,11 @@ from torch import nn
 
 from ..arch import check_not_offloaded, unwrap_model
 from ..arch.channels import ChannelGroup, channel_groups
+from ..checks import expect, expect_model
 from ..criteria import UnitScores, check_call, criterion_names, get_criterion
-from ..plan import PruningPlan
-from .common import ImportanceResult, normalize_heads, pad_rows
+from ..plan import PruningPlan, expect_plan
+from ..structure import model_structure
+from .common import ImportanceResult, carry_structure, normalize_heads, pad_rows
 
 
 def __getattr__(name: str):
@@ -37,11 +39,22 @@ def score_units(unit: str, caller: str, model: nn.Module, dataloader: Iterable |
     statistics over processes, once, at the end (`common.sum_per_token`). A criterion without data runs without
     autograd.
     """
+    check_scorer_args(caller, model, dataloader, criterion, common.get("plan"))
     found = get_criterion(criterion, unit, caller=caller)
     check_call(found, caller=caller, dataloader=dataloader, seed=seed, options=options)
     check_not_offloaded(unwrap_model(model), caller)
     with torch.enable_grad() if found.needs_data else torch.no_grad():
         return found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
+
+
+def check_scorer_args(caller: str, model, dataloader, criterion, plan=None) -> None:
+    """The argument types every scorer shares (`TypeError` naming the argument and what it expects)."""
+    expect_model(caller, model)
+    if dataloader is not None and (isinstance(dataloader, (str, bytes)) or not isinstance(dataloader, Iterable)):
+        expect(caller, "dataloader", dataloader, (), "a DataLoader or an iterable of batch dicts")
+    expect(caller, "criterion", criterion, str, "a criterion name (str)")
+    if plan is not None:
+        expect_plan(caller, plan)
 
 
 def _unit_scores(result) -> UnitScores:
@@ -106,9 +119,11 @@ def head_importance(model: nn.Module, dataloader: Iterable | None = None, *, cri
                                       options=options, plan=plan, max_batches=max_batches, num_samples=num_samples,
                                       show_progress=show_progress, distributed=distributed))
     scores = normalize_heads(pad_rows(result.rows), by_layer=normalize_layers, by_global=normalize_global)
+    structure = model_structure(model)
     if return_entropy:
-        return ImportanceResult(scores=scores, entropy=pad_rows(result.entropy), num_tokens=result.num_tokens)
-    return scores
+        return ImportanceResult(scores=carry_structure(scores, structure), entropy=pad_rows(result.entropy),
+                                num_tokens=result.num_tokens, structure=structure)
+    return carry_structure(scores, structure)
 
 
 def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, criterion: str = "taylor",
@@ -154,7 +169,7 @@ def neuron_importance(model: nn.Module, dataloader: Iterable | None = None, *, c
     rows = [r.detach().to("cpu", torch.float32) for r in rows]
     if normalize_layers:
         rows = [r / (r.pow(2).sum().sqrt() + 1e-20) for r in rows]
-    return rows
+    return carry_structure(rows, model_structure(model))
 
 
 class ChannelScores(dict):
@@ -166,12 +181,14 @@ class ChannelScores(dict):
     Attributes:
         groups (`dict[str, ChannelGroup]`): the scored groups, as `hfprune.channel_groups` returned them.
         criterion (`str`): the criterion's name.
+        structure (`dict`, *optional*): `hfprune.model_structure` of the scored model (copied into the plan).
     """
 
-    def __init__(self, scores: dict, groups: dict[str, ChannelGroup], criterion: str):
+    def __init__(self, scores: dict, groups: dict[str, ChannelGroup], criterion: str, structure: dict | None = None):
         super().__init__(scores)
         self.groups = groups
         self.criterion = criterion
+        self.structure = structure
 
     def to_dict(self) -> dict:
         """JSON-friendly form (lists of floats) with the criterion."""
@@ -232,7 +249,8 @@ def channel_importance(model: nn.Module, dataloader: Iterable | None = None, *, 
         12
         ```
     """
+    check_scorer_args("channel_importance", model, dataloader, criterion)
     picked = _pick(channel_groups(model), groups)
     scores = score_units("channels", "channel_importance", model, dataloader, criterion, seed=seed, options=options,
                          groups=picked, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress)
-    return ChannelScores({n: scores[n] for n in picked}, picked, criterion)
+    return ChannelScores({n: scores[n] for n in picked}, picked, criterion, model_structure(model))

@@ -20,11 +20,36 @@ class ImportanceResult:
         entropy (`torch.Tensor`, *optional*): `[num_layers, max_heads]` mean attention entropy per non-padding query
             token (nats), as in Michel et al. (2019), Section 6.
         num_tokens (`int`): the non-padding tokens the statistics are divided by (summed over processes).
+        structure (`dict`, *optional*): `hfprune.model_structure` of the scored model (selection copies it into the
+            plan, which then refuses any other structure).
     """
 
     scores: torch.Tensor
     entropy: torch.Tensor | None = None
     num_tokens: int = 0
+    structure: dict | None = None
+
+
+class ScoreList(list):
+    """Per-layer score vectors (a plain list) that also carry the scored model's structure (`.structure`)."""
+
+    structure: dict | None = None
+
+
+def carry_structure(scores, structure: dict):
+    """`scores` with `.structure` set: the structure of the model they were computed on, which the selection
+    functions copy into the plan (`plan.meta["model_structure"]`). A tensor gets the attribute itself (a new tensor
+    made from it, e.g. by slicing, does not); a list becomes a `ScoreList`."""
+    if isinstance(scores, list) and not isinstance(scores, ScoreList):
+        scores = ScoreList(scores)
+    scores.structure = structure
+    return scores
+
+
+def carried_structure(scores) -> dict | None:
+    """The structure `carry_structure` attached to `scores` (or an `ImportanceResult`), if any."""
+    structure = getattr(scores, "structure", None)
+    return structure if isinstance(structure, dict) else None
 
 
 def check_ratio(name: str, value: float | None) -> None:

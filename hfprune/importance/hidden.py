@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from ..plan import PruningPlan
+from ..structure import model_structure
 from .api import score_units
+from .common import carry_structure
 
 
 def hidden_importance(model: nn.Module, batches: Iterable | None = None, *, criterion: str = "activation",
@@ -44,4 +46,4 @@ def hidden_importance(model: nn.Module, batches: Iterable | None = None, *, crit
     scores = score_units("hidden", "hidden_importance", model, batches, criterion, seed=seed, options=options,
                          plan=plan, max_batches=max_batches, num_samples=num_samples, show_progress=show_progress,
                          distributed=distributed)
-    return torch.as_tensor(scores).detach().to("cpu", torch.float32)
+    return carry_structure(torch.as_tensor(scores).detach().to("cpu", torch.float32), model_structure(model))

@@ -13,6 +13,9 @@ from torch import nn
 
 from ..arch import check_not_offloaded, unwrap_model
 from ..criteria import check_call, get_criterion
+from ..structure import model_structure
+from .api import check_scorer_args
+from .common import carry_structure
 
 
 def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "ablation",
@@ -46,6 +49,7 @@ def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "a
         >>> plan = hfprune.select_layers(scores, count=2)   # drop the two least important blocks
         ```
     """
+    check_scorer_args("layer_importance", model, dataloader, method)
     found = get_criterion(method, "layers", caller="layer_importance: method")
     if metric_fn is not None:
         options = {"metric_fn": metric_fn, **options}
@@ -54,4 +58,4 @@ def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "a
     # The model inside a DDP / accelerate wrapper, for the reason given in `api.score_units`.
     scores = found.fn(unwrap_model(model), dataloader, plan=None, max_batches=max_batches, num_samples=num_samples,
                       show_progress=show_progress, distributed=distributed, seed=None, **options)
-    return scores.detach().to("cpu", torch.float32)
+    return carry_structure(scores.detach().to("cpu", torch.float32), model_structure(model))

@@ -105,8 +105,9 @@ def require_safetensors(path_or_id: str | os.PathLike) -> None:
     pickles = sorted(p.name for pattern in _PICKLE_PATTERNS for p in folder.glob(pattern))
     if pickles:
         raise FileNotFoundError(f"{folder / pickles[0]} is a pickle checkpoint and {folder} has no safetensors "
-                                "weights; hfprune never loads pickle (it can run code). Convert it once with "
-                                "transformers: from_pretrained(..., use_safetensors=False) in a trusted session, "
+                                "weights; hfprune never loads pickle (it can run code), it loads safetensors weights "
+                                "only. Convert it once with transformers: from_pretrained(..., use_safetensors=False) "
+                                "in a trusted session, "
                                 "then save_pretrained(folder) writes model.safetensors")
 
 

@@ -81,6 +81,12 @@ def to_model_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
         RuntimeError: those helpers moved in the installed transformers (see `conversion_internals`).
         NotImplementedError: a tensor needs a weight conversion (fusing, splitting), not only a new name.
     """
+    from ..arch import get_adapter
+
+    # Per-expert checkpoint tensors of a MoE family -> its fused `[E, ...]` parameters (the adapter knows the names).
+    fuse = getattr(get_adapter(model), "fuse_checkpoint", None)
+    if fuse is not None:
+        state = fuse(state)
     internals = conversion_internals()
     transforms = internals["get_model_conversion_mapping"](model=model)
     renamings = [t for t in transforms if isinstance(t, internals["WeightRenaming"])]
@@ -189,6 +195,8 @@ def check_record(model: nn.Module, record: dict, state: dict[str, torch.Tensor],
     layers = adapter.layers(model)
     for index, (block, spec) in enumerate(zip(layers, record.get("layers") or [])):
         for field, what, built_count, module_of in _COUNTS:
+            if field not in spec:  # a family without this unit kind (an MoE family has no FFN neurons)
+                continue
             kept, built = int(spec[field]), built_count(adapter, model, block)
             if not 0 <= kept <= built:
                 weight = module_of(adapter, block).weight

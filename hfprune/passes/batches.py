@@ -59,6 +59,23 @@ def check_seq_len(seq_len: int, model=None, max_positions_: int | None = None, w
                          f"(config.max_position_embeddings); use seq_len <= {limit}")
 
 
+def check_token_ids(input_ids: torch.Tensor, model: nn.Module, index: int) -> None:
+    """Raise `ValueError` naming the batch, the largest (or a negative) id and the vocabulary size if `input_ids`
+    holds an id the model's input embeddings do not have (instead of an `IndexError` deep inside the forward)."""
+    try:
+        vocab = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    except (AttributeError, NotImplementedError):  # no token embeddings (a vision model)
+        vocab = None
+    if vocab is None or input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if high >= vocab or low < 0:
+        bad = high if high >= vocab else low
+        raise ValueError(f"batch {index}: token id {bad} is outside the vocabulary of {type(model).__name__} "
+                         f"({vocab} tokens, ids 0..{vocab - 1}; largest id in the batch: {high}); was the data "
+                         "tokenized for another model?")
+
+
 def is_causal_lm(model: nn.Module) -> bool:
     """Whether `model` is one of transformers' causal-LM classes (from the public auto mapping, whose values are a
     class name or a tuple of them)."""
@@ -111,6 +128,7 @@ def _prepare(raw, index: int, device: torch.device | None, need_labels: bool, po
         )
     if positions_of is not None and isinstance(batch.get("input_ids"), torch.Tensor):
         check_seq_len(int(batch["input_ids"].shape[-1]), positions_of, what="sequence length of a batch")
+        check_token_ids(batch["input_ids"], positions_of, index)
     if device is None:
         return batch
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

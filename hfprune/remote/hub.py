@@ -28,6 +28,25 @@ def _offline() -> bool:
     return env in _TRUE or constants.is_offline_mode()
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached now ("offline mode is on (HF_HUB_OFFLINE)", "cannot reach URL"), or None.
+
+    One connection attempt of at most `timeout` seconds, so a caller can fail at once instead of letting a download
+    retry for half a minute.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if _offline():
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    url = urlparse(_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return f"cannot reach {_endpoint()}"
+    return None
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for module_name in ("httpx", "httpx2", "requests"):

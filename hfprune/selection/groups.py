@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..importance.common import check_ratio
+from ..importance.common import carried_structure, check_ratio
 from ..plan import PruningPlan
 from ..ranking import SCOPES
 
@@ -91,7 +91,10 @@ def select_channels(scores, *, ratio: float | None = None, scope: str = "global"
         if chosen:
             plan[name] = sorted(c * g + k for c in chosen for k in range(g))
     meta = {"selection": "channels", "ratio": ratio, "scope": scope, "round_to": round_to,
-            "min_per_group": min_per_group, "criterion": getattr(scores, "criterion", None)}
+            "min_per_group": min_per_group, "criterion": getattr(scores, "criterion", None),
+            # the scorer's model structure, or the scored groups' sizes (validate compares the groups it names)
+            "model_structure": carried_structure(scores) or {"channels": {name: int(torch.as_tensor(scores[name])
+                                                                                    .numel()) for name in scores}}}
     return PruningPlan(channels=plan, meta=meta)
 
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..importance.common import carried_structure
 from ..plan import PruningPlan
 
 
@@ -48,5 +49,7 @@ def select_hidden(scores, *, ratio: float, round_to: int | None = None) -> Pruni
         kept = min(size, math.ceil(kept / round_to) * round_to)
     order = torch.argsort(row, stable=True)  # lowest first; ties by index
     removed = sorted(int(i) for i in order[:size - kept])
-    meta = {"selection": "hidden", "ratio": ratio, "round_to": round_to, "hidden_size": size}
+    meta = {"selection": "hidden", "ratio": ratio, "round_to": round_to, "hidden_size": size,
+            # the scorer's model structure, or the width bare scores imply (validate compares the keys it has)
+            "model_structure": carried_structure(scores) or {"hidden_size": size}}
     return PruningPlan(hidden=removed, meta=meta)

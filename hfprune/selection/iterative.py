@@ -13,6 +13,7 @@ from ..importance import head_importance
 from ..importance.common import check_ratio
 from ..masking import masked
 from ..plan import PruningPlan
+from ..structure import model_structure
 from .per_layer import select_heads
 
 
@@ -103,5 +104,6 @@ def iterative_head_pruning(model: nn.Module, dataloader: Iterable, *, step_ratio
             on_step(plan)
     plan.meta = {"iterative": {"criterion": criterion, "step_ratio": step_ratio, "target_ratio": target_ratio,
                                "min_metric_fraction": min_metric_fraction, "dense_metric": dense,
-                               "steps": history}}
+                               "steps": history},
+                 "model_structure": model_structure(model)}
     return plan

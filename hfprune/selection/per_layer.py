@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..importance.common import ImportanceResult, check_ratio
+from ..importance.common import ImportanceResult, carried_structure, check_ratio
 from ..plan import PruningPlan
 from ..ranking import SCOPES
 from ..structure import model_structure
+from .kv_groups import grouped_heads, is_grouped
 from .uniform import contiguous_block, uniform_heads, uniform_neurons
 
 
@@ -98,6 +99,15 @@ def _meta(what: str, **options) -> dict:
     return {"selection": {"units": what, **{k: v for k, v in options.items() if v is not None}}}
 
 
+def plan_structure(scores, rows: list[torch.Tensor], model: nn.Module | None = None) -> dict:
+    """The structure a selected plan is made for (its `meta["model_structure"]`): the model's when given, else the
+    one the scorer attached to `scores`, else what bare scores imply (their number of layers; `PruningPlan.validate`
+    compares only the keys a structure has)."""
+    if model is not None:
+        return model_structure(model)
+    return carried_structure(scores) or {"num_layers": len(rows)}
+
+
 def select_heads(scores, *, ratio: float | None = None, count: int | None = None, scope: str = "global",
                  min_per_layer: int = 1, model: nn.Module | None = None, uniform: bool = False,
                  group_mode: str = "whole", num_kv_heads: int | list[int] | None = None) -> PruningPlan:
@@ -121,8 +131,14 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
         group_mode (`str`, defaults to `"whole"`): with `uniform=True` and grouped-query attention: "whole" removes
             whole KV groups (query heads in multiples of the group size, each group's KV head with it; `ratio` is
             rounded to whole groups), "even" removes the same number of query heads from every group (KV heads stay).
-        num_kv_heads (`int` or `list[int]`, *optional*): the KV heads per layer, when `uniform=True` without
-            `model` (default: as many as query heads, i.e. no GQA).
+        num_kv_heads (`int` or `list[int]`, *optional*): the KV heads per layer, when `model` is not given
+            (default: as many as query heads, i.e. no GQA).
+
+    Grouped-query attention never makes a model larger: without `uniform=True`, when `model` (or `num_kv_heads`)
+    shows KV groups of more than one query head, heads go in steps of one head from every KV group of a layer, so
+    each group keeps an equal count and no KV head has to be repeated (`hfprune.selection.kv_groups`); an amount
+    that cannot be met that way (a count per layer that is not a multiple of the KV heads, a group that would be
+    emptied) is refused with a message pointing to `uniform=True`, which removes whole KV groups.
 
     Returns:
         `PruningPlan` with `heads` set.
@@ -137,17 +153,16 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
     rows = _as_rows(scores, "heads")
     meta = _meta("heads", ratio=ratio, count=count, scope=scope, min_per_layer=min_per_layer,
                  uniform=uniform or None, group_mode=group_mode if uniform else None)
-    structure = None
+    structure = plan_structure(scores, rows, model)
     if model is not None:
-        structure = model_structure(model)
         have = [int((~torch.isnan(r)).sum()) for r in rows]
         if have != structure["heads"]:
             raise ValueError(f"select_heads: scores cover heads per layer {have}, but the model has "
                              f"{structure['heads']}; were the scores computed on this model?")
-        meta["model_structure"] = structure
+    meta["model_structure"] = structure
     if uniform:
         _check_amount(ratio, count, "heads")
-        if structure is not None:
+        if "kv_heads" in structure:
             kv = structure["kv_heads"]
         elif num_kv_heads is None:
             kv = [int((~torch.isnan(r)).sum()) for r in rows]
@@ -156,7 +171,19 @@ def select_heads(scores, *, ratio: float | None = None, count: int | None = None
         picked = uniform_heads(rows, kv, ratio=ratio, count=count, group_mode=group_mode,
                                min_per_layer=min_per_layer)
     else:
-        picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
+        kv = (structure or {}).get("kv_heads", num_kv_heads)
+        if isinstance(kv, int):
+            kv = [kv] * len(rows)
+        if kv is not None and is_grouped([int((~torch.isnan(r)).sum()) for r in rows], kv):
+            _check_amount(ratio, count, "heads")
+            if scope not in SCOPES:
+                raise ValueError(f"select_heads: scope must be one of {SCOPES}, got {scope!r}")
+            trimmed = [r[:int((~torch.isnan(r)).sum())] for r in rows]
+            picked = grouped_heads(trimmed, list(kv), ratio=ratio, count=count, scope=scope,
+                                   min_per_layer=min_per_layer)
+            meta["selection"]["kv_groups"] = "equal"
+        else:
+            picked = _lowest(rows, ratio, count, scope, min_per_layer, "heads")
     return PruningPlan(heads={i: p for i, p in enumerate(picked) if p}, meta=meta)
 
 
@@ -203,6 +230,7 @@ def select_neurons(scores, *, ratio: float | None = None, count: int | None = No
         picked = uniform_neurons(rows, ratio=ratio, count=count, round_to=round_to, min_per_layer=min_per_layer)
         meta = _meta("neurons", ratio=ratio, count=count, min_per_layer=min_per_layer, round_to=round_to,
                      uniform=True)
+        meta["model_structure"] = plan_structure(scores, rows)
         return PruningPlan(neurons={i: p for i, p in enumerate(picked) if p}, meta=meta)
     picked = _lowest(rows, ratio, count, scope, min_per_layer, "neurons")
     if round_to is not None:
@@ -211,6 +239,7 @@ def select_neurons(scores, *, ratio: float | None = None, count: int | None = No
             n = _round_kept(len(valid), len(picked[layer]), round_to, min_per_layer)
             picked[layer] = sorted(sorted(valid, key=lambda i, row=row: (float(row[i]), i))[:n])
     meta = _meta("neurons", ratio=ratio, count=count, scope=scope, min_per_layer=min_per_layer, round_to=round_to)
+    meta["model_structure"] = plan_structure(scores, rows)
     return PruningPlan(neurons={i: p for i, p in enumerate(picked) if p}, meta=meta)
 
 
@@ -247,6 +276,7 @@ def select_layers(scores, *, count: int | None = None, ratio: float | None = Non
     if n >= n_layers:
         raise ValueError(f"select_layers: cannot remove {n} of {n_layers} layers (at least one must stay)")
     meta = _meta("layers", ratio=ratio, count=count, contiguous=contiguous or None)
+    meta["model_structure"] = carried_structure(scores) or {"num_layers": n_layers}
     if contiguous:
         return PruningPlan(layers=contiguous_block(row, n) if n else [], meta=meta)
     order = sorted(range(n_layers), key=lambda i: (float(row[i]), i))

@@ -7,7 +7,7 @@ schedules for the Trainer, a compressed sparse export, int8 dynamic quantization
 
 from __future__ import annotations
 
-from .active import active_weight_masks, check_no_weight_masks
+from ..weight_masks import active_weight_masks, check_no_weight_masks
 from .callback import GradualPruningCallback, GradualPruningConfig
 from .compressed import MANIFEST_NAME, compressed_stats, load_compressed, save_compressed
 from .config import SparsifyConfig

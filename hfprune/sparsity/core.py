@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from ..arch import check_not_offloaded, unwrap_model
+from ..checks import expect, expect_model
 from ..criteria import check_call, criteria, get_criterion
 from .blockwise import sparsify_blockwise
 from .config import SparsifyConfig
@@ -71,6 +72,7 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
         >>> handle24 = hfprune.sparsify(model, pattern="2:4")
         ```
     """
+    _check_types(model, criterion, pattern, dataloader)
     config = SparsifyConfig(sparsity=sparsity, criterion=criterion, pattern=pattern, scope=scope, targets=targets,
                             max_batches=max_batches, seed=seed, criterion_options=options)
     found = get_criterion(criterion, "weights")
@@ -89,3 +91,11 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
                         f"{[c.name for c in criteria('weights') if c.sequential]} only")
     masks = compute_masks(model, chosen, config, dataloader)
     return SparsityHandle(model, chosen, masks, config, dataloader)
+
+
+def _check_types(model, criterion, pattern, dataloader) -> None:
+    expect_model("hfprune.sparsify", model)
+    expect("hfprune.sparsify", "criterion", criterion, str, "a criterion name (str), e.g. 'magnitude'")
+    expect("hfprune.sparsify", "pattern", pattern, str, "a pattern (str): 'unstructured', 'N:M' or 'RxC'")
+    if dataloader is not None and (isinstance(dataloader, (str, bytes)) or not isinstance(dataloader, Iterable)):
+        expect("hfprune.sparsify", "dataloader", dataloader, (), "a DataLoader or an iterable of batch dicts")

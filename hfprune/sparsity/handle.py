@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..criteria import get_criterion
-from .active import active_handles, keep_handle, release_handle
+from ..weight_masks import active_handles, keep_handle, release_handle
 from .config import SparsifyConfig
 from .criteria import compute_scores
 from .patterns import check_shapes, select_masks

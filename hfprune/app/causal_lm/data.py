@@ -3,15 +3,20 @@ file, and the evaluation windows."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ...calibration import token_stream
-from ...io import load_pruned
+from ...dequantized import detach_gguf_quantizer
+from ...io import load_pruned, require_safetensors
 from ..common.options import check
-from .options import LMData
+from ..common.progress import show_bars
+from .options import LMData, check_model_source
 
 
 def read_lines(path: str) -> list[str]:
@@ -41,27 +46,54 @@ def eval_windows(tokenizer, texts: list[str], seq_len: int, count: int) -> list[
     return [{"input_ids": ids[i:i + 1]} for i in range(n)]
 
 
-def load_decoder(name: str, gguf_file: str | None = None):
-    """The model alone, float32 in eval mode; an hfprune folder with a non-plain structure via `load_pruned`."""
+@contextmanager
+def _gguf_bar(quiet: bool):
+    """transformers draws its GGUF conversion bar with plain tqdm (no switch of its own): off when quiet / no TTY."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None or not quiet:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
+def load_decoder(name: str, gguf_file: str | None = None, quiet: bool = False):
+    """The model alone, float32 in eval mode; an hfprune folder with a non-plain structure via `load_pruned`.
+
+    A GGUF file loads the way transformers' own GGUF path does (every tensor dequantized to float32); the quantizer
+    that the loader leaves attached is detached (`hfprune.dequantized`), so the model is a plain float model.
+    Other weights load from safetensors only (a pickle-only folder is refused, naming the file).
+    """
     import transformers
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    check_model_source(name, gguf_file)
+    if gguf_file:
+        with _gguf_bar(quiet or not show_bars()):
+            model = transformers.AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf_file, dtype=torch.float32)
+        detach_gguf_quantizer(model)
+        return model.float().eval()
+    require_safetensors(name)
     config_path = Path(name) / "config.json"
     record = json.loads(config_path.read_text()).get("hfprune") if config_path.is_file() else None
-    if record is not None and not gguf_file:
-        model = load_pruned(name)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
+    model = load_pruned(name) if record is not None else \
+        transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
     return model.float().eval()
 
 
-def load_model(name: str, gguf_file: str | None = None):
+def load_model(name: str, gguf_file: str | None = None, quiet: bool = False):
     """(model, tokenizer) in float32 eval mode (see `load_decoder`)."""
     import transformers
 
+    check_model_source(name, gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
-    model = load_decoder(name, gguf_file)
+    with _gguf_bar(quiet or not show_bars()) if gguf_file else contextlib.nullcontext():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
+    model = load_decoder(name, gguf_file, quiet)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -17,12 +17,35 @@ from .harness import check_include, require_lm_eval, task_names
 CAUSAL_LM_TASK = "causal-lm"
 
 
+def check_model_source(name: str, gguf_file: str | None) -> None:
+    """GGUF mistakes, found before anything loads: `--model` naming the .gguf file itself, a folder holding only GGUF
+    weights without `--gguf-file`, a `--gguf-file` that is not in the folder. Each message names the .gguf files."""
+    path = Path(name)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        check(False, f"name_or_path {name!r} is a GGUF file: pass its folder as --model {str(path.parent)!r} and "
+                     f"the file name as --gguf-file {path.name!r}")
+    if not path.is_dir():
+        return
+    found = sorted(p.name for p in path.glob("*.gguf"))
+    listed = ", ".join(found) or "none"
+    if gguf_file is not None:
+        check((path / gguf_file).is_file(), f"gguf_file {gguf_file!r} is not in {name} (--gguf-file takes a file "
+                                            f"name inside --model); the .gguf files there: {listed}")
+    elif found and not (path / "config.json").is_file():
+        check(False, f"name_or_path {name} holds GGUF weights and no config.json: pass --gguf-file with one of "
+                     f"{listed}")
+
+
 @dataclass
 class LMModel(ModelConfig):
     """The decoder to prune: a folder, a Hub id, or a GGUF file in a folder."""
 
     gguf_file: str | None = option(None, "load the model from this GGUF file inside model.name_or_path (weights "
                                          "dequantized)", "--gguf-file", metavar="NAME")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_model_source(self.name_or_path, self.gguf_file)
 
 
 @dataclass
@@ -56,7 +79,7 @@ class LMData:
 
 @dataclass
 class LMPrune:
-    """What to remove: whole layers, heads / FFN neurons, or weights (unstructured or N:M)."""
+    """What to remove: whole layers, heads / FFN neurons, MoE experts, or weights (unstructured or N:M)."""
 
     layers: int | None = option(None, "remove this many layers, chosen by layer_method", "--layers", metavar="N")
     layer_method: str = option("block_influence", "layer importance method: "
@@ -67,10 +90,15 @@ class LMPrune:
                                   metavar="R")
     heads: float | None = option(None, "fraction of attention heads to remove", "--heads", metavar="R")
     ffn: float | None = option(None, "fraction of FFN neurons to remove", "--ffn", metavar="R")
+    experts: float | None = option(None, "fraction of the experts of every MoE layer to remove (mixture-of-experts "
+                                         "models; the same count in every layer, at least num_experts_per_tok kept)",
+                                   "--experts", metavar="R")
     criterion: str | None = option(None, "heads / FFN: a head / neuron criterion of the registry (default activation, "
-                                         "Minitron, no labels); sparsity: a weight criterion (default wanda)",
+                                         "Minitron, no labels); experts: an expert criterion (default reap); "
+                                         "sparsity: a weight criterion (default wanda)",
                                    "--criterion",
                                    choices=lambda: tuple(dict.fromkeys(criterion_names("heads")
+                                                                       + criterion_names("experts")
                                                                        + criterion_names("weights"))))
     uniform: bool = option(False, "the same heads / KV heads / FFN width in every layer (whole KV groups; a plain "
                                   "config)", "--uniform", action="store_true")
@@ -83,19 +111,21 @@ class LMPrune:
     def __post_init__(self):
         check_at_least("layers", self.layers)
         check_at_least("round_to", self.round_to)
-        for name in ("hidden", "heads", "ffn", "sparsity"):
+        for name in ("hidden", "heads", "ffn", "experts", "sparsity"):
             value = getattr(self, name)
             check(value is None or 0.0 < value < 1.0, f"{name} must be a fraction in (0, 1), got {value!r}")
         methods = criterion_names("layers")
         check(self.layer_method in methods, f"layer_method must be one of {methods}, got {self.layer_method!r}")
         if self.pattern is not None:
-            check(re.fullmatch(r"\d+:\d+", self.pattern) is not None,
-                  f"pattern must look like N:M (e.g. 2:4), got {self.pattern!r}")
+            match = re.fullmatch(r"(\d+):(\d+)", self.pattern)
+            check(match is not None, f"pattern must look like N:M (--pattern, e.g. 2:4), got {self.pattern!r}")
+            check(0 < int(match[1]) < int(match[2]), f"pattern {self.pattern!r} keeps N of every M weights and needs "
+                  "0 < N < M (--pattern, e.g. 2:4)")
             check(self.sparsity is None, "pattern N:M fixes the sparsity; drop sparsity")
 
     @property
     def structured(self) -> bool:
-        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn"))
+        return any(getattr(self, name) is not None for name in ("layers", "hidden", "heads", "ffn", "experts"))
 
     @property
     def weights(self) -> bool:
@@ -186,14 +216,25 @@ class CausalLMRecipe:
         check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         prune = self.prune
         check(prune.structured or prune.weights,
-              "prune: nothing to prune: give layers, heads / ffn, or sparsity / pattern")
+              "prune: nothing to prune: give layers, heads / ffn, experts, or sparsity / pattern")
         check(not (prune.structured and prune.weights), "prune: give either structured pruning (layers / heads / "
-              "ffn) or weight sparsity (sparsity / pattern), not both in one run")
-        if prune.weights:
+              "ffn / experts) or weight sparsity (sparsity / pattern), not both in one run")
+        if prune.experts is not None:
+            check(prune.heads is None and prune.ffn is None and prune.hidden is None, "prune: experts and heads / "
+                  "ffn / hidden read different criteria; give experts (optionally with layers) or the others")
+            names = criterion_names("experts")
+            prune.criterion = prune.criterion or "reap"
+            check(prune.criterion in names,
+                  f"prune.criterion for experts must be one of {names}, got {prune.criterion!r}")
+        elif prune.weights:
             names = criterion_names("weights")
             prune.criterion = prune.criterion or ("wanda" if "wanda" in names else "magnitude")
             check(prune.criterion in names,
                   f"prune.criterion for sparsity must be one of {names}, got {prune.criterion!r}")
+            m = int(prune.pattern.split(":")[1]) if prune.pattern else 0
+            # SparseGPT updates 128 columns at a time (its blocksize), which must hold whole groups of M.
+            check(prune.criterion != "sparsegpt" or not m or 128 % m == 0, f"prune.pattern {prune.pattern}: with "
+                  f"criterion sparsegpt, M={m} must divide 128 (--pattern, e.g. 2:4 or 4:8)")
         else:
             names = criterion_names("heads")
             prune.criterion = prune.criterion or "activation"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
 from ..common.render import bar_chart, clean, machine_info, results_header
 
 
@@ -23,24 +25,70 @@ def build_results(run: dict) -> dict:
 
 def render_report(results: dict, plots: list[str]) -> str:
     """The text of report.md."""
-    ppl, prune = results["perplexity"], results["recipe"]["prune"]
-    what = (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
-            f"{prune['pattern'] or 'unstructured'})" if results["plan"] is None else
-            f"layers {results['plan']['layers']}, hidden {prune['hidden']}, heads {prune['heads']}, ffn {prune['ffn']} "
-            f"({prune['criterion']}, "
-            f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
+    ppl, what = results["perplexity"], _pruned_what(results)
     lines = [f"# hfprune causal-LM run: {results['model']}", "", f"Pruned: {what}.", "",
              "| model | perplexity |", "|---|---|"]
     lines += [f"| {name} | {value:.3f} |" for name, value in ppl.items() if value is not None]
     b, a = results["before"], results["after"]
+    sizes = ", ".join(f"{name} {sorted(set(a['structure'][key]))}" for key, name in (
+        ("heads", "heads per layer"), ("kv_heads", "KV heads"), ("ffn", "FFN"), ("experts", "experts per layer"))
+        if key in a["structure"])
     lines += ["", f"Parameters: {b['params']:,} -> {a['params']:,}; layers {b['structure']['num_layers']} -> "
-              f"{a['structure']['num_layers']}; heads per layer {sorted(set(a['structure']['heads']))}, KV heads "
-              f"{sorted(set(a['structure']['kv_heads']))}, FFN {sorted(set(a['structure']['ffn']))}.", "",
-              "| stage | seconds |", "|---|---|"]
+              f"{a['structure']['num_layers']}; {sizes}.", "", *expert_table(results), "| stage | seconds |",
+              "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["stage_seconds"].items()]
     lines += _recovery_lines(results["recovery"]) + _lm_eval_lines(results["lm_eval"])
-    lines += ["", *(f"![{p}]({p})" for p in plots), ""]
+    lines += ["", f"Loads as {results['loads_as']}: `{results['load_with']}` ({results['loads_because']}).", ""]
+    lines += [*(f"![{p}]({p})" for p in plots), ""]
     return "\n".join(lines)
+
+
+def _pruned_what(results: dict) -> str:
+    prune = results["recipe"]["prune"]
+    if results["plan"] is None:
+        return (f"weight sparsity {results['after']['weight_sparsity']:.1%} ({prune['criterion']}, "
+                f"{prune['pattern'] or 'unstructured'})")
+    return (f"layers {results['plan']['layers']}, hidden {prune['hidden']}, heads {prune['heads']}, "
+            f"ffn {prune['ffn']}, experts {prune.get('experts')} ({prune['criterion']}, "
+            f"layer method {prune['layer_method']}, uniform={prune['uniform']})")
+
+
+def render_lm_card(results: dict) -> str:
+    """README.md in the Hub's model-card format: YAML front matter, how the model was made, how it loads."""
+    model = str(results["model"])
+    front = {"library_name": "transformers", "pipeline_tag": "text-generation",
+             "tags": ["hfprune", "pruning", "causal-lm"]}
+    if not Path(model).exists():
+        front["base_model"] = model
+    ppl = " -> ".join(f"{k} {v:.3f}" for k, v in results["perplexity"].items() if v is not None)
+    remote = ", trust_remote_code=True" if results["trust_remote_code"] else ""
+    return "\n".join([
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# {Path(model).name} pruned with hfprune", "",
+        f"Pruned: {_pruned_what(results)}. Parameters {results['before']['params']:,} -> "
+        f"{results['after']['params']:,}.", "",
+        f"Perplexity on {results['eval_windows']} held-out windows of {results['recipe']['data']['seq_len']} tokens: "
+        f"{ppl}.", "",
+        "## How to load", "",
+        f"It loads as `{results['loads_as']}` ({results['loads_because']}):", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", 'repo = "REPO_OR_FOLDER"',
+        f"model = AutoModelForCausalLM.from_pretrained(repo{remote})",
+        "tokenizer = AutoTokenizer.from_pretrained(repo)",
+        "```", "", "Or with hfprune: `hfprune.load_pruned(repo)`. The full run: results.json and report.md.", "",
+    ])
+
+
+def expert_table(results: dict) -> list[str]:
+    """The per-layer table of an expert plan (experts before / after and the removed indices); `[]` otherwise."""
+    plan = results["plan"] or {}
+    removed = plan.get("experts") or {}
+    if not removed:
+        return []
+    before, after = results["before"]["structure"]["experts"], results["after"]["structure"]["experts"]
+    lines = ["| layer | experts before | experts after | removed |", "|---|---|---|---|"]
+    lines += [f"| {i} | {n} | {after[i]} | {', '.join(map(str, removed.get(str(i), []))) or '-'} |"
+              for i, n in enumerate(before) if n and i < len(after)]
+    return [*lines, ""]
 
 
 def _recovery_lines(rec: dict | None) -> list[str]:
@@ -87,5 +135,7 @@ def write_plots(results: dict, scores: dict, folder: Path) -> list[str]:
 def print_summary(results: dict, out_dir) -> None:
     """The final lines of a causal-LM run (always printed, also with --quiet)."""
     shown = " -> ".join(f"{k} {v:.3f}" for k, v in results["perplexity"].items() if v is not None)
-    print(f"causal-lm perplexity: {shown}; params {results['before']['params']:,} -> {results['after']['params']:,}")
+    print(f"causal-lm perplexity on {results['eval_windows']} held-out windows: {shown}; params "
+          f"{results['before']['params']:,} -> {results['after']['params']:,}; wall {results['wall_seconds']:.0f} s")
     print(f"outputs in {out_dir}: {', '.join(results['files'])}")
+    print(f"loads with {results['load_with'].replace('folder', repr(str(out_dir)))}")

@@ -1,8 +1,8 @@
 """Running a causal-LM recipe: the application behind `hfprune prune --task causal-lm`.
 
 One run: load a decoder (a folder, a Hub id, or a GGUF file with `model.gguf_file`), cut the text file into
-calibration windows and a held-out evaluation text, measure perplexity, prune (whole layers, heads / FFN neurons, or
-weight-level sparsity with a weight criterion of the registry), optionally recover (`recover.py`: LM loss or
+calibration windows and a held-out evaluation text, measure perplexity, prune (whole layers, heads / FFN neurons, MoE
+experts, or weight-level sparsity with a weight criterion of the registry), optionally recover (`recover.py`: LM loss or
 distillation from the model before pruning, all weights or merged LoRA; windows of the text file apart from the
 calibration windows, steps x batch_size x seq_len tokens), measure perplexity again (and lm-eval tasks on the dense
 and final model), and write model + tokenizer + results.json + report.md + plots atomically.
@@ -17,7 +17,7 @@ import hfprune
 from ...arch import get_adapter
 from ...criteria import get_criterion
 from ..common.outputs import check_output_dir
-from ..common.progress import StageLog, quiet_libraries
+from ..common.progress import StageLog, block_progress, quiet_libraries
 from .data import eval_windows, load_decoder, load_model, split_texts
 from .harness import run_lm_eval
 from .options import CausalLMRecipe, LMPrune
@@ -27,7 +27,7 @@ from .writer import write_outputs
 
 
 def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
-    """Scores -> PruningPlan for layers / heads / FFN; also returns the scores (for the report)."""
+    """Scores -> PruningPlan for layers / heads / FFN / MoE experts; also returns the scores (for the report)."""
     plan, scores = hfprune.PruningPlan(), {}
     kwargs = {"show_progress": False}
     seeded = {"seed": seed} if prune.criterion == "random" else {}
@@ -43,6 +43,11 @@ def structured_plan(model, calib: list[dict], prune: LMPrune, seed: int = 0):
         neurons = hfprune.neuron_importance(model, calib, criterion=prune.criterion, **kwargs, **seeded)
         plan.neurons = hfprune.select_neurons(neurons, ratio=prune.ffn, uniform=prune.uniform,
                                               round_to=prune.round_to if prune.uniform else None).neurons
+    if prune.experts is not None:
+        experts = hfprune.expert_importance(model, calib, criterion=prune.criterion, seed=seed)
+        scores["experts"] = experts
+        plan.experts = hfprune.select_experts(experts, ratio=prune.experts, uniform=True,
+                                              min_keep=int(model.config.num_experts_per_tok)).experts
     if prune.layers is not None:
         extra = {"n": prune.layers} if prune.layer_method == "angular" else {}
         layers = hfprune.layer_importance(model, calib, method=prune.layer_method, **kwargs, **extra)
@@ -77,21 +82,22 @@ def _zero_fraction(model) -> float:
 def _prune(model, calib: list[dict], recipe: CausalLMRecipe, log: StageLog):
     """Weight sparsity (no plan) or a structured plan; returns (plan or None, scores)."""
     prune = recipe.prune
+    blocks = get_adapter(model).layers(model)
     if prune.weights:
-        with log.stage("prune") as note:
+        with log.stage("prune") as note, block_progress(blocks, log, "prune"):
             # The block-by-block criteria can skip their copy of the original weights: the run finalizes at once.
             extra = {"keep_original": False} if get_criterion(prune.criterion, "weights").sequential else {}
             hfprune.sparsify(model, prune.sparsity, criterion=prune.criterion, pattern=prune.pattern or "unstructured",
                              dataloader=calib, **extra).finalize()
             note["summary"] = f"{prune.criterion}, {prune.pattern or prune.sparsity}"
         return None, {}
-    with log.stage("score") as note:
+    with log.stage("score") as note, block_progress(blocks, log, "score"):
         plan, scores = structured_plan(model, calib, prune, recipe.seed)
         note["summary"] = f"{', '.join(scores) or 'neurons'} scored ({prune.criterion})"
     with log.stage("prune") as note:
         hfprune.prune(model, plan)
         note["summary"] = (f"{len(plan.hidden or [])} hidden channels, {plan.num_heads()} heads, "
-                           f"{plan.num_neurons()} FFN neurons, layers {plan.layers}")
+                           f"{plan.num_neurons()} FFN neurons, {plan.count('experts')} experts, layers {plan.layers}")
     return plan, scores
 
 
@@ -133,7 +139,7 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
     with log.stage("load") as note:
         calib_lines, eval_lines = split_texts(data)
         with quiet_libraries(quiet):
-            model, tokenizer = load_model(recipe.model.name_or_path, recipe.model.gguf_file)
+            model, tokenizer = load_model(recipe.model.name_or_path, recipe.model.gguf_file, quiet)
             teacher = load_teacher(recipe, model, load_decoder)
         note["summary"] = f"{type(model).__name__}, {_param_count(model):,} parameters"
     with log.stage("data") as note:
@@ -157,7 +163,8 @@ def run_causal_lm(recipe: CausalLMRecipe, *, quiet: bool = False) -> dict:
     run = {"recipe": recipe, "perplexity": ppl, "log": log, "before": before, "after": after, "plan": plan,
            "scores": scores, "losses": losses, "eval_windows": len(evals), "recovery": recovery,
            "lm_eval": lm_eval if lm_eval["dense"] is not None else None}
-    with log.stage("save") as note:
+    with log.stage("save") as note, quiet_libraries(quiet):
         results = write_outputs(model, tokenizer, build_results(run), scores, recipe.output.dir, recipe.output.plots)
-        note["summary"] = f"{recipe.output.dir} (loads as {results['loads_as']})"
+        how = "plain from_pretrained" if not results["trust_remote_code"] else "trust_remote_code=True"
+        note["summary"] = f"{recipe.output.dir} (loads as {results['loads_as']} with {how}: {results['loads_because']})"
     return results

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hfprune
 
-from ...io import load_pruned
+from ...io import load_pruned, require_safetensors
 from ...structure import get_record
 from ..causal_lm.data import eval_windows, load_model, read_lines
 from ..causal_lm.harness import check_include, require_lm_eval, run_lm_eval, task_names
@@ -23,12 +23,31 @@ from ..glue.tasks import get_task
 from ..image.data import load_image_eval
 from ..image.options import IMAGE_TASK
 from ..image.run import accuracy
+from .flags import collect_flags, foreign_message
 
 PERPLEXITY_TASK = "perplexity"
-# Flags of one evaluation only (dest -> the --task they belong to): the others are refused by name.
-_ONLY_FOR = {"text_file": PERPLEXITY_TASK, "gguf_file": PERPLEXITY_TASK, "lm_eval_tasks": PERPLEXITY_TASK,
-             "lm_eval_include": PERPLEXITY_TASK,
-             "dataset": IMAGE_TASK, "image_size": IMAGE_TASK}
+# The evaluation of each application's models: `hfprune eval --task perplexity` is the causal-lm application's.
+_EVAL_KIND = {"glue": "glue", "image": IMAGE_TASK, "causal_lm": PERPLEXITY_TASK}
+_KIND_LABEL = {"glue": "<GLUE task>", IMAGE_TASK: IMAGE_TASK, PERPLEXITY_TASK: PERPLEXITY_TASK}
+
+
+def flag_owners(parser: argparse.ArgumentParser, groups: dict[str, argparse._ArgumentGroup]) -> dict[str, str]:
+    """dest -> the one evaluation kind a flag applies to, derived like `hfprune prune`'s: a flag that some
+    application's options spell belongs to those applications' evaluations (several: no restriction); a flag of
+    eval alone belongs to the task group it is declared in."""
+    specs = collect_flags()
+    owners: dict[str, str] = {}
+    for action in parser._actions:
+        spec = next((specs[f] for f in action.option_strings if f in specs), None)
+        if spec is not None:
+            kinds = {_EVAL_KIND[app.name] for app in spec.apps}
+            if len(kinds) == 1:
+                owners[action.dest] = kinds.pop()
+            continue
+        for kind, group in groups.items():
+            if action in group._group_actions:
+                owners[action.dest] = kind
+    return owners
 
 
 def add_parser(sub) -> None:
@@ -52,12 +71,13 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per evaluation batch")
     p.add_argument("--max-length", type=int, default=128, help="maximum tokens per example")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    g = p.add_argument_group(f"--task {IMAGE_TASK}")
+    groups = {IMAGE_TASK: p.add_argument_group(f"--task {IMAGE_TASK}")}
+    g = groups[IMAGE_TASK]
     g.add_argument("--dataset", default=None, metavar="NAME_OR_DIR",
                    help="a datasets image dataset (its validation / test split)")
     g.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="resize images to this square size (default: the config's)")
-    g = p.add_argument_group(f"--task {PERPLEXITY_TASK} (decoder LLMs)")
+    g = groups[PERPLEXITY_TASK] = p.add_argument_group(f"--task {PERPLEXITY_TASK} (decoder LLMs)")
     g.add_argument("--text-file", default=None, metavar="FILE", help="UTF-8 text to measure perplexity on")
     g.add_argument("--gguf-file", default=None, metavar="NAME", help="load --model from this GGUF file in it")
     g.add_argument("--seq-len", type=int, default=512, metavar="N", help="tokens per window")
@@ -67,15 +87,17 @@ def add_parser(sub) -> None:
     g.add_argument("--lm-eval-include", default=None, metavar="DIR",
                    help="a folder of local lm-eval task YAMLs (lm-eval's include_path)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no stage lines")
-    p.set_defaults(handler=main)
+    p.set_defaults(handler=main, flag_owners=flag_owners(p, groups), flag_defaults={
+        a.dest: (a.default, a.option_strings[0]) for a in p._actions if a.option_strings})
 
 
 def main(args: argparse.Namespace) -> int:
     task = args.task.strip().lower()
     kind = task if task in (PERPLEXITY_TASK, IMAGE_TASK) else "glue"
-    for dest, owner in _ONLY_FOR.items():
-        if getattr(args, dest) is not None and owner != kind:
-            raise ValueError(f"--{dest.replace('_', '-')} only applies to --task {owner}")
+    for dest, owner in args.flag_owners.items():
+        default, flag = args.flag_defaults[dest]
+        if getattr(args, dest) != default and owner != kind:
+            raise ValueError(foreign_message(flag, [_KIND_LABEL[owner]], args.task))
     if kind == PERPLEXITY_TASK:
         return _eval_perplexity(args)
     if kind == IMAGE_TASK:
@@ -114,6 +136,7 @@ def _eval_images(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    require_safetensors(args.model)  # a pickle-only folder: refused, naming the file
     with quiet_libraries(args.quiet):
         config = AutoConfig.from_pretrained(args.model)
         data = load_image_eval(data_dir=args.data_dir, dataset=args.dataset, validation_file=args.validation_file,
@@ -121,7 +144,7 @@ def _eval_images(args: argparse.Namespace) -> int:
                                image_size=args.image_size or getattr(config, "image_size", None),
                                max_eval_samples=args.max_eval_samples)
         model = load_pruned(args.model) if get_record(config) else \
-            AutoModelForImageClassification.from_pretrained(args.model)
+            AutoModelForImageClassification.from_pretrained(args.model, use_safetensors=True)
         metrics = accuracy(model, data, args.batch_size)
     if args.json:
         print(json.dumps({"task": IMAGE_TASK, "model": args.model, "metrics": {"validation": metrics}}, indent=2))
@@ -147,7 +170,7 @@ def _check_perplexity_args(args: argparse.Namespace) -> None:
 def _eval_perplexity(args: argparse.Namespace) -> int:
     _check_perplexity_args(args)
     with quiet_libraries(args.quiet):
-        model, tokenizer = load_model(args.model, args.gguf_file)
+        model, tokenizer = load_model(args.model, args.gguf_file, args.quiet)
     windows = eval_windows(tokenizer, read_lines(args.text_file), args.seq_len, args.eval_samples)
     result = {"task": PERPLEXITY_TASK, "model": args.model, "text_file": args.text_file,
               "perplexity": hfprune.perplexity(model, windows), "windows": len(windows),

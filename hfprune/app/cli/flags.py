@@ -110,17 +110,18 @@ def add_option_flags(parser: argparse.ArgumentParser) -> dict[str, FlagSpec]:
 
 
 def refuse_foreign(given: list[FlagSpec], app: App, task: str) -> None:
-    """Flags that `app`'s options do not have: one error naming each flag, its recipe key and its tasks."""
+    """Flags that `app`'s options do not have: one sentence per flag, naming it, its tasks and its recipe key, e.g.
+    "--text-file applies to --task causal-lm only, not to --task sst2 (key data.text_file)"."""
     foreign = [spec for spec in given if not spec.keys(app)]
-    if not foreign:
-        return
-    details = []
-    for spec in foreign:
-        owner = spec.apps[0]
-        owners = " or ".join(a.task_label for a in spec.apps)
-        details.append(f"{spec.keys(owner)[0]} does not apply to task {task}, {spec.flag} only apply to --task "
-                       f"{owners}")
-    raise ValueError(f"{', '.join(s.flag for s in foreign)} do not apply to --task {task}: {'; '.join(details)}")
+    if foreign:
+        raise ValueError("; ".join(foreign_message(spec.flag, [a.task_label for a in spec.apps], task,
+                                                   spec.keys(spec.apps[0])[0]) for spec in foreign))
+
+
+def foreign_message(flag: str, owners: list[str], task: str, key: str | None = None) -> str:
+    """The one sentence refusing `flag` for `task` (also `hfprune eval`'s)."""
+    where = f" (key {key})" if key else ""
+    return f"{flag} applies to --task {' or '.join(owners)} only, not to --task {task}{where}"
 
 
 def recipe_data(args: argparse.Namespace, specs: dict[str, FlagSpec], app: App, task: str) -> dict:

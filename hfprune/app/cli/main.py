@@ -7,6 +7,7 @@ one `hfprune <command>: error: ...` line on stderr and exit status 2; set `HFPRU
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -31,13 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _MODULES.values():
         module.add_parser(sub)
+    parser.set_defaults(commands=sub.choices)
     return parser
+
+
+def unknown_flags_message(extra: list[str], command: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments" line, with the closest flag of the command for each mistyped one."""
+    known = [s for action in command._actions for s in action.option_strings if s.startswith("--")]
+    hints = []
+    for token in extra:
+        flag = token.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag.startswith("-") else []
+        hints += [f"{flag}: did you mean {close[0]}?"] if close else []
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hfprune` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = args.commands[args.command]
+        command.error(unknown_flags_message(extra, command))
     try:
         return int(args.handler(args) or 0)
     except USER_ERRORS as err:

@@ -84,3 +84,27 @@ def quiet_libraries(quiet: bool):
             datasets.enable_progress_bars()
         if tf_bars:
             transformers.utils.logging.enable_progress_bar()
+
+
+@contextmanager
+def block_progress(blocks, log: StageLog, stage: str, every: float = 5.0):
+    """Stage lines while a long stage runs the model's blocks (`[hfprune] prune: at block 7 of 30 (12 s)`), at most
+    one per `every` seconds, none when the log is quiet; a stage shorter than `every` prints nothing extra."""
+    blocks = list(blocks)
+    start = last = time.perf_counter()
+
+    def hook(index: int):
+        def pre(module, args):
+            nonlocal last
+            now = time.perf_counter()
+            if now - last >= every:
+                last = now
+                log.info(f"{stage}: at block {index + 1} of {len(blocks)} ({now - start:.0f} s)")
+        return pre
+
+    handles = [] if log.quiet else [b.register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -7,6 +7,7 @@ import datetime as _dt
 import math
 import os
 import platform
+import textwrap
 
 import torch
 
@@ -75,7 +76,7 @@ def bar_chart(path, labels, series: list[tuple[list, object, str | None]], xlabe
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 60), fontsize=10)  # wrapped: never cut at the figure's edge
     if any(label for _, _, label in series):
         ax.legend()
     fig.tight_layout()
@@ -84,11 +85,33 @@ def bar_chart(path, labels, series: list[tuple[list, object, str | None]], xlabe
     return path
 
 
+def training_steps(results: dict) -> tuple[str, str]:
+    """How much training each compared model had: ("80 fine-tune steps", "80 + 40 recovery steps")."""
+    training = results.get("training") or {}
+    finetune = (training.get("finetune") or {}).get("steps", 0)
+    recover = (training.get("recover") or {}).get("steps", 0)
+    dense = f"{finetune} fine-tune steps" if finetune else "no fine-tuning"
+    if not recover:
+        return dense, dense
+    return dense, (f"{finetune} + {recover} recovery steps" if finetune else f"{recover} recovery steps")
+
+
+def examples_phrase(results: dict) -> str:
+    """" on 200 of 872 examples" (or " on 872 examples"); empty when the count is not known."""
+    count = results.get("eval_examples") or {}
+    used, total = count.get("used"), count.get("of")
+    if not used:
+        return ""
+    return f" on {used} of {total} examples" if total and total != used else f" on {used} examples"
+
+
 def print_summary(results: dict, out_dir) -> None:
     """The final lines of a GLUE or image run (always printed, also with --quiet)."""
     split, metric = results["eval_split"], results["metric"]
-    print(f"{results['task']} {split} {metric}: dense {num(results['dense']['metric'])} -> pruned "
-          f"{num(results['pruned']['metric'])}; params {results['params_ratio']:.1%}, "
+    dense_steps, pruned_steps = training_steps(results)
+    print(f"{results['task']} {split} {metric}: dense {num(results['dense']['metric'])} ({dense_steps}) -> pruned "
+          f"{num(results['pruned']['metric'])} ({pruned_steps}){examples_phrase(results)}; "
+          f"params {results['params_ratio']:.1%}, "
           f"FLOPs {results['flops_ratio']:.1%}, "
           f"CPU speedup {results['speedup']:.2f}x; wall {results['wall_seconds']:.0f} s")
     print(f"outputs in {out_dir}: {', '.join(results['files'])}")

@@ -46,6 +46,24 @@ def _from_files(task: TaskSpec, files: dict[str, str]) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
+def _from_hub(spec: TaskSpec) -> datasets.DatasetDict:
+    """The task from the Hub copy of GLUE; offline or unreachable: at once, naming the flags that read local files
+    (a cached copy still loads with HF_HUB_OFFLINE=1)."""
+    import datasets
+
+    from ...remote.hub import hub_unreachable
+
+    why = hub_unreachable()
+    try:
+        if why is None or "offline" in why:
+            return datasets.load_dataset(GLUE_HUB_ID, spec.name)
+    except (ConnectionError, OSError) as err:
+        why = f"{why}, and it is not in the local cache ({type(err).__name__})"
+    raise ConnectionError(f"task {spec.name} has no data folder and the Hub copy {GLUE_HUB_ID} cannot be loaded "
+                          f"({why}); pass --data-dir DIR (the original GLUE layout, e.g. ../shared/data/glue) or "
+                          "--train-file / --validation-file")
+
+
 def load_task_data(
     task: str | TaskSpec,
     *,
@@ -56,6 +74,7 @@ def load_task_data(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 0,
+    sizes: dict | None = None,
 ) -> datasets.DatasetDict:
     """Load a GLUE task as a `DatasetDict` with the Hub's column names and label ids.
 
@@ -72,6 +91,7 @@ def load_task_data(
         max_train_samples (`int`, *optional*): keep a seeded random subset of this size of `train`.
         max_eval_samples (`int`, *optional*): keep the first this-many rows of each eval split.
         seed (`int`, defaults to 0): seed of the training subset.
+        sizes (`dict`, *optional*): filled with each split's row count before any subset (for "200 of 872").
 
     Returns:
         `datasets.DatasetDict` keyed by split.
@@ -105,12 +125,14 @@ def load_task_data(
             raise ValueError(f"the {missing[0]} split of task {spec.name!r} needs {flag}")
         data = _from_files(spec, {s: files[s] for s in splits})
     else:
-        hub = datasets.load_dataset(GLUE_HUB_ID, spec.name)
+        hub = _from_hub(spec)
         data = datasets.DatasetDict({s: hub[s].select_columns([*spec.text_columns, "label"]) for s in splits})
     for split in list(data):
         n = max_train_samples if split == "train" else max_eval_samples
         if n is not None and n < 1:
             raise ValueError(f"max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {n}")
+        if sizes is not None:
+            sizes[split] = data[split].num_rows
         if n is not None and n < data[split].num_rows:
             ds = data[split].shuffle(seed=seed) if split == "train" else data[split]
             data[split] = ds.select(range(n))

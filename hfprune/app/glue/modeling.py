@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ...io import load_pruned
+from ...io import load_pruned, require_safetensors
 from ...io.names import SPARSE_MANIFEST_NAME as MANIFEST_NAME
 from ...structure import get_record
 from .tasks import TaskSpec
@@ -129,6 +129,7 @@ def load_classifier(name_or_path: str, task: TaskSpec, *, allow_new_head: bool):
         align_labels(model, task, name_or_path)
         return _with_pad_id(model, tokenizer), tokenizer, "loaded"
     def from_pretrained(**kwargs):
+        require_safetensors(name_or_path)  # a pickle-only folder: refused, naming the file
         try:
             return AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
         except OSError as err:  # e.g. pickle-only weights (pytorch_model.bin): hfprune reads safetensors only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def head_importance_heatmap(scores, removed: dict[int, list[int]], path: str | P
     ax.set_ylabel("layer")
     ax.set_xticks(range(heads))
     ax.set_yticks(range(layers))
-    ax.set_title(title or "head importance (x = removed)")
+    ax.set_title(textwrap.fill(title or "head importance (x = removed)", 60), fontsize=10)
     fig.colorbar(image, ax=ax, label="importance")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -56,16 +57,23 @@ def structure_bars(per_layer: list[dict], path: str | Path, title: str = "") -> 
     return Path(path)
 
 
-def sweep_plot(points: list[dict], metric: str, path: str | Path, title: str = "") -> Path:
-    """Metric against the fraction of heads removed (masked, no recovery)."""
+def sweep_plot(points: list[dict], metric: str, path: str | Path, title: str = "",
+               unpruned: float | None = None) -> Path:
+    """Metric against the fraction of heads removed (masked, no recovery); `unpruned`: the dense model's value,
+    drawn at 0 (a distinct marker) when the sweep has no point there."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [p["fraction"] for p in points]
     ys = [np.nan if p.get(metric) is None else p[metric] for p in points]
-    ax.plot(xs, ys, marker="o")
+    if unpruned is not None and 0.0 not in xs:
+        ax.plot([0.0, *xs], [unpruned, *ys], color="#9ecae1", linestyle=":")
+        ax.plot([0.0], [unpruned], marker="s", color="#08306b", linestyle="", label="unpruned")
+        ax.legend(fontsize=8)
+    ax.plot(xs, ys, marker="o", color="#2171b5")
     ax.set_xlabel("fraction of heads removed")
     ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs fraction of heads removed (masked)")
+    # Wrapped, so a long title is never cut at the figure's edge.
+    ax.set_title(textwrap.fill(title or f"{metric} vs fraction of heads removed (masked)", 48), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -86,6 +94,7 @@ def write_plots(results: dict, folder: str | Path) -> list[str]:
     written.append("structure.png")
     if results.get("sweep"):
         sweep_plot(results["sweep"], results["metric"], folder / "sweep.png",
-                   title=f"{results['task']}: {results['metric']} vs heads removed (masked, no recovery)")
+                   title=f"{results['task']}: {results['metric']} vs heads removed (masked, no recovery)",
+                   unpruned=(results.get("dense") or {}).get("metric"))
         written.append("sweep.png")
     return written

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from ..common.render import big as _big
+from ..common.render import examples_phrase, training_steps
 from ..common.render import num as _num
 
 
@@ -16,7 +17,9 @@ def metrics_table(results: dict) -> str:
     split = results["eval_split"]
     dense, pruned = results["dense"], results["pruned"]
     before = (pruned.get("metrics_before_recovery") or {}).get(split)
-    head = "| | dense | pruned" + (" (no recovery) | pruned (recovered)" if before else "") + " |"
+    dense_steps, pruned_steps = training_steps(results)
+    head = (f"| | dense ({dense_steps}) | pruned" + (f" (no recovery) | pruned ({pruned_steps})" if before else
+                                                      f" ({pruned_steps})") + " |")
     lines = [head, "|---|---|---" + ("|---" if before else "") + "|"]
     for m in results["metrics"]:
         row = f"| {split} {m} | {_num(dense['metrics'][split][m])} |"
@@ -31,6 +34,9 @@ def metrics_table(results: dict) -> str:
     lat = results["latency"]
     lines.append(f"| CPU latency, batch {lat['batch_size']} x {lat['seq_len']} | {dense['latency_ms']:.1f} ms |{pad} "
                  f"{pruned['latency_ms']:.1f} ms ({results['speedup']:.2f}x) |")
+    where = examples_phrase(results)
+    if where:
+        lines += ["", f"Metrics of `{split}`{where}."]
     return "\n".join(lines)
 
 

@@ -75,6 +75,8 @@ def build_results(run: dict, record: dict | None, reload_diff: float) -> dict:
         "layer_importance": run["scores"].get("layers"),
         "sweep": run["sweep"],
         "training": {"finetune": run["finetune"], "recover": run["recover"]},
+        "eval_examples": {"used": run["eval_sets"][main_split].num_rows,
+                          "of": run.get("split_sizes", {}).get(main_split, run["eval_sets"][main_split].num_rows)},
         "stage_seconds": dict(run["log"].seconds),
         "wall_seconds": run["log"].total_seconds,
         "reload_max_abs_diff": reload_diff,

@@ -135,7 +135,8 @@ def _load(run: dict) -> None:
         d = recipe.data
         run["data"] = load_task_data(task, data_dir=d.data_dir, train_file=d.train_file,
                                      validation_file=d.validation_file, max_train_samples=d.max_train_samples,
-                                     max_eval_samples=d.max_eval_samples, seed=recipe.seed)
+                                     max_eval_samples=d.max_eval_samples, seed=recipe.seed,
+                                     sizes=run.setdefault("split_sizes", {}))
         model, tokenizer, run["head"] = load_classifier(recipe.model.name_or_path, task,
                                                         allow_new_head=recipe.finetune.steps > 0)
         structure = model_structure(model)

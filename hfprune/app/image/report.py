@@ -40,6 +40,8 @@ def build_image_results(run: dict, reload_diff: float) -> dict:
         "plan": plan.to_dict(),
         "channel_importance": run["scores"].to_dict() if hasattr(run["scores"], "to_dict") else run["scores"],
         "training": {"finetune": run["finetune"], "recover": run["recover"]},
+        "eval_examples": {"used": run["dense_metrics"].get("num_examples"),
+                          "of": run["dense_metrics"].get("num_examples")},
         "stage_seconds": dict(run["log"].seconds), "wall_seconds": run["log"].total_seconds,
         "reload_max_abs_diff": reload_diff, "machine": machine_info(), "recipe": asdict(recipe),
     }

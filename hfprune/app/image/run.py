@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hfprune
 
+from ...io import require_safetensors
 from ...structure import model_structure
 from ..common.outputs import check_output_dir, push_outputs
 from ..common.progress import StageLog, quiet_libraries
@@ -34,14 +35,15 @@ def load_image_classifier(name_or_path: str, num_labels: int, allow_new_head: bo
     """
     from transformers import AutoConfig, AutoModelForImageClassification
 
+    require_safetensors(name_or_path)  # a pickle-only folder: refused, naming the file
     config = AutoConfig.from_pretrained(name_or_path)
     if config.num_labels == num_labels:
-        return AutoModelForImageClassification.from_pretrained(name_or_path), "kept"
+        return AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True), "kept"
     if not allow_new_head:
         raise ValueError(f"{name_or_path} classifies {config.num_labels} classes but the data has {num_labels}; "
                          "set finetune.steps (--finetune-steps) to train a new classification head")
     model = AutoModelForImageClassification.from_pretrained(name_or_path, num_labels=num_labels,
-                                                            ignore_mismatched_sizes=True)
+                                                            ignore_mismatched_sizes=True, use_safetensors=True)
     return model, "new"
 
 

@@ -1,5 +1,7 @@
-"""Which weight masks are active on a model: a leaf module (nothing of hfprune but `arch`), so that structural
-pruning (`prune`, `mask`) can refuse while masks are active without importing the sparsity machinery.
+"""Which weight masks are active on a model: a leaf module (nothing of hfprune but `arch`), outside the `sparsity`
+package, so that structural pruning (`prune`, `mask`) can refuse while masks are active without importing the
+sparsity machinery (whose package imports the passes, which import `masking`: a circle). `hfprune.sparsity`
+re-exports `active_weight_masks` and `check_no_weight_masks`.
 
 Every active `SparsityHandle` is kept by its model here (a registry keyed weakly by the model; the handle refers to
 the model weakly): the masks hold as long as the model lives, whether or not the caller keeps the handle, until
@@ -9,25 +11,21 @@ the model weakly): the masks hold as long as the model lives, whether or not the
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..arch import unwrap_model
-
-if TYPE_CHECKING:
-    from .handle import SparsityHandle
+from .arch import unwrap_model
 
 # Model -> its active handles (kept alive by the model).
 _ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def keep_handle(model: nn.Module, handle: SparsityHandle) -> None:
+def keep_handle(model: nn.Module, handle) -> None:
     """Let `model` keep `handle` alive while it is active."""
     _ACTIVE.setdefault(model, []).append(handle)
 
 
-def release_handle(model: nn.Module | None, handle: SparsityHandle) -> None:
+def release_handle(model: nn.Module | None, handle) -> None:
     """`model` no longer keeps `handle` (finalized or removed)."""
     kept = _ACTIVE.get(model, []) if model is not None else []
     if handle in kept:
@@ -36,12 +34,12 @@ def release_handle(model: nn.Module | None, handle: SparsityHandle) -> None:
         _ACTIVE.pop(model, None)
 
 
-def active_handles(model: nn.Module) -> list[SparsityHandle]:
+def active_handles(model: nn.Module) -> list:
     """The active `SparsityHandle`s masking `model` (the inner model under DDP / accelerate)."""
     return [h for h in _ACTIVE.get(unwrap_model(model), ()) if h.active]
 
 
-def active_weight_masks(model: nn.Module) -> dict[str, SparsityHandle]:
+def active_weight_masks(model: nn.Module) -> dict:
     """State-dict key -> the active handle masking that weight, for every weight mask active on `model`.
 
     Example:
