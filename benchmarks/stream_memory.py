@@ -17,7 +17,19 @@ ratio peak RSS / model bytes.
 
     python benchmarks/stream_memory.py copy /data/llama-14b-random /data/llama-14b-copy
 
-Part 2 (streaming Wanda / SparseGPT / a uniform width plan through it) comes with the streaming block walker.
+Part 2 (`wanda`, `sparsegpt`): `hfprune.stream.sparsify_checkpoint` through it, with `--tokens` random calibration
+tokens (seeded, in sequences of `--seq-len`), each block computed in float32 on the CPU and written back in bf16.
+Prints a line per block (seconds, current and peak RSS), then the peak RSS (VmHWM), the model's bytes on disk, the
+wall time, the tokens and the ratio peak / model bytes.
+
+    python benchmarks/stream_memory.py wanda /data/llama-14b-random /data/llama-14b-wanda --tokens 512
+    python benchmarks/stream_memory.py sparsegpt /data/llama-14b-random /data/llama-14b-24 --pattern 2:4
+
+`width`: `hfprune.stream.prune_checkpoint` with a uniform width plan: `--ratio` of every block's KV groups (with their
+query heads) and FFN neurons removed (chosen at random, seeded: the figure measured is memory and time, not quality);
+the output's config is plain.
+
+    python benchmarks/stream_memory.py width /data/llama-14b-random /data/llama-14b-width --ratio 0.25
 """
 
 from __future__ import annotations
@@ -41,7 +53,9 @@ from hfprune.stream import (  # noqa: E402
     StreamedModel,
     build_meta_model,
     parse_size,
+    prune_checkpoint,
     safetensors_header,
+    sparsify_checkpoint,
 )
 
 DTYPE = torch.bfloat16
@@ -152,6 +166,82 @@ def copy_checkpoint(args) -> dict:
             "peak_over_model": round(peak_rss() / model_bytes, 3)}
 
 
+def current_rss() -> int:
+    """The process's resident set now (VmRSS), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def calibration(vocab: int, tokens: int, seq_len: int, seed: int) -> list[dict]:
+    """`tokens` random token ids (seeded) in batches of one sequence of `seq_len` (the last one shorter)."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for start in range(0, tokens, seq_len):
+        length = min(seq_len, tokens - start)
+        ids = torch.randint(1, vocab, (1, length), generator=generator)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    return batches
+
+
+def sparsify_streamed(args) -> dict:
+    """Stream Wanda / SparseGPT through `args.source` into `args.out` (float32 compute on the CPU)."""
+    start = time.time()
+    stream = StreamedModel(args.source)
+    batches = calibration(stream.config.vocab_size, args.tokens, args.seq_len, args.seed)
+    blocks = stream.num_blocks
+
+    def progress(index, seconds):
+        print(f"block {index + 1}/{blocks}: {seconds:.1f} s, RSS {current_rss() / 2**20:.0f} MiB, peak "
+              f"{peak_rss() / 2**20:.0f} MiB", flush=True)
+
+    sparsity = None if ":" in args.pattern else args.sparsity
+    info = sparsify_checkpoint(stream.reader, args.out, criterion=args.command, sparsity=sparsity,
+                               pattern=args.pattern, batches=batches, max_shard_size=args.max_shard_size,
+                               progress=progress)
+    model_bytes = stream.reader.nbytes
+    return {"job": f"{args.command} {info['pattern']} sparsity {info['sparsity']:g}", "model_bytes": model_bytes,
+            "bytes_written": model_bytes, "shards": len(list(Path(args.out).glob("*.safetensors"))),
+            "shards_skipped": 0, "tokens": info["tokens"], "seconds": round(time.time() - start, 1),
+            "peak_rss": peak_rss(), "peak_over_model": round(peak_rss() / model_bytes, 3)}
+
+
+def width_plan(config, ratio: float, seed: int):
+    """A uniform plan: `ratio` of every layer's KV groups (all their query heads) and FFN neurons, seeded at random."""
+    import random
+
+    from hfprune import PruningPlan
+
+    rng = random.Random(seed)
+    group = config.num_attention_heads // config.num_key_value_heads
+    heads, neurons = {}, {}
+    for layer in range(config.num_hidden_layers):
+        groups = rng.sample(range(config.num_key_value_heads), round(ratio * config.num_key_value_heads))
+        heads[layer] = [g * group + h for g in groups for h in range(group)]
+        neurons[layer] = rng.sample(range(config.intermediate_size), round(ratio * config.intermediate_size))
+    return PruningPlan(heads=heads, neurons=neurons)
+
+
+def width_streamed(args) -> dict:
+    """Stream a uniform width plan through `args.source` into `args.out`."""
+    start = time.time()
+    stream = StreamedModel(args.source)
+    blocks = stream.num_blocks
+
+    def progress(index):
+        print(f"block {index + 1}/{blocks}: {time.time() - start:.1f} s, RSS {current_rss() / 2**20:.0f} MiB, peak "
+              f"{peak_rss() / 2**20:.0f} MiB", flush=True)
+
+    info = prune_checkpoint(stream.reader, args.out, width_plan(stream.config, args.ratio, args.seed),
+                            max_shard_size=args.max_shard_size, progress=progress)
+    model_bytes = stream.reader.nbytes
+    return {"job": f"width {args.ratio:g} (KV groups + FFN)", "model_bytes": model_bytes,
+            "bytes_written": info["bytes"], "shards": len(list(Path(args.out).glob("*.safetensors"))),
+            "shards_skipped": 0, "tokens": 0, "seconds": round(time.time() - start, 1), "peak_rss": peak_rss(),
+            "peak_over_model": round(peak_rss() / model_bytes, 3)}
+
+
 def _complete(path: Path, header: bytes, size: int) -> bool:
     """Whether `path` is a finished shard of this plan (its size and header are the planned ones)."""
     if not path.is_file() or path.stat().st_size != size:
@@ -173,11 +263,30 @@ def main(argv=None) -> int:
     copy.add_argument("source")
     copy.add_argument("out")
     copy.add_argument("--max-shard-size", default="2GB")
+    for name, pattern in (("wanda", "unstructured"), ("sparsegpt", "2:4")):
+        job = commands.add_parser(name, help=f"stream {name} through a checkpoint (hfprune.stream.sparsify_checkpoint)")
+        job.add_argument("source")
+        job.add_argument("out")
+        job.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity (N:M patterns fix it)")
+        job.add_argument("--pattern", default=pattern)
+        job.add_argument("--tokens", type=int, default=512, help="random calibration tokens")
+        job.add_argument("--seq-len", type=int, default=128)
+        job.add_argument("--seed", type=int, default=0)
+        job.add_argument("--max-shard-size", default="2GB")
+    width = commands.add_parser("width", help="stream a uniform width plan through a checkpoint (prune_checkpoint)")
+    width.add_argument("source")
+    width.add_argument("out")
+    width.add_argument("--ratio", type=float, default=0.25, help="fraction of KV groups and FFN neurons removed")
+    width.add_argument("--seed", type=int, default=0)
+    width.add_argument("--max-shard-size", default="2GB")
     args = parser.parse_args(argv)
-    result = (write_checkpoint if args.command == "write" else copy_checkpoint)(args)
+    run = {"write": write_checkpoint, "copy": copy_checkpoint, "width": width_streamed}.get(args.command,
+                                                                                          sparsify_streamed)
+    result = run(args)
     print(f"model bytes: {result['model_bytes']:,}  written this run: {result['bytes_written']:,}  shards: "
           f"{result['shards']} ({result['shards_skipped']} skipped)  time: {result['seconds']} s  peak RSS (VmHWM): "
-          f"{result['peak_rss'] / 2**20:.0f} MiB")
+          f"{result['peak_rss'] / 2**20:.0f} MiB" + (f"  tokens: {result['tokens']}  peak / model bytes: "
+                                                     f"{result['peak_over_model']}" if "tokens" in result else ""))
     print(json.dumps(result))
     return 0
 

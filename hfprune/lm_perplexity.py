@@ -30,7 +30,12 @@ def _windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, 
 def _nll(model: nn.Module, input_ids, attention_mask, labels) -> tuple[float, int]:
     """Summed next-token NLL and the number of scored tokens of one window."""
     kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
-    logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
+    return nll_of_logits(model(input_ids=input_ids, use_cache=False, **kwargs).logits, attention_mask, labels)
+
+
+def nll_of_logits(logits: torch.Tensor, attention_mask, labels) -> tuple[float, int]:
+    """Summed next-token NLL of a window's logits and the number of scored tokens (`-100` labels and padding are not
+    scored)."""
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
     if attention_mask is not None:  # padding positions are never targets
@@ -77,6 +82,24 @@ def perplexity(model: nn.Module, batches: Iterable | Mapping | torch.Tensor, str
         >>> windowed = hfprune.perplexity(model, [batch], stride=8, max_length=16)
         ```
     """
+    window = window_length(model, stride, max_length)
+    was_training = model.training
+    total_nll, total_tokens = 0.0, 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for ids, mask, target in evaluation_windows(model, batches, next(model.parameters()).device, stride,
+                                                        window, max_batches):
+                nll, count = _nll(model, ids, mask, target)
+                total_nll += nll
+                total_tokens += count
+    finally:
+        model.train(was_training)
+    return from_nll(total_nll, total_tokens)
+
+
+def window_length(model: nn.Module, stride: int | None, max_length: int | None) -> int | None:
+    """The sliding window's length (`max_length`, else the model's positions), with `stride` checked against it."""
     if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
         raise ValueError(f"stride must be a positive integer or None; got {stride!r}")
     window = max_length if max_length is not None else max_positions(model)
@@ -85,33 +108,34 @@ def perplexity(model: nn.Module, batches: Iterable | Mapping | torch.Tensor, str
             raise ValueError("stride= needs max_length= (the model's config does not give its positions)")
         if stride > window:
             raise ValueError(f"stride={stride} is larger than the window max_length={window}: tokens would be skipped")
-    was_training = model.training
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    if isinstance(batches, (Mapping, torch.Tensor)):  # one batch
-        batches = [batches]
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in iter_batches(batches, max_batches=max_batches, show_progress=False, need_labels=False,
-                                      positions_of=None if stride is not None else model):
-                ids = batch["input_ids"].to(device)
-                mask = batch.get("attention_mask")
-                mask = mask.to(device) if mask is not None else None
-                labels = batch.get("labels")
-                labels = labels.to(device) if labels is not None else ids
-                spans = [(0, ids.shape[1], ids.shape[1])] if stride is None else _windows(ids.shape[1], window, stride)
-                for begin, end, scored in spans:
-                    target = labels[:, begin:end].clone()
-                    target[:, : end - begin - scored] = IGNORE  # context tokens, scored by the previous window
-                    nll, count = _nll(model, ids[:, begin:end], None if mask is None else mask[:, begin:end], target)
-                    total_nll += nll
-                    total_tokens += count
-    finally:
-        model.train(was_training)
+    return window
+
+
+def from_nll(total_nll: float, total_tokens: int) -> float:
+    """exp(mean NLL); no token scored raises."""
     if total_tokens == 0:
         raise ValueError("perplexity: the batches contain no token to predict (sequences of length >= 2 needed)")
     return math.exp(total_nll / total_tokens)
+
+
+def evaluation_windows(model: nn.Module, batches, device, stride: int | None, window: int | None,
+                       max_batches: int | None):
+    """Yield `(input_ids, attention_mask or None, labels)` of every window `perplexity` scores, on `device` (context
+    tokens, scored by the previous window, are labelled -100); `model` only gives the positions checked."""
+    if isinstance(batches, (Mapping, torch.Tensor)):  # one batch
+        batches = [batches]
+    for batch in iter_batches(batches, max_batches=max_batches, show_progress=False, need_labels=False,
+                              positions_of=None if stride is not None else model):
+        ids = batch["input_ids"].to(device)
+        mask = batch.get("attention_mask")
+        mask = mask.to(device) if mask is not None else None
+        labels = batch.get("labels")
+        labels = labels.to(device) if labels is not None else ids
+        spans = [(0, ids.shape[1], ids.shape[1])] if stride is None else _windows(ids.shape[1], window, stride)
+        for begin, end, scored in spans:
+            target = labels[:, begin:end].clone()
+            target[:, : end - begin - scored] = IGNORE  # context tokens, scored by the previous window
+            yield ids[:, begin:end], None if mask is None else mask[:, begin:end], target
 
 
 __all__ = ["perplexity"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .arch import get_adapter, unwrap_model
+from .arch import check_not_offloaded, get_adapter, unwrap_model
 from .checks import expect_model
 from .compensation import resolve_compensation
 from .plan import PruningPlan, expect_plan
@@ -62,6 +62,13 @@ def prune(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
     expect_plan("hfprune.prune", plan)
     model = unwrap_model(model)
     check_no_weight_masks(model, "hfprune.prune")
+    check_not_offloaded(model, "prune")
+    return apply_plan(model, plan, compensate)
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, compensate=None) -> nn.Module:
+    """`prune` without the in-memory check: also slices meta tensors as shapes only (`hfprune.stream` runs it on a
+    meta model with one block made real)."""
     adapter = get_adapter(model)
     plan.validate(model)  # before any change: a bad plan leaves the model untouched
     kinds = sorted((get_kind(name) for name in plan.kinds()), key=lambda kind: kind.order)

@@ -323,3 +323,22 @@ def test_benchmark_writes_a_loadable_checkpoint_and_resumes(tmp_path, bench, cap
     assert written.keys() == again.keys()
     for name, tensor in written.items():
         assert torch.equal(tensor, again[name]), name
+
+
+def test_benchmark_streams_wanda_sparsegpt_and_width(tmp_path, bench, capsys):
+    out = tmp_path / "random"
+    shape = ["--hidden", "32", "--layers", "2", "--ffn", "48", "--heads", "4", "--kv-heads", "2", "--vocab", "64"]
+    _run(bench, capsys, "write", str(out), *shape)
+    for job, extra in (("wanda", ["--tokens", "40", "--seq-len", "16"]), ("sparsegpt", ["--tokens", "32"]),
+                       ("width", ["--ratio", "0.5"])):
+        assert bench.main([job, str(out), str(tmp_path / job), *extra]) == 0
+        stdout = capsys.readouterr().out
+        assert "block 2/2:" in stdout and "peak / model bytes" in stdout
+        result = json.loads(stdout.strip().splitlines()[-1])
+        assert result["peak_over_model"] > 0 and result["tokens"] == {"wanda": 40, "sparsegpt": 32, "width": 0}[job]
+        model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / job)
+        assert model.dtype == torch.bfloat16
+    up = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sparsegpt").model.layers[0].mlp.up_proj.weight
+    assert (up == 0).float().mean().item() == 0.5
+    narrow = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "width").config
+    assert (narrow.num_key_value_heads, narrow.num_attention_heads, narrow.intermediate_size) == (1, 2, 24)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from . import bert, convnext, distilbert, efficientnet, gpt2, llama, mobilenet_v2, moe, regnet, resnet, vit  # noqa: F401
 from .base import ArchAdapter
 from .channels import ChannelAdapter
-from .registry import adapters_for, get_adapter, register, supported_model_types, unwrap_model
+from .registry import adapters_for, check_not_offloaded, get_adapter, register, supported_model_types, unwrap_model
 from .transformer import ProjSegment, TransformerAdapter
 
 __all__ = ["ArchAdapter", "ChannelAdapter", "ProjSegment", "TransformerAdapter", "adapters_for", "get_adapter",
-           "register", "supported_model_types", "unwrap_model"]
+           "register", "supported_model_types", "unwrap_model", "check_not_offloaded"]

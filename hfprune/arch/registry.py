@@ -49,6 +49,39 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def check_not_offloaded(model: nn.Module, caller: str) -> None:
+    """Refuse a model whose weights are not all in memory: loaded with a `device_map` that offloads to CPU or disk
+    (accelerate's hooks hold the weights and leave meta tensors in the model), or built on the meta device.
+
+    The in-memory entry points (`sparsify`, the scorers, `prune`) change or read every weight where it sits; such a
+    model is pruned from its checkpoint instead, one block at a time (`hfprune.stream`, `hfprune prune --stream`).
+
+    Raises:
+        ValueError: naming the first offloaded module or meta tensor and pointing to `--stream`.
+    """
+    where = None
+    for name, module in model.named_modules():
+        hook = getattr(module, "_hf_hook", None)
+        if hook is not None and _offloads(hook):
+            where = f"module {name or type(model).__name__!r} has an accelerate offload hook"
+            break
+    if where is None:
+        meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
+        if meta is not None:
+            where = f"parameter {meta!r} is on the meta device"
+    if where is not None:
+        raise ValueError(f"{caller}: the model's weights are not all in memory ({where}: loaded with a device_map "
+                         "that offloads, or built on the meta device); prune its checkpoint block by block instead: "
+                         "`hfprune prune --task causal-lm --model DIR --stream ...` or hfprune.stream."
+                         "sparsify_checkpoint / prune_checkpoint")
+
+
+def _offloads(hook) -> bool:
+    """Whether an accelerate hook (or one of a SequentialHook's) keeps weights off the model (offload / weights map)."""
+    hooks = getattr(hook, "hooks", None) or [hook]
+    return any(getattr(h, "offload", False) or getattr(h, "weights_map", None) is not None for h in hooks)
+
+
 def get_adapter(model_or_config) -> ArchAdapter:
     """Return the adapter for a model (or its config); a wrapped model (DDP, `torch.compile`) is unwrapped.
 

@@ -59,9 +59,9 @@ def unit_costs(model: nn.Module, metric: str, seq_len: int) -> UnitCosts:
     def fewer(plan: PruningPlan) -> list[float]:
         clone = meta_copy(model)
         if not plan.is_empty():
-            from ..surgery import prune
+            from ..surgery import apply_plan
 
-            prune(clone, plan)
+            apply_plan(clone, plan)  # a meta copy: shapes only
         return [float(c[metric]) for c in layer_costs(clone, seq_len=seq_len)]
 
     # Grouped-query attention: one query head alone never frees its KV head (and an uneven group makes the
@@ -91,9 +91,9 @@ def meta_copy(model: nn.Module) -> nn.Module:
 def counted_cost(model: nn.Module, plan: PruningPlan, metric: str, seq_len: int) -> float:
     """The exact `model_costs` count of `model` after `plan`, computed on a meta copy (the model is untouched)."""
     from ..flops import model_costs
-    from ..surgery import prune
+    from ..surgery import apply_plan
 
     clone = meta_copy(model)
     if not plan.is_empty():
-        prune(clone, plan)
+        apply_plan(clone, plan)  # a meta copy: shapes only
     return float(model_costs(clone, seq_len=seq_len)[metric])

@@ -59,7 +59,7 @@ _DATA_KEYWORDS = ("plan", "max_batches", "num_samples", "show_progress", "distri
 # The keywords the dispatcher of each unit kind passes to every criterion (not options of one criterion).
 # Block-by-block weight criteria also receive the sparsity, pattern, device and the originals store from `sparsify`.
 COMMON_KEYWORDS = {"heads": _DATA_KEYWORDS, "neurons": _DATA_KEYWORDS, "layers": _DATA_KEYWORDS,
-                   "weights": ("targets", "max_batches", "seed", "sparsity", "pattern", "device", "originals"),
+                   "weights": ("targets", "max_batches", "seed", "sparsity", "pattern", "device", "originals", "walk"),
                    "channels": ("groups", "max_batches", "seed"), "hidden": _DATA_KEYWORDS,
                    "experts": ("max_batches", "seed", "distributed")}
 

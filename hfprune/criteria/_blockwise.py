@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 # The option both block-by-block criteria read (their defaults differ: see each criterion).
 TRUE_SEQUENTIAL = Option(lambda v: isinstance(v, bool), "True or False")
 
+# walk(visit, finish) -> info: calls visit(index, block, inputs) for every block in order, then finish()
+Walk = Callable[[Callable[[int, nn.Module, list], None], Callable[[], None]], dict]
+
 # solve(target, weight (out, in) float32, statistic) -> (keep mask (out, in), new weight (out, in) or None)
 Solver = Callable[["Target", torch.Tensor, object], tuple[torch.Tensor, "torch.Tensor | None"]]
 
@@ -75,9 +78,11 @@ def _prune_stage(block, targets, inputs, make_stat, solve, masks, originals, sto
         keep, new_weight = solve(target, canonical, stats.pop(target.name))
         if originals is not None:
             originals[target.name] = weight.detach().to("cpu", copy=True)
-        values = (new_weight if new_weight is not None else canonical).masked_fill(~keep, 0)
+        # In place: `canonical` may share the weight's memory, which is overwritten with these values just below.
+        values = (new_weight if new_weight is not None else canonical).masked_fill_(~keep, 0)
         weight.data.copy_(target.from_canonical(values.to(weight.dtype)))
-        masks[target.name] = _pack(target.from_canonical(keep))
+        if masks is not None:
+            masks[target.name] = _pack(target.from_canonical(keep))
 
 
 def block_targets(model: nn.Module, targets: list[Target]) -> list[list[Target]]:
@@ -88,7 +93,7 @@ def block_targets(model: nn.Module, targets: list[Target]) -> list[list[Target]]
 def prune_blocks(model: nn.Module, targets: list[Target], batches: Iterable, make_stat: Callable[[Target], object],
                  solve: Solver, device: str | torch.device | None = None,
                  originals: dict[str, torch.Tensor] | None = None,
-                 true_sequential: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+                 true_sequential: bool = False, walk: Walk | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Prune `targets` block by block with calibration statistics; the weights change in place.
 
     Args:
@@ -102,6 +107,11 @@ def prune_blocks(model: nn.Module, targets: list[Target], batches: Iterable, mak
         originals (`dict`, *optional*): filled with a CPU copy of every target's weight before it changes.
         true_sequential (`bool`, defaults to `False`): calibrate each block in stages (see the module docstring);
             a family whose adapter has no stages is calibrated in one stage.
+        walk (`Walk`, *optional*): who brings the blocks and their inputs: `walk(visit, finish)` calls
+            `visit(index, block, inputs)` for every block in order, then `finish()`, and returns the run's info
+            (`hfprune.stream`: blocks materialized from a checkpoint and written out one at a time). Default: the
+            loaded model's blocks (`passes.blocks.walk_blocks` with `batches` and `device`). A given walk keeps no
+            masks (the blocks it writes out hold the zeros): `masks` is then empty.
 
     Returns:
         `(masks, info)`: module name -> bool keep-mask shaped like its weight (on CPU); and the walker's info plus
@@ -114,15 +124,19 @@ def prune_blocks(model: nn.Module, targets: list[Target], batches: Iterable, mak
     base = adapter.layers_path(model)
     staged = [split_stages(block, f"{base}.{i}.", stage_paths) for i, block in enumerate(per_block)]
     masks: dict[str, torch.Tensor] = {}
+    kept = masks if walk is None else None
 
     def visit(index: int, block: nn.Module, inputs: list) -> None:
         for stage in staged[index]:
-            _prune_stage(block, stage, inputs, make_stat, solve, masks, originals, stop_early=true_sequential)
+            _prune_stage(block, stage, inputs, make_stat, solve, kept, originals, stop_early=true_sequential)
 
     def finish() -> None:
         for name in list(masks):  # unpacked one by one, inside the meter: the handle holds bool masks
             masks[name] = _unpack(masks[name])
 
-    info = walk_blocks(model, batches, visit, device=device, finish=finish)
-    info.update(mask_bytes=sum(m.numel() for m in masks.values()), stages=max(len(s) for s in staged))
+    if walk is None:
+        info = walk_blocks(model, batches, visit, device=device, finish=finish)
+    else:
+        info = walk(visit, finish)
+    info.update(mask_bytes=sum(m.numel() for m in masks.values()), stages=max((len(s) for s in staged), default=0))
     return masks, info

@@ -144,7 +144,7 @@ def sparsegpt_solve(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                             "(Frantar & Alistarh 2023)")
 def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None, blocksize: int = 128,
               percdamp: float = 0.01, originals: dict | None = None,
-              true_sequential: bool = True, precision: str = "float64") -> BlockwiseResult:
+              true_sequential: bool = True, precision: str = "float64", walk=None) -> BlockwiseResult:
     """SparseGPT masks and reconstructed weights for `targets`, block by block (the weights change in place).
 
     Args:
@@ -158,6 +158,8 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
         percdamp (`float`, defaults to 0.01): dampening, as a fraction of the Hessian's mean diagonal.
         originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
             `remove()` restores them).
+        walk (*optional*): who brings the blocks (`criteria._blockwise.prune_blocks`; `hfprune.stream` streams
+            them from a checkpoint); default: the model's own blocks.
         true_sequential (`bool`, defaults to `True`): collect each block's Hessians in stages (q/k/v -> o ->
             gate/up -> down for Llama), each after the earlier stages of the block were pruned and reconstructed
             (the reference code's `--true-sequential`); `False`: every target of a block from one forward (as
@@ -183,5 +185,5 @@ def sparsegpt(model, dataloader, *, targets, sparsity: float, pattern: Pattern, 
 
     dtype = PRECISIONS[precision]
     masks, info = prune_blocks(model, targets, dataloader, lambda t: Hessian(t.canonical(t.weight).shape[1], dtype),
-                               solve, device=device, originals=originals, true_sequential=true_sequential)
+                               solve, device=device, originals=originals, true_sequential=true_sequential, walk=walk)
     return BlockwiseResult(masks, originals, info)

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ..sparsity.patterns import Pattern
 
 
+# Elements sorted at once by `row_keep` (a row-wise ranking: chunking the rows changes nothing but the memory).
+ROW_CHUNK = 2**22
+
+
 class ColumnNorms:
     """Running sum of x_j^2 over every calibration token, per input feature j.
 
@@ -40,7 +44,7 @@ class ColumnNorms:
 
 def wanda_scores(weight: torch.Tensor, sum_sq: torch.Tensor) -> torch.Tensor:
     """|W| * ||X_j||_2 for an (out, in) weight and the per-input sums of squares."""
-    return weight.abs() * sum_sq.sqrt().unsqueeze(0)
+    return weight.abs().mul_(sum_sq.sqrt().unsqueeze(0))  # one (out, in) temporary, not two
 
 
 def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:
@@ -50,14 +54,17 @@ def row_keep(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.T
     k = round(sparsity * scores.shape[1])
     keep = torch.ones_like(scores, dtype=torch.bool)
     if k:
-        keep.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, :k], False)
+        step = max(1, ROW_CHUNK // scores.shape[1])  # rows at a time: the sort's temporaries stay small
+        for start in range(0, scores.shape[0], step):
+            rows = slice(start, start + step)
+            keep[rows].scatter_(1, torch.argsort(scores[rows], dim=1, stable=True)[:, :k], False)
     return keep
 
 
 @register_criterion("wanda", units=("weights",), needs="blocks", order=30, options={"true_sequential": TRUE_SEQUENTIAL},
                     summary="|W| x ||X_col||, compared within each output row, block by block (Sun et al. 2023)")
 def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, device=None,
-          originals: dict | None = None, true_sequential: bool = False) -> BlockwiseResult:
+          originals: dict | None = None, true_sequential: bool = False, walk=None) -> BlockwiseResult:
     """Wanda masks for `targets`, computed and applied block by block (the weights are zeroed in place).
 
     Args:
@@ -69,6 +76,8 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
         device (*optional*): where each block is processed (blocks move there one at a time).
         originals (`dict`, *optional*): filled with a CPU copy of each weight before it changes (the handle's
             `remove()` restores them).
+        walk (*optional*): who brings the blocks (`criteria._blockwise.prune_blocks`; `hfprune.stream` streams
+            them from a checkpoint); default: the model's own blocks.
         true_sequential (`bool`, defaults to `False`): collect each block's statistics in stages (q/k/v -> o ->
             gate/up -> down for Llama), each after the earlier stages of the block were pruned; `False`: every
             target of a block from one forward of the unpruned block (the Wanda reference code). The default is
@@ -84,5 +93,5 @@ def wanda(model, dataloader, *, targets, sparsity: float, pattern: Pattern, devi
         return row_keep(wanda_scores(weight, stat.sum_sq.to(weight.device)), sparsity, pattern), None
 
     masks, info = prune_blocks(model, targets, dataloader, lambda t: ColumnNorms(t.canonical(t.weight).shape[1]),
-                               solve, device=device, originals=originals, true_sequential=true_sequential)
+                               solve, device=device, originals=originals, true_sequential=true_sequential, walk=walk)
     return BlockwiseResult(masks, originals, info)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..arch import unwrap_model
+from ..arch import check_not_offloaded, unwrap_model
 from ..arch.channels import ChannelGroup, channel_groups
 from ..checks import expect, expect_model
 from ..criteria import UnitScores, check_call, criterion_names, get_criterion
@@ -42,6 +42,7 @@ def score_units(unit: str, caller: str, model: nn.Module, dataloader: Iterable |
     check_scorer_args(caller, model, dataloader, criterion, common.get("plan"))
     found = get_criterion(criterion, unit, caller=caller)
     check_call(found, caller=caller, dataloader=dataloader, seed=seed, options=options)
+    check_not_offloaded(unwrap_model(model), caller)
     with torch.enable_grad() if found.needs_data else torch.no_grad():
         return found.fn(unwrap_model(model), dataloader, seed=seed, **common, **options)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from ..arch import unwrap_model
+from ..arch import check_not_offloaded, unwrap_model
 from ..criteria import check_call, get_criterion
 from ..structure import model_structure
 from .api import check_scorer_args
@@ -54,6 +54,7 @@ def layer_importance(model: nn.Module, dataloader: Iterable, *, method: str = "a
     if metric_fn is not None:
         options = {"metric_fn": metric_fn, **options}
     check_call(found, caller="layer_importance", dataloader=dataloader, options=options)
+    check_not_offloaded(unwrap_model(model), "layer_importance")
     # The model inside a DDP / accelerate wrapper, for the reason given in `api.score_units`.
     scores = found.fn(unwrap_model(model), dataloader, plan=None, max_batches=max_batches, num_samples=num_samples,
                       show_progress=show_progress, distributed=distributed, seed=None, **options)

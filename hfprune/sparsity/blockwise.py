@@ -24,7 +24,7 @@ from .patterns import check_shapes
 from .targets import Target
 
 
-def _check(model: nn.Module, targets: list[Target], config: SparsifyConfig, criterion: Criterion,
+def check_blockwise(model: nn.Module, targets: list[Target], config: SparsifyConfig, criterion: Criterion,
            dataloader) -> None:
     pattern = config.parsed_pattern
     name = criterion.name
@@ -48,7 +48,7 @@ def sparsify_blockwise(model: nn.Module, targets: list[Target], config: Sparsify
     Its options were checked by the registry when `config` was built (`SparsifyConfig` calls `check_call`).
     """
     criterion = get_criterion(config.criterion, "weights", caller="sparsify")
-    _check(model, targets, config, criterion, dataloader)
+    check_blockwise(model, targets, config, criterion, dataloader)
     if config.max_batches is not None:
         dataloader = list(itertools.islice(iter(dataloader), config.max_batches))
     originals: dict[str, torch.Tensor] | None = {} if keep_original else None
@@ -67,4 +67,4 @@ def sparsify_blockwise(model: nn.Module, targets: list[Target], config: Sparsify
     return SparsityHandle(model, targets, result.masks, config, None, originals=result.originals, info=info)
 
 
-__all__ = ["sparsify_blockwise"]
+__all__ = ["check_blockwise", "sparsify_blockwise"]

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from ..arch import unwrap_model
+from ..arch import check_not_offloaded, unwrap_model
 from ..checks import expect, expect_model
 from ..criteria import check_call, criteria, get_criterion
 from .blockwise import sparsify_blockwise
@@ -80,6 +80,7 @@ def sparsify(model: nn.Module, sparsity: float | None = None, criterion: str = "
     # Under DDP / accelerate the masks and the data criteria's forward passes use the inner model (see
     # `hfprune.importance.api.score_units` for why); the wrapper's forward still goes through the masked weights.
     model = unwrap_model(model)
+    check_not_offloaded(model, "sparsify")
     chosen = resolve_targets(model, config.targets)
     check_not_masked(model, chosen)
     if found.sequential:  # block-by-block criteria (needs="blocks": wanda, sparsegpt), in sparsity/blockwise.py

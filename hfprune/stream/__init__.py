@@ -1,6 +1,6 @@
 """Models larger than memory: a safetensors checkpoint read, materialized and written one block at a time.
 
-The pieces (this package imports nothing of hfprune but `arch` and `io`):
+The pieces (these import nothing of hfprune but `arch`, `io`, `structure` and `passes.memory`):
 
 - `CheckpointReader(folder)`: the shard headers (names, dtypes, shapes, bytes) and `read(names)`, memory-mapped reads
   of just those tensors; pickle-only folders, missing shards and shard names leaving the folder are refused.
@@ -12,7 +12,16 @@ The pieces (this package imports nothing of hfprune but `arch` and `io`):
   each tensor cast back to the dtype the source stores it in, into a temporary sibling folder swapped in atomically;
   checks the output location and the free disk space before writing anything.
 
-The streamed block walker built on them (next: Wanda / SparseGPT / structured criteria) is `hfprune.passes.blocks`'
+Built on them:
+
+- `sparsify_checkpoint(src, out, criterion="wanda" | "sparsegpt", sparsity=..., pattern=..., batches=...)`: the
+  in-memory criterion code (`criteria/_blockwise.prune_blocks`) with `stream_walk` as its walk: each block
+  materialized, calibrated, pruned, run for the next inputs, written, freed.
+- `prune_checkpoint(src, out, plan)`: a structured `PruningPlan` (heads / neurons / hidden / layers) through the
+  in-memory surgery (`hfprune.prune`) on one materialized part of a meta model at a time.
+- `perplexity_checkpoint(src, batches, stride=..., max_length=...)`: `hfprune.perplexity`'s windows, block by block.
+
+The streamed block walker is `hfprune.passes.blocks`'
 `walk_blocks` with `stream.blocks()` in place of "move each block of a loaded model to the device":
 
 ```python
@@ -35,7 +44,10 @@ needs every block's scores first walks `stream.blocks()` twice (score, then slic
 
 from .materialize import Slot, build_meta_model, free, materialize, part_slots
 from .model import StreamedModel
+from .perplexity import perplexity_checkpoint
+from .prune import prune_checkpoint, pruned_part
 from .reader import CheckpointReader, TensorInfo
+from .sparsify import sparsify_checkpoint, stream_walk
 from .writer import CheckpointWriter, check_free_space, check_output_location, parse_size, safetensors_header
 
 __all__ = [
@@ -50,6 +62,11 @@ __all__ = [
     "free",
     "materialize",
     "parse_size",
+    "perplexity_checkpoint",
+    "prune_checkpoint",
+    "pruned_part",
     "part_slots",
     "safetensors_header",
+    "sparsify_checkpoint",
+    "stream_walk",
 ]

@@ -123,10 +123,17 @@ class StreamedModel:
             release_free_heap()
 
     def _load(self, slots, checkpoint_names: list[str]) -> None:
-        stored = self.reader.read(checkpoint_names)
+        materialize(slots, self.read_converted(checkpoint_names), self.device, self.dtype, str(self.reader.folder))
+
+    def read_converted(self, checkpoint_names: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors `checkpoint_names` by model name, on `device`, floating-point ones in `dtype`: each is
+        converted as soon as it is read, so the stored copy of a block and its converted copy never coexist."""
         to_model = {ckpt: name for name, ckpt in self.names.items()}
-        materialize(slots, {to_model[ckpt]: tensor for ckpt, tensor in stored.items()}, self.device, self.dtype,
-                    str(self.reader.folder))
+        out = {}
+        for ckpt, tensor in self.reader.read_each(checkpoint_names):
+            out[to_model[ckpt]] = tensor.to(self.device, self.dtype if tensor.is_floating_point() else tensor.dtype)
+            del tensor
+        return out
 
     # ----- what goes to the writer ----------------------------------------------------------------------------------
     def block_state(self, index: int) -> dict[str, torch.Tensor]:

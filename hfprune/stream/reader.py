@@ -158,6 +158,26 @@ class CheckpointReader:
                     out[name] = handle.get_tensor(name)
         return {name: out[name] for name in names}
 
+    def read_each(self, names):
+        """Yield `(name, tensor)` for `names`, grouped by shard, one tensor read at a time (the caller may convert and
+        drop each before the next is read: a block then never exists twice, stored and converted; the shard's memory
+        mapping, whose touched pages count in the resident set, is closed after each tensor).
+
+        Raises:
+            KeyError: a name the checkpoint does not hold (before anything is read).
+        """
+        by_shard: dict[str, list[str]] = {}
+        for name in names:
+            if name not in self.info:
+                raise KeyError(f"tensor {name!r} is not in the checkpoint {self.folder}")
+            by_shard.setdefault(self.info[name].shard, []).append(name)
+        for shard, wanted in by_shard.items():
+            for name in wanted:  # the shard is opened per tensor: its mapped pages are let go after each one
+                with safe_open(str(self.folder / shard), framework="pt") as handle:
+                    tensor = handle.get_tensor(name)
+                yield name, tensor
+                del tensor
+
 
 def _weight_map(index: Path) -> dict[str, str]:
     try:

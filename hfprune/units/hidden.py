@@ -172,7 +172,9 @@ def _slice_producer(module: nn.Module, keep: torch.Tensor) -> None:
 def reshape_hidden(model: nn.Module, adapter, keep: list[int]) -> None:
     """Keep hidden channels `keep` everywhere on the stream, in place (a tied head stays tied to its embedding)."""
     base = _base(model)
-    index = torch.tensor(keep, dtype=torch.long, device=next(model.parameters()).device)
+    # where the real weights are (a streamed part: the other parts are meta, and index fine with it)
+    device = next((p.device for p in model.parameters() if not p.is_meta), torch.device("cpu"))
+    index = torch.tensor(keep, dtype=torch.long, device=device)
     embeddings = _found(base, adapter.hidden_embeddings)
     tied = {id(e.weight): e for e in embeddings}
     head_readers = readers(model, adapter)
