@@ -102,11 +102,11 @@ def count_params(model: nn.Module, plan: PruningPlan) -> int:
     """The exact parameter count of `model` after `plan` (shared tensors once), on a meta copy: the model is
     untouched."""
     from ..budget.costs import meta_copy
-    from ..surgery import prune
+    from ..surgery import apply_plan
 
     clone = meta_copy(model)
     if not plan.is_empty():
-        prune(clone, plan)
+        apply_plan(clone, plan)  # a meta copy: shapes only
     seen = {id(p): p.numel() for p in clone.parameters()}
     return int(sum(seen.values()))
 
