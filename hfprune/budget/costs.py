@@ -57,12 +57,7 @@ def unit_costs(model: nn.Module, metric: str, seq_len: int) -> UnitCosts:
     base = [c[metric] for c in layer_costs(model, seq_len=seq_len)]
 
     def fewer(plan: PruningPlan) -> list[float]:
-        clone = meta_copy(model)
-        if not plan.is_empty():
-            from ..surgery import apply_plan
-
-            apply_plan(clone, plan)  # a meta copy: shapes only
-        return [float(c[metric]) for c in layer_costs(clone, seq_len=seq_len)]
+        return [float(c[metric]) for c in layer_costs(pruned_meta_copy(model, plan), seq_len=seq_len)]
 
     # Grouped-query attention: one query head alone never frees its KV head (and an uneven group makes the
     # surgery repeat KV heads), so the cost of a head is that of a whole group, shared by its query heads.
@@ -91,9 +86,15 @@ def meta_copy(model: nn.Module) -> nn.Module:
 def counted_cost(model: nn.Module, plan: PruningPlan, metric: str, seq_len: int) -> float:
     """The exact `model_costs` count of `model` after `plan`, computed on a meta copy (the model is untouched)."""
     from ..flops import model_costs
+
+    return float(model_costs(pruned_meta_copy(model, plan), seq_len=seq_len)[metric])
+
+
+def pruned_meta_copy(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """`meta_copy(model)` with `plan` applied (shapes only, no memory; the model is untouched)."""
     from ..surgery import apply_plan
 
     clone = meta_copy(model)
     if not plan.is_empty():
-        apply_plan(clone, plan)  # a meta copy: shapes only
-    return float(model_costs(clone, seq_len=seq_len)[metric])
+        apply_plan(clone, plan)
+    return clone

@@ -101,12 +101,9 @@ def _describe(model: nn.Module, group_mode: str) -> _Model:
 def count_params(model: nn.Module, plan: PruningPlan) -> int:
     """The exact parameter count of `model` after `plan` (shared tensors once), on a meta copy: the model is
     untouched."""
-    from ..budget.costs import meta_copy
-    from ..surgery import apply_plan
+    from ..budget.costs import pruned_meta_copy
 
-    clone = meta_copy(model)
-    if not plan.is_empty():
-        apply_plan(clone, plan)  # a meta copy: shapes only
+    clone = pruned_meta_copy(model, plan)
     seen = {id(p): p.numel() for p in clone.parameters()}
     return int(sum(seen.values()))
 
